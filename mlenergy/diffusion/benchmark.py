@@ -1,0 +1,205 @@
+"""Benchmark a diffusion model: latency and GPU energy per image, through xDiT.
+
+    torchrun --nproc_per_node=N mlenergy/diffusion/benchmark.py [flags] workload:text-to-image ...
+    python -m mlenergy.diffusion.benchmark [flags] workload:text-to-image ...   (one process)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if __package__ in (None, ""):
+    # Started as a script: import the package from the checkout, not from this folder (whose
+    # module names would otherwise shadow installed packages).
+    _root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.path[0] = _root
+
+import logging
+import time
+from datetime import datetime
+from pathlib import Path
+
+os.environ.setdefault("XDIT_LOGGING_LEVEL", "WARNING")
+
+from mlenergy.diffusion import prompts as prompt_source
+from mlenergy.diffusion import results, runtime
+from mlenergy.diffusion.config import parse_cli
+from mlenergy.diffusion.plan import ConfigError, RunPlan, make_plan
+
+logger = logging.getLogger("mlenergy.diffusion")
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_cli(argv)
+    try:
+        plan = make_plan(config)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if (plan.run_dir / results.RESULTS).exists() and not config.overwrite_results:
+        print(f"{plan.run_dir / results.RESULTS} already exists; skipping this run "
+              "(pass --overwrite_results to measure it again)")
+        return 0
+    rank = runtime.launched_ranks()[0]
+    try:
+        run(plan)
+    except BaseException as err:  # noqa: BLE001 - any failure must end this rank promptly
+        if isinstance(err, SystemExit) and not err.code:
+            raise
+        runtime.die(rank, err)
+    return 0
+
+
+def run(plan: RunPlan) -> None:
+    import torch
+    from tqdm import tqdm
+
+    from mlenergy.diffusion import environment, measurement, pipelines, xdit
+
+    started = datetime.now()
+    ranks = runtime.init_process_group(plan.device_type)
+    _setup_logging(plan, ranks)
+    env = environment.describe(plan.device_type, ranks.local_world_size)
+    logger.info("Run directory: %s", plan.run_dir)
+    logger.info("Plan: %s", _describe_plan(plan))
+    logger.info("Environment: %s", env)
+
+    schedule, source = _prompts(plan, ranks)
+    if ranks.is_main:
+        results.write_json_atomically(
+            plan.run_dir / results.REQUESTS,
+            results.requests_document(plan, schedule.warmup, schedule.measured),
+        )
+
+    engine = xdit.engine_config(plan)
+    with measurement.Stopwatch() as loading:
+        dtype = getattr(torch, plan.dtype)
+        built = pipelines.build_pipeline(plan.spec, plan.weights, dtype=dtype,
+                                         device=ranks.device,
+                                         max_sequence_length=plan.max_sequence_length)
+        denoiser_parameters = pipelines.denoiser_parameter_count(built, plan.spec.family)
+        parameter_gb = pipelines.parameter_bytes(built) / 1e9
+        pipeline = xdit.wrap_pipeline(plan, built, engine)
+    logger.info("Pipeline ready in %.1f s: %.3f B denoiser parameters, %.2f GB of weights",
+                loading.seconds, denoiser_parameters / 1e9, parameter_gb)
+
+    meter = measurement.EnergyMeter(ranks)
+    with measurement.Stopwatch() as warming:
+        for i, batch in enumerate(schedule.warmup):
+            xdit.generate(pipeline, plan, batch, seed=plan.seed - 1 - i, device=ranks.device)
+        runtime.synchronize(ranks.device)
+    logger.info("Warm-up: %d iteration(s) in %.1f s", len(schedule.warmup), warming.seconds)
+
+    measurement.reset_peak_memory(ranks.device)
+    records: list[results.IterationRecord] = []
+    meter.begin("benchmark")
+    window_start = time.time()
+    for i, batch in enumerate(tqdm(schedule.measured, desc="iterations", disable=not ranks.is_main)):
+        _inject_failure_for_tests(ranks.rank, i)
+        meter.begin(f"iteration-{i}")
+        images = xdit.generate(pipeline, plan, batch, seed=plan.seed + i, device=ranks.device)
+        window = meter.end(f"iteration-{i}")
+        saved = _save_images(plan, i, batch, images)
+        record = results.IterationRecord(index=i, measurement=window, prompts=batch, images=saved)
+        records.append(record)
+        if ranks.is_main:
+            logger.info("iteration %d: %.3f s, %s", i, window.time,
+                        _energy_text(window.total_gpu_energy))
+    whole = meter.end("benchmark")
+    window_end = time.time()
+
+    peaks = runtime.all_gather_object(measurement.peak_memory_gb(ranks.device))
+    saved_by_rank = runtime.all_gather_object([r.images for r in records])
+    if ranks.is_main:
+        for record in records:
+            record.images = next((names[record.index] for names in saved_by_rank
+                                  if names[record.index]), [])
+        doc = results.results_document(
+            plan, started=started, iterations=records, whole_run=whole, environment=env,
+            gpu_model=environment.device_model(env), prompt_source=source,
+            peak_memory_gb=peaks, parameter_memory_gb=parameter_gb,
+            load_time_s=loading.seconds, warmup_time_s=warming.seconds,
+            benchmark_window=(window_start, window_end),
+        )
+        results.write_json_atomically(plan.base_dir / results.MODEL_INFO,
+                                      results.model_info(plan, denoiser_parameters))
+        results.write_json_atomically(plan.run_dir / results.RESULTS, doc)
+        summary = results.summary_table(doc)
+        logger.info("Summary\n%s", summary)
+        logger.info("Results written to %s", plan.run_dir / results.RESULTS)
+    runtime.barrier()
+    runtime.shutdown()
+
+
+def _prompts(plan: RunPlan, ranks):
+    """Rank 0 reads the prompt pool; every rank gets the same schedule from it."""
+    workload = plan.config.workload
+    payload = None
+    if ranks.is_main:
+        if workload.prompts_file is not None:
+            pool = prompt_source.PromptPool(prompt_source.read_prompts_file(workload.prompts_file),
+                                            f"file:{workload.prompts_file}")
+        else:
+            pool = prompt_source.load_pool(workload.prompt_dataset, workload.prompt_cache_dir)
+        payload = (pool.prompts, pool.source)
+    pool_prompts, source = runtime.broadcast_object(payload)
+    schedule = prompt_source.schedule(pool_prompts, plan.seed, plan.batch_size,
+                                      plan.warmup_iters, plan.benchmark_iters)
+    logger.info("Prompts: %d from %s%s", len(pool_prompts), source,
+                " (fewer than the run needs: some repeat)" if schedule.wrapped else "")
+    return schedule, source
+
+
+def _save_images(plan: RunPlan, iteration: int, batch: list[str], images) -> list[str]:
+    if images is None or not plan.config.save_images:
+        return []
+    out_dir = plan.run_dir / results.IMAGE_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = []
+    for index, (prompt, image) in enumerate(zip(batch, images)):
+        name = results.image_name(iteration, index, prompt)
+        image.save(out_dir / name)
+        names.append(f"{results.IMAGE_DIR}/{name}")
+    return names
+
+
+def _inject_failure_for_tests(rank: int, iteration: int) -> None:
+    """MLENERGY_FAIL_RANK=R makes rank R raise at its first measured iteration. The test suite
+    uses it to check that one failing rank ends the whole run promptly."""
+    if iteration == 0 and os.environ.get("MLENERGY_FAIL_RANK") == str(rank):
+        raise RuntimeError(f"failure injected on rank {rank} by MLENERGY_FAIL_RANK")
+
+
+def _energy_text(joules: float | None) -> str:
+    return "energy not measured" if joules is None else f"{joules:,.1f} J"
+
+
+def _describe_plan(plan: RunPlan) -> str:
+    return (f"{plan.spec.model_id} [{plan.weights}, {plan.dtype}] {plan.task} batch "
+            f"{plan.batch_size} {plan.height}x{plan.width} steps {plan.inference_steps} "
+            f"guidance {plan.guidance_scale} seed {plan.seed}; ulysses {plan.ulysses_degree} "
+            f"x ring {plan.ring_degree} on {plan.world_size} process(es) ({plan.device_type}); "
+            f"warm-up {plan.warmup_iters}, measured {plan.benchmark_iters}; "
+            f"options {results.configurations(plan)}")
+
+
+def _setup_logging(plan: RunPlan, ranks) -> None:
+    for name in ("diffusers", "transformers"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    fmt = logging.Formatter(f"%(asctime)s [rank {ranks.rank}] %(levelname)s %(message)s")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(fmt)
+    console.setLevel(logging.INFO if ranks.is_main else logging.WARNING)
+    logger.addHandler(console)
+    if ranks.is_main:
+        plan.run_dir.mkdir(parents=True, exist_ok=True)
+        log_file = logging.FileHandler(plan.run_dir / results.DRIVER_LOG, mode="w")
+        log_file.setFormatter(fmt)
+        logger.addHandler(log_file)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""Command-line configuration: typed dataclasses parsed by tyro.
+
+Everything a run depends on is a field here; `plan.py` resolves model defaults and validates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Annotated, Literal, Optional, Sequence, Union
+
+import tyro
+
+DEFAULT_SEED = 48105
+PROMPT_DATASET = "data-is-better-together/open-image-preferences-v1"
+VIDEO_PROMPT_DATASET = "RaphaelLiu/EvalCrafter_T2V_Dataset"
+
+
+@dataclasses.dataclass(frozen=True)
+class TextToImage:
+    """Generate images from text prompts."""
+
+    model_id: str = "black-forest-labs/FLUX.1-dev"
+    """Registered model id (see `--help` of the README), or a local directory of diffusers weights
+    together with `--workload.family`."""
+
+    family: Optional[str] = None
+    """Pipeline family of a local model directory: flux, pixart-sigma, pixart-alpha, sd3,
+    hunyuandit, sdxl. Not needed for registered ids."""
+
+    weights: Literal["pretrained", "random", "tiny"] = "pretrained"
+    """pretrained: from_pretrained from a hub id or local directory. random: the full-size
+    architecture with random weights (no download; for measuring hardware). tiny: a tiny
+    random-weight pipeline of the same family, built in code (CPU tests, smoke runs)."""
+
+    base_dir: Optional[Path] = None
+    """Directory under which the run directory is created. Default:
+    run/diffusion/<task>/<model_id>."""
+
+    batch_size: int = 1
+    """Prompts per pipeline call."""
+
+    height: Optional[int] = None
+    """Image height in pixels. Default: the model's."""
+
+    width: Optional[int] = None
+    """Image width in pixels. Default: the model's."""
+
+    inference_steps: Optional[int] = None
+    """Denoising steps. Default: the model's."""
+
+    guidance_scale: Optional[float] = None
+    """Classifier-free (or distilled) guidance scale. Default: the model's."""
+
+    seed: int = DEFAULT_SEED
+    """Seeds prompt sampling and the initial latents."""
+
+    dtype: Optional[Literal["bfloat16", "float16", "float32"]] = None
+    """Weight and activation dtype. Default: the model's on GPU; float32 on CPU."""
+
+    prompts_file: Optional[Path] = None
+    """Prompts to sample from instead of the dataset: a text file (one prompt a line) or JSONL
+    with a `prompt` field."""
+
+    prompt_dataset: str = PROMPT_DATASET
+    """Hugging Face dataset id, or a local parquet file or directory with a `prompt` column."""
+
+    prompt_cache_dir: Optional[Path] = None
+    """Where the dataset's prompts are cached. Default: $MLENERGY_CACHE_DIR, else
+    ~/.cache/mlenergy/prompts."""
+
+    @property
+    def task(self) -> str:
+        return "text-to-image"
+
+
+@dataclasses.dataclass(frozen=True)
+class TextToVideo(TextToImage):
+    """Generate videos from text prompts."""
+
+    model_id: str = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+    """Registered text-to-video model id, or a local directory with `--workload.family`."""
+
+    prompt_dataset: str = VIDEO_PROMPT_DATASET
+    """Hugging Face dataset id, or a local parquet file or directory with a `text` column."""
+
+    num_frames: Optional[int] = None
+    """Frames per video. Default: the model's."""
+
+    fps: Optional[int] = None
+    """Frames per second of the saved video. Default: the model's."""
+
+    @property
+    def task(self) -> str:
+        return "text-to-video"
+
+
+Workload = Union[
+    Annotated[TextToImage, tyro.conf.subcommand("text-to-image")],
+    Annotated[TextToVideo, tyro.conf.subcommand("text-to-video")],
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarkConfig:
+    """Measure latency and GPU energy of a diffusion model through xDiT."""
+
+    workload: Workload
+
+    ulysses_degree: int = 1
+    """Ulysses sequence-parallel degree. ulysses_degree x ring_degree must equal the number of
+    processes (torchrun --nproc_per_node x --nnodes)."""
+
+    ring_degree: int = 1
+    """Ring-attention sequence-parallel degree (GPU only)."""
+
+    use_torch_compile: bool = False
+    """Compile the denoiser through xDiT (torch.compile)."""
+
+    use_fp8_t5_encoder: bool = False
+    """Store the T5 text encoder's weights in FP8."""
+
+    enable_sequential_cpu_offload: bool = False
+    """diffusers' sequential CPU offload (one process only)."""
+
+    use_teacache: bool = False
+    """xDiT's TeaCache (FLUX family)."""
+
+    use_fbcache: bool = False
+    """xDiT's first-block cache (FLUX family)."""
+
+    warmup_iters: int = 1
+    """Unmeasured iterations before measuring, at the measured shapes."""
+
+    benchmark_iters: Optional[int] = None
+    """Measured iterations. Default: 8 when steps <= 30, else 4 (images); 2 (videos)."""
+
+    save_images: bool = True
+    """Save generated images (or videos) into the run directory (outside measurement windows)."""
+
+    overwrite_results: bool = False
+    """Rerun even if the run directory already holds results.json."""
+
+
+_SUBCOMMAND_ALIASES = {
+    "workload:t2i": "workload:text-to-image",
+    "workload:t2v": "workload:text-to-video",
+}
+
+
+def _top_level_flags() -> dict[str, bool]:
+    """Top-level option spellings -> whether they take a value."""
+    flags: dict[str, bool] = {}
+    for f in dataclasses.fields(BenchmarkConfig):
+        if f.name == "workload":
+            continue
+        is_bool = f.type in (bool, "bool")
+        flags[f"--{f.name}"] = not is_bool
+        if is_bool:
+            flags[f"--no_{f.name}"] = False
+    return flags
+
+
+def normalize_argv(argv: Sequence[str]) -> list[str]:
+    """Accept top-level flags before and after the subcommand, and the short subcommand names.
+
+    tyro wants a parent's options before the subcommand; the reference README puts them on both
+    sides. Options after the subcommand that belong to the top level move in front of it.
+    """
+    args = [_SUBCOMMAND_ALIASES.get(a, a) for a in argv]
+    sub = next((i for i, a in enumerate(args) if a.startswith("workload:")), None)
+    if sub is None:
+        return args
+    flags = _top_level_flags()
+    head, tail = args[: sub + 1], args[sub + 1:]
+    moved: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(tail):
+        arg = tail[i]
+        name = arg.split("=", 1)[0]
+        if name in flags:
+            takes_value = flags[name] and "=" not in arg
+            take = 2 if takes_value and i + 1 < len(tail) else 1
+            moved.extend(tail[i:i + take])
+            i += take
+        else:
+            rest.append(arg)
+            i += 1
+    return args[:sub] + moved + head[sub:] + rest
+
+
+def parse_cli(argv: Sequence[str] | None = None) -> BenchmarkConfig:
+    argv = sys.argv[1:] if argv is None else argv
+    return tyro.cli(
+        BenchmarkConfig,
+        args=normalize_argv(argv),
+        use_underscores=True,
+        description=BenchmarkConfig.__doc__,
+    )

@@ -1,0 +1,181 @@
+"""Building the diffusers pipeline a run measures: pretrained, full-size random, or tiny.
+
+All three give the same diffusers pipeline class, so they go through the same xDiT code. Random
+and tiny weights need no files: tokenizers are built in memory with a small vocabulary (token ids
+only have to be valid; the pipelines pad text to a fixed length, so the work done is the same).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import string
+from typing import Any, Iterator, Literal, Mapping
+
+import torch
+
+from mlenergy.diffusion.families import Component, Family
+from mlenergy.diffusion.registry import ModelSpec
+
+Weights = Literal["pretrained", "random", "tiny"]
+
+# Every rank builds random weights from this seed, so that all ranks hold the same model, as
+# sequence parallelism requires.
+WEIGHT_SEED = 0
+
+_LETTERS = string.ascii_lowercase
+
+
+class WeightsNotFoundError(RuntimeError):
+    pass
+
+
+def clip_tokenizer(max_length: int = 77):
+    from transformers import CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "!": 2}
+    for ch in _LETTERS:
+        vocab[ch] = len(vocab)
+        vocab[ch + "</w>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
+
+
+def t5_tokenizer(max_length: int):
+    from transformers import T5Tokenizer
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    pieces += [("\u2581" + ch, -1.0) for ch in _LETTERS] + [(ch, -2.0) for ch in _LETTERS]
+    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=max_length)
+
+
+def bert_tokenizer(max_length: int = 77):
+    from transformers import BertTokenizer
+
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokens += list(_LETTERS) + ["##" + ch for ch in _LETTERS]
+    return BertTokenizer(vocab={t: i for i, t in enumerate(tokens)}, model_max_length=max_length)
+
+
+def _in_memory_tokenizer(kind: str, max_sequence_length: int | None):
+    if kind in ("clip", "clip_with_projection"):
+        return clip_tokenizer()
+    if kind == "t5":
+        return t5_tokenizer(max_sequence_length or 256)
+    if kind == "bert":
+        return bert_tokenizer()
+    raise ValueError(f"no tokenizer for {kind}")
+
+
+def _text_encoder(component: Component, config: Mapping[str, Any]):
+    import transformers
+
+    if component.kind in ("clip", "clip_with_projection"):
+        # Pool at the in-memory tokenizer's end-of-text token.
+        cfg = transformers.CLIPTextConfig(**{**config, "bos_token_id": 0, "eos_token_id": 1,
+                                             "pad_token_id": 1})
+    elif component.kind == "t5":
+        cfg = transformers.T5Config(**{**config, "pad_token_id": 0, "eos_token_id": 1,
+                                       "decoder_start_token_id": 0})
+    elif component.kind == "bert":
+        cfg = transformers.BertConfig(**{**config, "pad_token_id": 0})
+    else:
+        raise ValueError(component.kind)
+    return getattr(transformers, component.cls)(cfg)
+
+
+def _component(component: Component, config: Mapping[str, Any]):
+    import diffusers
+
+    if component.kind == "scheduler":
+        return getattr(diffusers, component.cls).from_config(dict(config))
+    if component.kind in ("vae", "transformer", "unet"):
+        return getattr(diffusers, component.cls)(**config)
+    return _text_encoder(component, config)
+
+
+@contextlib.contextmanager
+def _default_dtype_and_device(dtype: torch.dtype, device: torch.device | str) -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def build_from_configs(
+    family: Family,
+    configs: Mapping[str, Mapping[str, Any]],
+    *,
+    dtype: torch.dtype,
+    device: torch.device | str,
+    max_sequence_length: int | None,
+):
+    """Assemble a family's diffusers pipeline from component configs, with random weights.
+
+    Weights are created directly on `device` in `dtype` (no CPU copy of a 12 B model), seeded
+    identically on every rank.
+    """
+    import diffusers
+
+    torch.manual_seed(WEIGHT_SEED)
+    parts: dict[str, Any] = {}
+    for slot, component in family.components.items():
+        if component.kind == "scheduler":
+            # Schedulers keep float32 tables on the CPU by design.
+            parts[slot] = _component(component, configs[slot])
+            continue
+        with _default_dtype_and_device(dtype, device):
+            parts[slot] = _component(component, configs[slot])
+        if component.tokenizer_slot:
+            parts[component.tokenizer_slot] = _in_memory_tokenizer(
+                component.kind, max_sequence_length
+            )
+    pipeline_cls = getattr(diffusers, family.diffusers_pipeline)
+    return pipeline_cls(**parts, **family.pipeline_kwargs)
+
+
+def build_pipeline(
+    spec: ModelSpec,
+    weights: Weights,
+    *,
+    dtype: torch.dtype,
+    device: torch.device | str,
+    max_sequence_length: int | None,
+):
+    family = spec.family
+    if weights == "tiny":
+        return build_from_configs(family, family.tiny, dtype=dtype, device=device,
+                                  max_sequence_length=max_sequence_length)
+    if weights == "random":
+        return build_from_configs(family, spec.architecture, dtype=dtype, device=device,
+                                  max_sequence_length=max_sequence_length)
+    return load_pretrained(spec, dtype=dtype, device=device)
+
+
+def load_pretrained(spec: ModelSpec, *, dtype: torch.dtype, device: torch.device | str):
+    import diffusers
+
+    pipeline_cls = getattr(diffusers, spec.family.diffusers_pipeline)
+    try:
+        pipeline = pipeline_cls.from_pretrained(spec.model_id, torch_dtype=dtype,
+                                                **spec.family.pipeline_kwargs)
+    except (OSError, ValueError) as err:
+        raise WeightsNotFoundError(
+            f"could not load weights for {spec.model_id} ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}); download them first, or measure "
+            "the architecture with --workload.weights random"
+        ) from err
+    return pipeline.to(device)
+
+
+def denoiser_parameter_count(pipeline, family: Family) -> int:
+    return sum(p.numel() for p in getattr(pipeline, family.denoiser_slot).parameters())
+
+
+def parameter_bytes(pipeline) -> int:
+    total = 0
+    for module in pipeline.components.values():
+        if isinstance(module, torch.nn.Module):
+            total += sum(p.numel() * p.element_size() for p in module.parameters())
+    return total

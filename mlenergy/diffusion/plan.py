@@ -1,0 +1,268 @@
+"""Turning a parsed configuration into a validated run plan, before anything heavy happens.
+
+Every check here is cheap and runs on every rank before any model loads, so bad input ends the
+run with one clear line and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import torch
+
+from mlenergy.diffusion import prompts
+from mlenergy.diffusion.config import BenchmarkConfig, TextToVideo
+from mlenergy.diffusion.families import FAMILIES
+from mlenergy.diffusion.registry import MODELS, ModelSpec, known_model_ids, models_of_family
+
+
+class ConfigError(ValueError):
+    """Bad input: the message is one line that says what is wrong and how to fix it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    config: BenchmarkConfig
+    spec: ModelSpec
+    task: str
+    weights: str
+    batch_size: int
+    height: int
+    width: int
+    inference_steps: int
+    guidance_scale: float
+    seed: int
+    dtype: str
+    max_sequence_length: int | None
+    warmup_iters: int
+    benchmark_iters: int
+    ulysses_degree: int
+    ring_degree: int
+    world_size: int
+    device_type: str
+    run_dir: Path
+    num_frames: int | None = None
+    fps: int | None = None
+
+    @property
+    def base_dir(self) -> Path:
+        return self.run_dir.parent
+
+    @property
+    def num_gpus(self) -> int:
+        return self.world_size if self.device_type == "cuda" else 0
+
+
+def _resolve_spec(workload) -> ModelSpec:
+    model_id = workload.model_id
+    if workload.family is not None and workload.family not in FAMILIES:
+        raise ConfigError(
+            f"unknown --workload.family {workload.family!r}; choose one of: "
+            + ", ".join(sorted(FAMILIES))
+        )
+    if model_id in MODELS:
+        spec = MODELS[model_id]
+        if workload.family is not None and workload.family != spec.family_name:
+            raise ConfigError(
+                f"{model_id} is a {spec.family_name} model, not {workload.family}; "
+                "drop --workload.family"
+            )
+        return spec
+    if Path(model_id).is_dir():
+        if workload.family is None:
+            raise ConfigError(
+                f"{model_id} is a local directory: name its pipeline family with "
+                "--workload.family (" + ", ".join(sorted(FAMILIES)) + ")"
+            )
+        # A local copy of a family: take the family's first registered model's defaults.
+        return dataclasses.replace(models_of_family(workload.family)[0], model_id=model_id,
+                                   nickname=Path(model_id).name, aliases=())
+    raise ConfigError(
+        f"unknown model id {model_id!r}; known {workload.task} models: "
+        + ", ".join(known_model_ids(workload.task))
+        + " (or pass a local directory with --workload.family)"
+    )
+
+
+def _run_dir_name(plan_values: dict, spec: ModelSpec, config: BenchmarkConfig) -> str:
+    """The ML.ENERGY directory name, plus `+key-value` only for settings off their defaults."""
+    v = plan_values
+    parts = [
+        f"batch-{v['batch_size']}",
+        f"size-{v['height']}x{v['width']}",
+        f"steps-{v['inference_steps']}",
+        f"seed-{v['seed']}",
+        f"uly-{v['ulysses_degree']}",
+        f"ring-{v['ring_degree']}",
+        f"tc-{config.use_torch_compile}",
+    ]
+    if v["num_frames"] is not None and v["num_frames"] != spec.num_frames:
+        parts.append(f"frames-{v['num_frames']}")
+    if v["fps"] is not None and v["fps"] != spec.fps:
+        parts.append(f"fps-{v['fps']}")
+    if v["guidance_scale"] != spec.guidance_scale:
+        parts.append(f"guidance-{v['guidance_scale']:g}")
+    if v["weights"] != "pretrained":
+        parts.append(f"weights-{v['weights']}")
+    if v["dtype"] != spec.dtype:
+        parts.append(f"dtype-{v['dtype']}")
+    if config.use_fp8_t5_encoder:
+        parts.append("fp8t5-True")
+    if config.use_teacache:
+        parts.append("cache-teacache")
+    if config.use_fbcache:
+        parts.append("cache-fbcache")
+    if config.enable_sequential_cpu_offload:
+        parts.append("offload-True")
+    return "+".join(parts)
+
+
+def _positive(name: str, value: int | float | None) -> None:
+    if value is not None and value < 1:
+        raise ConfigError(f"{name} must be at least 1, got {value}")
+
+
+def _not_supported_yet(config: BenchmarkConfig) -> None:
+    pending = {
+        "--use_fp8_t5_encoder": config.use_fp8_t5_encoder,
+        "--enable_sequential_cpu_offload": config.enable_sequential_cpu_offload,
+    }
+    for flag, on in pending.items():
+        if on:
+            raise ConfigError(f"{flag} is not supported yet; run without it")
+
+
+def _check_parallelism(config: BenchmarkConfig, spec: ModelSpec, arch: dict, world_size: int,
+                       device_type: str) -> None:
+    u, r = config.ulysses_degree, config.ring_degree
+    _positive("--ulysses_degree", u)
+    _positive("--ring_degree", r)
+    if u * r != world_size:
+        raise ConfigError(
+            f"--ulysses_degree {u} x --ring_degree {r} = {u * r} but {world_size} process(es) "
+            f"were started; launch with torchrun --nproc_per_node={u * r} (or change the degrees)"
+        )
+    family = spec.family
+    if u * r > 1 and not family.supports_sequence_parallel:
+        raise ConfigError(
+            f"{spec.model_id} is a UNet ({family.name}) and xDiT gives it no sequence "
+            "parallelism; run it with --ulysses_degree 1 --ring_degree 1 on one process"
+        )
+    if r > 1 and device_type != "cuda":
+        raise ConfigError(
+            f"--ring_degree {r} needs CUDA GPUs (ring attention has no CPU kernels); "
+            "use --ulysses_degree on CPU"
+        )
+    if family.heads_key and u > 1:
+        heads = arch[family.denoiser_slot][family.heads_key]
+        if heads % u:
+            raise ConfigError(
+                f"{spec.model_id} has {heads} attention heads, not divisible by "
+                f"--ulysses_degree {u}; pick a degree that divides {heads}"
+            )
+    if device_type == "cuda":
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        if local > torch.cuda.device_count():
+            raise ConfigError(
+                f"{local} processes on this node but only {torch.cuda.device_count()} visible "
+                "GPU(s); lower --nproc_per_node or set CUDA_VISIBLE_DEVICES"
+            )
+
+
+def _check_options(config: BenchmarkConfig, spec: ModelSpec) -> None:
+    if config.use_teacache and config.use_fbcache:
+        raise ConfigError("--use_teacache and --use_fbcache are exclusive; choose one")
+    if (config.use_teacache or config.use_fbcache) and not spec.family.supports_cache:
+        flag = "--use_teacache" if config.use_teacache else "--use_fbcache"
+        raise ConfigError(
+            f"{flag} works only for the FLUX family in xDiT; {spec.model_id} is "
+            f"{spec.family_name}"
+        )
+    _not_supported_yet(config)
+
+
+def _check_pretrained_available(spec: ModelSpec) -> None:
+    if Path(spec.model_id).is_dir():
+        if not (Path(spec.model_id) / "model_index.json").is_file():
+            raise ConfigError(
+                f"{spec.model_id} has no model_index.json: point --workload.model_id at a "
+                "diffusers pipeline directory"
+            )
+        return
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        try:
+            snapshot_download(spec.model_id, local_files_only=True)
+        except (LocalEntryNotFoundError, OSError, ValueError):
+            raise ConfigError(
+                f"weights of {spec.model_id} are not in the local Hugging Face cache and "
+                "HF_HUB_OFFLINE is set; download them, or measure the architecture with "
+                "--workload.weights random"
+            ) from None
+
+
+def make_plan(config: BenchmarkConfig, world_size: int | None = None,
+              device_type: str | None = None) -> RunPlan:
+    workload = config.workload
+    world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
+    device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
+
+    spec = _resolve_spec(workload)
+    if spec.task != workload.task:
+        other = "text-to-video" if workload.task == "text-to-image" else "text-to-image"
+        sub = "workload:t2v" if other == "text-to-video" else "workload:t2i"
+        raise ConfigError(
+            f"{spec.model_id} is a {spec.task} model; use the {sub} subcommand, or choose a "
+            f"{workload.task} model ({', '.join(known_model_ids(workload.task)) or 'none yet'})"
+        )
+    if isinstance(workload, TextToVideo):
+        raise ConfigError("workload:text-to-video is not supported yet; use workload:text-to-image")
+
+    arch = spec.family.tiny if workload.weights == "tiny" else spec.architecture
+    _check_parallelism(config, spec, arch, world_size, device_type)
+    _check_options(config, spec)
+
+    _positive("--workload.batch_size", workload.batch_size)
+    _positive("--workload.inference_steps", workload.inference_steps)
+    _positive("--benchmark_iters", config.benchmark_iters)
+    if config.warmup_iters < 0:
+        raise ConfigError(f"--warmup_iters must be 0 or more, got {config.warmup_iters}")
+    height = workload.height if workload.height is not None else spec.height
+    width = workload.width if workload.width is not None else spec.width
+    factor = spec.family.spatial_factor
+    for name, value in (("height", height), ("width", width)):
+        if value < 1 or value % factor:
+            raise ConfigError(
+                f"--workload.{name} {value} must be a positive multiple of {factor} for "
+                f"{spec.model_id} (VAE downsampling x patch size)"
+            )
+    steps = workload.inference_steps or spec.steps
+    guidance = workload.guidance_scale if workload.guidance_scale is not None else spec.guidance_scale
+    dtype = workload.dtype or (spec.dtype if device_type == "cuda" else "float32")
+    if workload.prompts_file is not None:
+        try:
+            prompts.read_prompts_file(workload.prompts_file)
+        except prompts.PromptsError as err:
+            raise ConfigError(str(err)) from None
+    if workload.weights == "pretrained":
+        _check_pretrained_available(spec)
+
+    benchmark_iters = config.benchmark_iters or (8 if steps <= 30 else 4)
+    max_seq = spec.family.tiny_max_sequence_length if workload.weights == "tiny" else spec.max_sequence_length
+    values = dict(
+        batch_size=workload.batch_size, height=height, width=width, inference_steps=steps,
+        guidance_scale=guidance, seed=workload.seed, weights=workload.weights, dtype=dtype,
+        ulysses_degree=config.ulysses_degree, ring_degree=config.ring_degree,
+        num_frames=None, fps=None,
+    )
+    base_dir = workload.base_dir or Path("run/diffusion") / workload.task / spec.model_id.strip("/")
+    run_dir = Path(base_dir) / _run_dir_name(values, spec, config)
+    return RunPlan(
+        config=config, spec=spec, task=workload.task, max_sequence_length=max_seq,
+        warmup_iters=config.warmup_iters, benchmark_iters=benchmark_iters,
+        world_size=world_size, device_type=device_type, run_dir=run_dir, **values,
+    )

@@ -1,0 +1,260 @@
+"""The model registry: one table of data, model id -> family, defaults and full-size architecture.
+
+The architecture values are those of each model's published `config.json` files. They let
+`--workload.weights random` build the real architecture with random weights, so hardware can be
+measured without downloading anything: time and energy do not depend on the weight values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from mlenergy.diffusion.families import FAMILIES, Family, Task
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    model_id: str
+    family_name: str
+    nickname: str
+    steps: int
+    height: int
+    width: int
+    guidance_scale: float
+    dtype: str
+    # T5 tokens the pipeline is called with; None where the pipeline fixes it itself.
+    max_sequence_length: int | None
+    # Full-size architecture: pipeline slot -> config kwargs (scheduler included).
+    architecture: Mapping[str, Mapping[str, Any]]
+    aliases: tuple[str, ...] = ()
+    num_frames: int | None = None
+    fps: int | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def family(self) -> Family:
+        return FAMILIES[self.family_name]
+
+    @property
+    def task(self) -> Task:
+        return self.family.task
+
+    @property
+    def t5_slot(self) -> str | None:
+        return self.family.t5_slot
+
+
+# Text encoders, as published.
+CLIP_L = dict(
+    vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+    num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
+)
+CLIP_G = dict(
+    vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
+    num_attention_heads=20, max_position_embeddings=77, hidden_act="gelu", projection_dim=1280,
+)
+T5_XXL = dict(
+    vocab_size=32128, d_model=4096, d_ff=10240, d_kv=64, num_layers=24, num_heads=64,
+    feed_forward_proj="gated-gelu", relative_attention_num_buckets=32, layer_norm_epsilon=1e-6,
+)
+MT5_XL = dict(
+    vocab_size=250112, d_model=2048, d_ff=5120, d_kv=64, num_layers=24, num_heads=32,
+    feed_forward_proj="gated-gelu", relative_attention_num_buckets=32, layer_norm_epsilon=1e-6,
+)
+HUNYUAN_BERT = dict(
+    vocab_size=47020, hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+    num_attention_heads=16, max_position_embeddings=512,
+)
+
+# VAEs, as published.
+_VAE_BASE = dict(
+    in_channels=3, out_channels=3,
+    down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+    block_out_channels=[128, 256, 512, 512], layers_per_block=2, norm_num_groups=32,
+    sample_size=1024,
+)
+VAE_FLUX = dict(_VAE_BASE, latent_channels=16, scaling_factor=0.3611, shift_factor=0.1159,
+                use_quant_conv=False, use_post_quant_conv=False)
+VAE_SD3 = dict(_VAE_BASE, latent_channels=16, scaling_factor=1.5305, shift_factor=0.0609,
+               use_quant_conv=False, use_post_quant_conv=False)
+VAE_SDXL = dict(_VAE_BASE, latent_channels=4, scaling_factor=0.13025)
+VAE_SD = dict(_VAE_BASE, latent_channels=4, scaling_factor=0.18215, sample_size=512)
+
+_PIXART_XL_1024 = dict(
+    num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=28,
+    cross_attention_dim=1152, sample_size=128, patch_size=2, caption_channels=4096,
+    norm_type="ada_norm_single", num_embeds_ada_norm=1000, norm_elementwise_affine=False,
+    norm_eps=1e-6, attention_bias=True, activation_fn="gelu-approximate",
+)
+_SD3_SCHEDULER = dict(shift=3.0)
+_SDXL_SCHEDULER = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                       steps_offset=1, timestep_spacing="leading")
+
+_MODELS: tuple[ModelSpec, ...] = (
+    ModelSpec(
+        model_id="black-forest-labs/FLUX.1-dev",
+        family_name="flux",
+        nickname="FLUX.1 [dev]",
+        steps=28, height=1024, width=1024, guidance_scale=3.5, dtype="bfloat16",
+        max_sequence_length=512,
+        architecture={
+            "text_encoder": CLIP_L,
+            "text_encoder_2": T5_XXL,
+            "transformer": dict(
+                patch_size=1, in_channels=64, num_layers=19, num_single_layers=38,
+                attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
+                pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=[16, 56, 56],
+            ),
+            "vae": VAE_FLUX,
+            "scheduler": dict(shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
+                              max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096),
+        },
+    ),
+    ModelSpec(
+        model_id="PixArt-alpha/PixArt-Sigma-XL-2-1024-MS",
+        family_name="pixart-sigma",
+        nickname="PixArt-Sigma XL 1024",
+        steps=20, height=1024, width=1024, guidance_scale=4.5, dtype="bfloat16",
+        max_sequence_length=300,
+        architecture={
+            "text_encoder": T5_XXL,
+            "transformer": dict(_PIXART_XL_1024, use_additional_conditions=False,
+                                interpolation_scale=2),
+            "vae": VAE_SDXL,
+            "scheduler": dict(),
+        },
+    ),
+    ModelSpec(
+        model_id="PixArt-alpha/PixArt-XL-2-1024-MS",
+        family_name="pixart-alpha",
+        nickname="PixArt-alpha XL 1024",
+        steps=20, height=1024, width=1024, guidance_scale=4.5, dtype="bfloat16",
+        max_sequence_length=120,
+        architecture={
+            "text_encoder": T5_XXL,
+            "transformer": dict(_PIXART_XL_1024, use_additional_conditions=True),
+            "vae": VAE_SD,
+            "scheduler": dict(),
+        },
+    ),
+    ModelSpec(
+        model_id="stabilityai/stable-diffusion-3-medium-diffusers",
+        family_name="sd3",
+        nickname="Stable Diffusion 3 Medium",
+        steps=28, height=1024, width=1024, guidance_scale=7.0, dtype="bfloat16",
+        max_sequence_length=256,
+        architecture={
+            "text_encoder": CLIP_L,
+            "text_encoder_2": CLIP_G,
+            "text_encoder_3": T5_XXL,
+            "transformer": dict(
+                sample_size=128, patch_size=2, in_channels=16, num_layers=24,
+                attention_head_dim=64, num_attention_heads=24, joint_attention_dim=4096,
+                caption_projection_dim=1536, pooled_projection_dim=2048, out_channels=16,
+                pos_embed_max_size=192,
+            ),
+            "vae": VAE_SD3,
+            "scheduler": _SD3_SCHEDULER,
+        },
+    ),
+    ModelSpec(
+        model_id="stabilityai/stable-diffusion-3.5-medium",
+        family_name="sd3",
+        nickname="Stable Diffusion 3.5 Medium",
+        steps=28, height=1024, width=1024, guidance_scale=4.5, dtype="bfloat16",
+        max_sequence_length=256,
+        architecture={
+            "text_encoder": CLIP_L,
+            "text_encoder_2": CLIP_G,
+            "text_encoder_3": T5_XXL,
+            "transformer": dict(
+                sample_size=128, patch_size=2, in_channels=16, num_layers=24,
+                attention_head_dim=64, num_attention_heads=24, joint_attention_dim=4096,
+                caption_projection_dim=1536, pooled_projection_dim=2048, out_channels=16,
+                pos_embed_max_size=384, qk_norm="rms_norm",
+                dual_attention_layers=list(range(13)),
+            ),
+            "vae": VAE_SD3,
+            "scheduler": _SD3_SCHEDULER,
+        },
+    ),
+    ModelSpec(
+        model_id="stabilityai/stable-diffusion-3.5-large",
+        family_name="sd3",
+        nickname="Stable Diffusion 3.5 Large",
+        steps=28, height=1024, width=1024, guidance_scale=3.5, dtype="bfloat16",
+        max_sequence_length=256,
+        architecture={
+            "text_encoder": CLIP_L,
+            "text_encoder_2": CLIP_G,
+            "text_encoder_3": T5_XXL,
+            "transformer": dict(
+                sample_size=128, patch_size=2, in_channels=16, num_layers=38,
+                attention_head_dim=64, num_attention_heads=38, joint_attention_dim=4096,
+                caption_projection_dim=2432, pooled_projection_dim=2048, out_channels=16,
+                pos_embed_max_size=192, qk_norm="rms_norm",
+            ),
+            "vae": VAE_SD3,
+            "scheduler": _SD3_SCHEDULER,
+        },
+    ),
+    ModelSpec(
+        model_id="Tencent-Hunyuan/HunyuanDiT-v1.2-Diffusers",
+        family_name="hunyuandit",
+        nickname="HunyuanDiT v1.2",
+        steps=50, height=1024, width=1024, guidance_scale=5.0, dtype="float16",
+        max_sequence_length=None,
+        architecture={
+            "text_encoder": HUNYUAN_BERT,
+            "text_encoder_2": MT5_XL,
+            "transformer": dict(
+                num_attention_heads=16, attention_head_dim=88, in_channels=4, patch_size=2,
+                activation_fn="gelu-approximate", sample_size=128, hidden_size=1408,
+                num_layers=40, mlp_ratio=4.3637, learn_sigma=True, cross_attention_dim=1024,
+                norm_type="layer_norm", cross_attention_dim_t5=2048, pooled_projection_dim=1024,
+                text_len=77, text_len_t5=256, use_style_cond_and_image_meta_size=False,
+            ),
+            "vae": VAE_SDXL,
+            "scheduler": dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.018,
+                              clip_sample=False, prediction_type="v_prediction",
+                              steps_offset=1, timestep_spacing="leading"),
+        },
+    ),
+    ModelSpec(
+        model_id="stabilityai/stable-diffusion-xl-base-1.0",
+        family_name="sdxl",
+        nickname="Stable Diffusion XL",
+        steps=30, height=1024, width=1024, guidance_scale=5.0, dtype="float16",
+        max_sequence_length=None,
+        architecture={
+            "text_encoder": CLIP_L,
+            "text_encoder_2": dict(CLIP_G, projection_dim=1280),
+            "unet": dict(
+                sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
+                block_out_channels=[320, 640, 1280],
+                down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+                up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+                attention_head_dim=[5, 10, 20], cross_attention_dim=2048,
+                transformer_layers_per_block=[1, 2, 10], use_linear_projection=True,
+                addition_embed_type="text_time", addition_time_embed_dim=256,
+                projection_class_embeddings_input_dim=2816,
+            ),
+            "vae": VAE_SDXL,
+            "scheduler": _SDXL_SCHEDULER,
+        },
+    ),
+)
+
+MODELS: dict[str, ModelSpec] = {}
+for _spec in _MODELS:
+    for _name in (_spec.model_id, *_spec.aliases):
+        MODELS[_name] = _spec
+
+
+def known_model_ids(task: Task | None = None) -> list[str]:
+    return sorted(m.model_id for m in _MODELS if task is None or m.task == task)
+
+
+def models_of_family(family: str) -> list[ModelSpec]:
+    return [m for m in _MODELS if m.family_name == family]

@@ -1,0 +1,206 @@
+"""What a run leaves behind: results.json (the ML.ENERGY format and more), requests.json,
+model_info.json, and the summary table."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import statistics
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from mlenergy.diffusion.measurement import Measurement
+from mlenergy.diffusion.plan import RunPlan
+
+RESULTS = "results.json"
+REQUESTS = "requests.json"
+MODEL_INFO = "model_info.json"
+DRIVER_LOG = "driver_log.txt"
+IMAGE_DIR = "image_outputs"
+
+
+@dataclass
+class IterationRecord:
+    index: int
+    measurement: Measurement
+    prompts: list[str]
+    images: list[str] = field(default_factory=list)
+
+
+def write_json_atomically(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def image_name(iteration: int, index: int, prompt: str, suffix: str = "png") -> str:
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", prompt).strip("-").lower()[:60] or "prompt"
+    return f"i{iteration}-{index}_{slug}.{suffix}"
+
+
+def requests_document(plan: RunPlan, warmup: list[list[str]], measured: list[list[str]]) -> list:
+    docs = [{"batch_size": len(b), "prompts": b, "warmup": True} for b in warmup]
+    docs += [{"batch_size": len(b), "prompts": b, "warmup": False} for b in measured]
+    return docs
+
+
+def model_info(plan: RunPlan, denoiser_parameters: int) -> dict:
+    return {
+        "model_id": plan.spec.model_id,
+        "nickname": plan.spec.nickname,
+        "total_parameters_billion": round(denoiser_parameters / 1e9, 3),
+        "weight_precision": plan.dtype,
+        "weights": plan.weights,
+    }
+
+
+def _stats(values: list[float]) -> dict:
+    return {
+        "mean": statistics.fmean(values),
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "stdev": statistics.stdev(values) if len(values) > 1 else 0.0,
+    }
+
+
+def configurations(plan: RunPlan) -> dict:
+    c = plan.config
+    return {
+        "ulysses_degree": c.ulysses_degree,
+        "ring_degree": c.ring_degree,
+        "use_torch_compile": c.use_torch_compile,
+        "use_fp8_t5_encoder": c.use_fp8_t5_encoder,
+        "enable_sequential_cpu_offload": c.enable_sequential_cpu_offload,
+        "use_teacache": c.use_teacache,
+        "use_fbcache": c.use_fbcache,
+        "warmup_iters": plan.warmup_iters,
+        "benchmark_iters": plan.benchmark_iters,
+    }
+
+
+def results_document(
+    plan: RunPlan,
+    *,
+    started: datetime,
+    iterations: list[IterationRecord],
+    whole_run: Measurement,
+    environment: dict,
+    gpu_model: str,
+    prompt_source: str,
+    peak_memory_gb: list[float | None],
+    parameter_memory_gb: float,
+    load_time_s: float,
+    warmup_time_s: float,
+    benchmark_window: tuple[float, float],
+) -> dict:
+    """results.json: the keys the ML.ENERGY benchmark 3.0.0 writes, in its order, then ours.
+
+    Headline numbers come from the per-iteration windows. `iteration_energy_measurements` exists
+    only when every iteration's energy was measured, because readers take 0 or NaN at face value.
+    """
+    times = [r.measurement.time for r in iterations]
+    energies = [r.measurement.total_gpu_energy for r in iterations]
+    measured = all(e is not None for e in energies)
+    total_images = plan.batch_size * len(iterations)
+    total_time = sum(times)
+    total_energy = sum(energies) if measured else None
+    doc: dict = {
+        "date": started.strftime("%Y%m%d-%H%M%S"),
+        "model_id": plan.spec.model_id,
+        "batch_size": plan.batch_size,
+        "num_iterations": len(iterations),
+        "height": plan.height,
+        "width": plan.width,
+        "inference_steps": plan.inference_steps,
+        "seed": plan.seed,
+    }
+    if plan.task == "text-to-video":
+        doc["num_frames"] = plan.num_frames
+        doc["fps"] = plan.fps
+    doc.update({
+        "total_images": total_images,
+        "total_time": total_time,
+        "throughput_images_per_sec": total_images / total_time,
+        "avg_time_per_image": total_time / total_images,
+        "total_energy": total_energy,
+        "energy_per_image": total_energy / total_images if measured else None,
+        "energy_measurement": whole_run.to_dict(),
+    })
+    if measured:
+        doc["iteration_energy_measurements"] = [r.measurement.to_dict() for r in iterations]
+    doc["configurations"] = configurations(plan)
+    doc["timeline"] = {"benchmark_start_time": benchmark_window[0],
+                       "benchmark_end_time": benchmark_window[1]}
+
+    doc.update({
+        "task": plan.task,
+        "energy_measured": measured,
+        "ulysses_degree": plan.ulysses_degree,
+        "ring_degree": plan.ring_degree,
+        "num_processes": plan.world_size,
+        "num_gpus": plan.num_gpus,
+        "gpu_model": gpu_model,
+        "guidance_scale": plan.guidance_scale,
+        "weights": plan.weights,
+        "dtype": plan.dtype,
+        "max_sequence_length": plan.max_sequence_length,
+        "prompt_source": prompt_source,
+        "average_power_watts": total_energy / total_time if measured else None,
+        "latency_per_iteration": _stats(times),
+        "energy_per_iteration": _stats(energies) if measured else None,
+        "iterations": [
+            {
+                "index": r.index,
+                "time": r.measurement.time,
+                "energy": r.measurement.total_gpu_energy,
+                "gpu_energy": r.measurement.gpu_energy,
+                "prompts": r.prompts,
+                "images": r.images,
+            }
+            for r in iterations
+        ],
+        "peak_memory_gb": max((p for p in peak_memory_gb if p is not None), default=None),
+        "peak_memory_gb_per_rank": peak_memory_gb,
+        "parameter_memory_gb": parameter_memory_gb,
+        "model_load_time_s": load_time_s,
+        "warmup_time_s": warmup_time_s,
+        "environment": environment,
+    })
+    return doc
+
+
+def summary_table(doc: dict) -> str:
+    def fmt(value, spec, unit=""):
+        if value is None or (isinstance(value, float) and not math.isfinite(value)):
+            return "not measured"
+        return f"{value:{spec}}{unit}"
+
+    rows = [
+        ("model", doc["model_id"] + f" ({doc['weights']} weights, {doc['dtype']})"),
+        ("device", f"{doc['gpu_model']} x{max(doc['num_gpus'], 1)} "
+                   f"(ulysses {doc['ulysses_degree']}, ring {doc['ring_degree']})"),
+        ("shape", f"batch {doc['batch_size']}, {doc['height']}x{doc['width']}, "
+                  f"{doc['inference_steps']} steps"),
+        ("iterations", f"{doc['num_iterations']} measured"),
+        ("latency / batch", fmt(doc["latency_per_iteration"]["mean"], ".3f", " s")
+         + f"  (median {doc['latency_per_iteration']['median']:.3f} s)"),
+        ("time / image", fmt(doc["avg_time_per_image"], ".3f", " s")),
+        ("images / s", fmt(doc["throughput_images_per_sec"], ".3f")),
+        ("energy / image", fmt(doc["energy_per_image"], ",.1f", " J")),
+        ("average power", fmt(doc["average_power_watts"], ",.1f", " W")),
+        ("peak memory", fmt(doc["peak_memory_gb"], ".2f", " GB")),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)

@@ -1,0 +1,128 @@
+"""Process-group bootstrap and the rules every rank follows when something goes wrong."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import socket
+import sys
+import traceback
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger("mlenergy.diffusion")
+
+# A collective that waits longer than this has lost a peer: fail instead of hanging forever.
+COLLECTIVE_TIMEOUT = datetime.timedelta(
+    seconds=float(os.environ.get("MLENERGY_COLLECTIVE_TIMEOUT_S", "1800"))
+)
+
+
+@dataclass(frozen=True)
+class Ranks:
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_local_main(self) -> bool:
+        return self.local_rank == 0
+
+    @property
+    def node_rank(self) -> int:
+        return self.rank // self.local_world_size
+
+    @property
+    def num_nodes(self) -> int:
+        return self.world_size // self.local_world_size
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launched_ranks() -> tuple[int, int]:
+    """(rank, world size) as set by torchrun; one process when started with plain python."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def init_process_group(device_type: str) -> Ranks:
+    """Join (or, for a plain `python` launch, create) the process group, then xDiT's world."""
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    rank, world_size = launched_ranks()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
+    if device_type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        device = torch.device("cpu")
+        backend = "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, timeout=COLLECTIVE_TIMEOUT)
+    from mlenergy.diffusion.xfuser_compat import import_xfuser
+
+    import_xfuser()
+    from xfuser.core.distributed import init_distributed_environment
+
+    init_distributed_environment(backend=backend)
+    return Ranks(rank, world_size, local_rank, local_world_size, device)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_gather_object(obj):
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj, src: int = 0):
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def die(rank: int, err: BaseException) -> None:
+    """End this rank at once with a non-zero status, naming the rank and the cause.
+
+    Exiting (rather than unwinding through collectives) lets torchrun see the failure and stop
+    the other ranks instead of leaving them waiting on this one.
+    """
+    detail = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+    logger.error("rank %d failed: %s: %s\n%s", rank, type(err).__name__, err, detail)
+    print(f"error: rank {rank} failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(1)

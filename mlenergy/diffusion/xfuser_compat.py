@@ -1,0 +1,55 @@
+"""Importing and running xDiT (`xfuser` 0.7.0) without CUDA, for CPU test machines.
+
+xfuser refuses to import on a CPU-only torch, always asks for NCCL, and turns its Ulysses path
+off when no GPU is present. On a machine without CUDA this module fixes exactly those points
+before the rest of xfuser is imported, so that Ulysses runs over gloo between CPU processes with
+xDiT's own code. With CUDA it does nothing but import xfuser. The fixes touch xfuser internals,
+which is why pyproject pins xfuser exactly.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+
+import torch
+
+_done = False
+
+
+def import_xfuser():
+    """Import xfuser, made runnable on CPU when no CUDA device exists."""
+    global _done
+    if _done or torch.cuda.is_available():
+        _done = True
+        import xfuser
+
+        return xfuser
+
+    # xfuser/envs.py decides the device and backend while the package is imported. Load it on its
+    # own under a placeholder package, fix it, then import the real package around it.
+    spec = importlib.util.find_spec("xfuser")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("xfuser is not installed")
+    placeholder = types.ModuleType("xfuser")
+    placeholder.__path__ = list(spec.submodule_search_locations)
+    sys.modules["xfuser"] = placeholder
+    try:
+        import xfuser.envs as envs
+    finally:
+        del sys.modules["xfuser"]
+
+    envs.get_device_version = lambda: None  # read as CUDA version 0.0 instead of raising
+    envs.get_torch_distributed_backend = lambda: "gloo"
+    # xfuser copies this flag into several modules at import time; yunchang's Ulysses all-to-all
+    # works over gloo.
+    envs.PACKAGES_CHECKER.packages_info["has_long_ctx_attn"] = True
+
+    import xfuser
+    import xfuser.model_executor.layers.usp as usp
+    import yunchang.globals
+
+    usp.PROCESS_GROUP = yunchang.globals.PROCESS_GROUP
+    _done = True
+    return xfuser
