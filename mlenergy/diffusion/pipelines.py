@@ -126,7 +126,8 @@ def build_from_configs(
             parts[slot] = _component(component, configs[slot])
             continue
         with _default_dtype_and_device(dtype, device):
-            parts[slot] = _component(component, configs[slot])
+            # Built modules start in training mode: dropout would make every call random.
+            parts[slot] = _component(component, configs[slot]).eval().requires_grad_(False)
         if component.tokenizer_slot:
             parts[component.tokenizer_slot] = _in_memory_tokenizer(
                 component.kind, max_sequence_length
