@@ -48,6 +48,8 @@ class Family:
     supports_cache: bool = False  # xDiT's TeaCache / FBCache are FLUX-only
     # Extra keyword arguments the diffusers pipeline constructor needs beyond its components.
     pipeline_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    # Extra keyword arguments of every pipeline call.
+    call_kwargs: Mapping[str, Any] = field(default_factory=dict)
     # Tiny variant: slot -> config kwargs, and the T5 length to use with it.
     tiny: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     tiny_max_sequence_length: int | None = None
@@ -112,6 +114,8 @@ FAMILIES: dict[str, Family] = {
         },
         spatial_factor=16,
         t5_slot="text_encoder",
+        # Generate at the requested size, not at the nearest of the model's aspect-ratio bins.
+        call_kwargs=dict(use_resolution_binning=False),
         tiny={
             "text_encoder": _TINY_T5,
             "transformer": dict(
@@ -137,11 +141,15 @@ FAMILIES: dict[str, Family] = {
         },
         spatial_factor=16,
         t5_slot="text_encoder",
+        # Generate at the requested size, not at the nearest of the model's aspect-ratio bins.
+        call_kwargs=dict(use_resolution_binning=False),
         tiny={
             "text_encoder": _TINY_T5,
             "transformer": dict(
-                num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
-                num_layers=2, cross_attention_dim=16, sample_size=8, patch_size=2,
+                # Width divisible by 3: the size conditions split it in three.
+                num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=8,
+                # The pipeline adds PixArt-alpha's size conditions only for sample size 128.
+                num_layers=2, cross_attention_dim=24, sample_size=128, patch_size=2,
                 caption_channels=32, norm_num_groups=4, use_additional_conditions=True,
             ),
             "vae": dict(_TINY_VAE, latent_channels=4, scaling_factor=0.18215),

@@ -64,6 +64,7 @@ def call_kwargs(plan: RunPlan) -> dict:
         num_inference_steps=plan.inference_steps,
         guidance_scale=plan.guidance_scale,
         output_type="pil",
+        **plan.spec.family.call_kwargs,
     )
     if plan.max_sequence_length is not None:
         kwargs["max_sequence_length"] = plan.max_sequence_length
