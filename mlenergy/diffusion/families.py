@@ -204,6 +204,7 @@ FAMILIES: dict[str, Family] = {
         t5_slot="text_encoder_2",
         pipeline_kwargs=dict(safety_checker=None, feature_extractor=None,
                              requires_safety_checker=False),
+        call_kwargs=dict(use_resolution_binning=False),
         tiny={
             "text_encoder": dict(vocab_size=_TINY_VOCAB, hidden_size=32, num_hidden_layers=2,
                                  num_attention_heads=4, intermediate_size=37,

@@ -135,7 +135,7 @@ def _not_supported_yet(config: BenchmarkConfig) -> None:
 
 
 def _check_parallelism(config: BenchmarkConfig, spec: ModelSpec, arch: dict, world_size: int,
-                       device_type: str) -> None:
+                       device_type: str, visible_gpus: int) -> None:
     u, r = config.ulysses_degree, config.ring_degree
     _positive("--ulysses_degree", u)
     _positive("--ring_degree", r)
@@ -164,10 +164,10 @@ def _check_parallelism(config: BenchmarkConfig, spec: ModelSpec, arch: dict, wor
             )
     if device_type == "cuda":
         local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        if local > torch.cuda.device_count():
+        if local > visible_gpus:
             raise ConfigError(
-                f"{local} processes on this node but only {torch.cuda.device_count()} visible "
-                "GPU(s); lower --nproc_per_node or set CUDA_VISIBLE_DEVICES"
+                f"{local} processes on this node but only {visible_gpus} visible GPU(s); "
+                "lower --nproc_per_node or set CUDA_VISIBLE_DEVICES"
             )
 
 
@@ -206,10 +206,15 @@ def _check_pretrained_available(spec: ModelSpec) -> None:
 
 
 def make_plan(config: BenchmarkConfig, world_size: int | None = None,
-              device_type: str | None = None) -> RunPlan:
+              device_type: str | None = None, visible_gpus: int | None = None) -> RunPlan:
+    """Resolve defaults and validate. The keyword arguments stand in for the launch
+    environment (WORLD_SIZE, the visible devices), so a configuration can be checked for a
+    machine other than this one."""
     workload = config.workload
     world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
     device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
+    if visible_gpus is None:
+        visible_gpus = torch.cuda.device_count() if device_type == "cuda" else 0
 
     spec = _resolve_spec(workload)
     if spec.task != workload.task:
@@ -223,7 +228,7 @@ def make_plan(config: BenchmarkConfig, world_size: int | None = None,
         raise ConfigError("workload:text-to-video is not supported yet; use workload:text-to-image")
 
     arch = spec.family.tiny if workload.weights == "tiny" else spec.architecture
-    _check_parallelism(config, spec, arch, world_size, device_type)
+    _check_parallelism(config, spec, arch, world_size, device_type, visible_gpus)
     _check_options(config, spec)
 
     _positive("--workload.batch_size", workload.batch_size)
@@ -259,7 +264,8 @@ def make_plan(config: BenchmarkConfig, world_size: int | None = None,
         ulysses_degree=config.ulysses_degree, ring_degree=config.ring_degree,
         num_frames=None, fps=None,
     )
-    base_dir = workload.base_dir or Path("run/diffusion") / workload.task / spec.model_id.strip("/")
+    model_dir = spec.model_id if spec.model_id in MODELS else Path(spec.model_id).name
+    base_dir = workload.base_dir or Path("run/diffusion") / workload.task / model_dir
     run_dir = Path(base_dir) / _run_dir_name(values, spec, config)
     return RunPlan(
         config=config, spec=spec, task=workload.task, max_sequence_length=max_seq,
