@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 from importlib import metadata
 
@@ -36,8 +37,7 @@ def local_gpus(count: int) -> list[dict]:
     try:
         gpus = []
         for index in range(count):
-            # NVML ignores CUDA_VISIBLE_DEVICES; map through torch's view of the device.
-            handle = pynvml.nvmlDeviceGetHandleByPciBusId(_pci_bus_id(index))
+            handle = _nvml_handle(pynvml, index)
             name = pynvml.nvmlDeviceGetName(handle)
             gpus.append({
                 "index": index,
@@ -50,9 +50,17 @@ def local_gpus(count: int) -> list[dict]:
         pynvml.nvmlShutdown()
 
 
-def _pci_bus_id(index: int) -> str:
-    props = torch.cuda.get_device_properties(index)
-    return f"{props.pci_domain_id:08X}:{props.pci_bus_id:02X}:{props.pci_device_id:02X}.0"
+def _nvml_handle(pynvml, index: int):
+    """NVML numbers GPUs regardless of CUDA_VISIBLE_DEVICES: find torch's device by PCI bus."""
+    try:
+        props = torch.cuda.get_device_properties(index)
+        bus = f"{props.pci_domain_id:08X}:{props.pci_bus_id:02X}:{props.pci_device_id:02X}.0"
+        return pynvml.nvmlDeviceGetHandleByPciBusId(bus)
+    except (AttributeError, pynvml.NVMLError):
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if visible:
+            return pynvml.nvmlDeviceGetHandleByIndex(int(visible.split(",")[index]))
+        return pynvml.nvmlDeviceGetHandleByIndex(index)
 
 
 def driver_version() -> str | None:
