@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import load_results, only_run_dir, run_benchmark
+import subprocess
+import sys
+
+from conftest import REPO, load_results, only_run_dir, run_benchmark
 
 FAMILY_MODELS = [
     "black-forest-labs/FLUX.1-dev",
@@ -164,6 +167,10 @@ def test_existing_results_are_kept_unless_overwrite_is_asked(tmp_path, tiny_flux
     assert run_benchmark(args, tmp_path).returncode == 0
     results = only_run_dir(base) / "results.json"
     before = results.read_bytes()
+    # The GPU smoke test's checker refuses a run whose energy was not measured.
+    check = subprocess.run([sys.executable, "scripts/check_run.py", str(results.parent)],
+                           cwd=REPO, capture_output=True, text=True)
+    assert check.returncode == 1 and "energy was not measured" in check.stderr
     skipped = run_benchmark(args, tmp_path)
     assert skipped.returncode == 0 and "already exists" in skipped.stdout
     assert results.read_bytes() == before
