@@ -189,8 +189,9 @@ def summary_table(doc: dict) -> str:
 
     rows = [
         ("model", doc["model_id"] + f" ({doc['weights']} weights, {doc['dtype']})"),
-        ("device", f"{doc['gpu_model']} x{max(doc['num_gpus'], 1)} "
-                   f"(ulysses {doc['ulysses_degree']}, ring {doc['ring_degree']})"),
+        ("device", (f"{doc['gpu_model']} x{doc['num_gpus']}" if doc["num_gpus"]
+                    else f"CPU ({doc['gpu_model']}), {doc['num_processes']} process(es)")
+         + f", ulysses {doc['ulysses_degree']} x ring {doc['ring_degree']}"),
         ("shape", f"batch {doc['batch_size']}, {doc['height']}x{doc['width']}, "
                   f"{doc['inference_steps']} steps"),
         ("iterations", f"{doc['num_iterations']} measured"),
