@@ -18,12 +18,11 @@ if __package__ in (None, ""):
 import logging
 import time
 from datetime import datetime
-from pathlib import Path
 
 os.environ.setdefault("XDIT_LOGGING_LEVEL", "WARNING")
 
 from mlenergy.diffusion import prompts as prompt_source
-from mlenergy.diffusion import results, runtime
+from mlenergy.diffusion import files, results, runtime
 from mlenergy.diffusion.config import parse_cli
 from mlenergy.diffusion.plan import ConfigError, RunPlan, make_plan
 
@@ -67,7 +66,7 @@ def run(plan: RunPlan) -> None:
 
     schedule, source = _prompts(plan, ranks)
     if ranks.is_main:
-        results.write_json_atomically(
+        files.write_json_atomically(
             plan.run_dir / results.REQUESTS,
             results.requests_document(plan, schedule.warmup, schedule.measured),
         )
@@ -122,9 +121,9 @@ def run(plan: RunPlan) -> None:
             load_time_s=loading.seconds, warmup_time_s=warming.seconds,
             benchmark_window=(window_start, window_end),
         )
-        results.write_json_atomically(plan.base_dir / results.MODEL_INFO,
+        files.write_json_atomically(plan.base_dir / results.MODEL_INFO,
                                       results.model_info(plan, denoiser_parameters))
-        results.write_json_atomically(plan.run_dir / results.RESULTS, doc)
+        files.write_json_atomically(plan.run_dir / results.RESULTS, doc)
         summary = results.summary_table(doc)
         logger.info("Summary\n%s", summary)
         logger.info("Results written to %s", plan.run_dir / results.RESULTS)

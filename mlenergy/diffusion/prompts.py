@@ -14,12 +14,13 @@ import os
 import random
 import re
 import socket
-import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Sequence
 from urllib.parse import urlparse
+
+from mlenergy.diffusion.files import write_json_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -92,14 +93,6 @@ def _cache_path(cache_dir: Path, dataset: str, split: str, column: str) -> Path:
     return cache_dir / f"{slug}.{split}.{column}.json"
 
 
-def _write_atomically(path: Path, data: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def _hub_reachable(timeout: float = 3.0) -> bool:
     """A quick look before `datasets` spends tens of seconds retrying an unreachable hub."""
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or \
@@ -157,7 +150,7 @@ def load_pool(dataset: str, cache_dir: Path | None = None, column: str | None = 
         return PromptPool(fallback_prompts(), "fallback")
     if not prompts:
         raise PromptsError(f"{dataset} has no non-empty {column!r} values")
-    _write_atomically(cache, json.dumps(prompts, ensure_ascii=False))
+    write_json_atomically(cache, prompts)
     return PromptPool(prompts, dataset)
 
 

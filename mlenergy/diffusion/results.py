@@ -3,16 +3,11 @@ model_info.json, and the summary table."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
 import statistics
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
-
 from mlenergy.diffusion.measurement import Measurement
 from mlenergy.diffusion.plan import RunPlan
 
@@ -29,19 +24,6 @@ class IterationRecord:
     measurement: Measurement
     prompts: list[str]
     images: list[str] = field(default_factory=list)
-
-
-def write_json_atomically(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def image_name(iteration: int, index: int, prompt: str, suffix: str = "png") -> str:
