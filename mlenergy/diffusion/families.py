@@ -70,6 +70,9 @@ _TINY_VAE = dict(
     block_out_channels=[8, 8, 8, 8], layers_per_block=1, norm_num_groups=4, sample_size=64,
 )
 
+# Generate at the requested size, not at the nearest of the model's aspect-ratio bins.
+_AT_REQUESTED_SIZE = dict(use_resolution_binning=False)
+
 FAMILIES: dict[str, Family] = {
     "flux": Family(
         name="flux",
@@ -114,8 +117,7 @@ FAMILIES: dict[str, Family] = {
         },
         spatial_factor=16,
         t5_slot="text_encoder",
-        # Generate at the requested size, not at the nearest of the model's aspect-ratio bins.
-        call_kwargs=dict(use_resolution_binning=False),
+        call_kwargs=_AT_REQUESTED_SIZE,
         tiny={
             "text_encoder": _TINY_T5,
             "transformer": dict(
@@ -141,8 +143,7 @@ FAMILIES: dict[str, Family] = {
         },
         spatial_factor=16,
         t5_slot="text_encoder",
-        # Generate at the requested size, not at the nearest of the model's aspect-ratio bins.
-        call_kwargs=dict(use_resolution_binning=False),
+        call_kwargs=_AT_REQUESTED_SIZE,
         tiny={
             "text_encoder": _TINY_T5,
             "transformer": dict(
@@ -204,7 +205,7 @@ FAMILIES: dict[str, Family] = {
         t5_slot="text_encoder_2",
         pipeline_kwargs=dict(safety_checker=None, feature_extractor=None,
                              requires_safety_checker=False),
-        call_kwargs=dict(use_resolution_binning=False),
+        call_kwargs=_AT_REQUESTED_SIZE,
         tiny={
             "text_encoder": dict(vocab_size=_TINY_VOCAB, hidden_size=32, num_hidden_layers=2,
                                  num_attention_heads=4, intermediate_size=37,
