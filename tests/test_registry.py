@@ -20,6 +20,24 @@ DENOISER_BILLIONS = {
     "stabilityai/stable-diffusion-xl-base-1.0": 2.57,
 }
 
+# Video denoisers (billions), and their defaults: steps, height, width, frames, fps.
+VIDEO_DENOISER_BILLIONS = {
+    "THUDM/CogVideoX-2b": 1.69,
+    "THUDM/CogVideoX1.5-5B": 5.57,
+    "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": 1.42,
+    "Wan-AI/Wan2.1-T2V-14B-Diffusers": 14.29,
+    "tencent/HunyuanVideo": 12.82,
+    "maxin-cn/Latte-1": 1.06,
+}
+VIDEO_DEFAULTS = {
+    "THUDM/CogVideoX-2b": (50, 480, 720, 49, 8),
+    "THUDM/CogVideoX1.5-5B": (50, 768, 1360, 81, 8),
+    "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": (50, 480, 832, 81, 15),
+    "Wan-AI/Wan2.1-T2V-14B-Diffusers": (50, 480, 832, 81, 15),
+    "tencent/HunyuanVideo": (50, 720, 1280, 129, 15),
+    "maxin-cn/Latte-1": (50, 512, 512, 16, 8),
+}
+
 REQUIRED_DEFAULTS = {
     "black-forest-labs/FLUX.1-dev": (28, "bfloat16", 3.5),
     "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS": (20, "bfloat16", None),
@@ -40,17 +58,28 @@ def test_every_required_model_is_registered_with_its_defaults():
     assert set(known_model_ids("text-to-image")) == set(DENOISER_BILLIONS)
 
 
-@pytest.mark.parametrize("model_id", sorted(DENOISER_BILLIONS))
+def test_every_video_model_is_registered_with_its_defaults():
+    assert set(known_model_ids("text-to-video")) == set(VIDEO_DEFAULTS)
+    for model_id, defaults in VIDEO_DEFAULTS.items():
+        spec = MODELS[model_id]
+        assert spec.task == "text-to-video"
+        assert (spec.steps, spec.height, spec.width, spec.num_frames, spec.fps) == defaults
+    assert MODELS["zai-org/CogVideoX-2b"] is MODELS["THUDM/CogVideoX-2b"]
+    assert MODELS["zai-org/CogVideoX1.5-5B"] is MODELS["THUDM/CogVideoX1.5-5B"]
+
+
+@pytest.mark.parametrize("model_id", sorted({**DENOISER_BILLIONS, **VIDEO_DENOISER_BILLIONS}))
 def test_full_size_architecture_matches_the_published_model(model_id):
     spec = MODELS[model_id]
     pipe = build_pipeline(spec, "random", dtype=torch.bfloat16, device="meta",
                           max_sequence_length=spec.max_sequence_length)
     denoiser = getattr(pipe, spec.family.denoiser_slot)
     billions = sum(p.numel() for p in denoiser.parameters()) / 1e9
-    assert billions == pytest.approx(DENOISER_BILLIONS[model_id], rel=0.01)
+    expected = {**DENOISER_BILLIONS, **VIDEO_DENOISER_BILLIONS}[model_id]
+    assert billions == pytest.approx(expected, rel=0.01)
     if spec.t5_slot:
         t5 = getattr(pipe, spec.t5_slot)
-        assert type(t5).__name__ == "T5EncoderModel"
+        assert type(t5).__name__ in ("T5EncoderModel", "UMT5EncoderModel")
         assert t5.config.d_model in (4096, 2048)  # T5-XXL, or mT5-XL for HunyuanDiT
     assert all(p.dtype == torch.bfloat16 for p in denoiser.parameters())
 

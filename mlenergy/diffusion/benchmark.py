@@ -76,7 +76,8 @@ def run(plan: RunPlan) -> None:
         dtype = getattr(torch, plan.dtype)
         built = pipelines.build_pipeline(plan.spec, plan.weights, dtype=dtype,
                                          device=ranks.device,
-                                         max_sequence_length=plan.max_sequence_length)
+                                         max_sequence_length=plan.max_sequence_length,
+                                         denoiser_cls=xdit.denoiser_class(plan))
         denoiser_parameters = pipelines.denoiser_parameter_count(built, plan.spec.family)
         parameter_gb = pipelines.parameter_bytes(built) / 1e9
         pipeline = xdit.wrap_pipeline(plan, built, engine)
@@ -97,9 +98,9 @@ def run(plan: RunPlan) -> None:
     for i, batch in enumerate(tqdm(schedule.measured, desc="iterations", disable=not ranks.is_main)):
         _inject_failure_for_tests(ranks.rank, i)
         meter.begin(f"iteration-{i}")
-        images = xdit.generate(pipeline, plan, batch, seed=plan.seed + i, device=ranks.device)
+        outputs = xdit.generate(pipeline, plan, batch, seed=plan.seed + i, device=ranks.device)
         window = meter.end(f"iteration-{i}")
-        saved = _save_images(plan, i, batch, images)
+        saved = _save_outputs(plan, ranks, i, batch, outputs)
         record = results.IterationRecord(index=i, measurement=window, prompts=batch, images=saved)
         records.append(record)
         if ranks.is_main:
@@ -140,7 +141,8 @@ def _prompts(plan: RunPlan, ranks):
             pool = prompt_source.PromptPool(prompt_source.read_prompts_file(workload.prompts_file),
                                             f"file:{workload.prompts_file}")
         else:
-            pool = prompt_source.load_pool(workload.prompt_dataset, workload.prompt_cache_dir)
+            pool = prompt_source.load_pool(workload.prompt_dataset, workload.prompt_cache_dir,
+                                             task=plan.task)
         payload = (pool.prompts, pool.source)
     pool_prompts, source = runtime.broadcast_object(payload)
     schedule = prompt_source.schedule(pool_prompts, plan.seed, plan.batch_size,
@@ -150,16 +152,26 @@ def _prompts(plan: RunPlan, ranks):
     return schedule, source
 
 
-def _save_images(plan: RunPlan, iteration: int, batch: list[str], images) -> list[str]:
-    if images is None or not plan.config.save_images:
+def _save_outputs(plan: RunPlan, ranks, iteration: int, batch: list[str], outputs) -> list[str]:
+    """Save one iteration's images or videos, outside its measurement window, from one rank:
+    the first that holds them (xDiT returns them on some ranks only, or on all)."""
+    holders = runtime.all_gather_object(outputs is not None)
+    if not plan.config.save_images or True not in holders or holders.index(True) != ranks.rank:
         return []
-    out_dir = plan.run_dir / results.IMAGE_DIR
+    video = plan.task == "text-to-video"
+    folder = results.VIDEO_DIR if video else results.IMAGE_DIR
+    out_dir = plan.run_dir / folder
     out_dir.mkdir(parents=True, exist_ok=True)
     names = []
-    for index, (prompt, image) in enumerate(zip(batch, images)):
-        name = results.image_name(iteration, index, prompt)
-        image.save(out_dir / name)
-        names.append(f"{results.IMAGE_DIR}/{name}")
+    for index, (prompt, output) in enumerate(zip(batch, outputs)):
+        name = results.output_name(iteration, index, prompt, "mp4" if video else "png")
+        if video:
+            from diffusers.utils import export_to_video
+
+            export_to_video(list(output), str(out_dir / name), fps=plan.fps)
+        else:
+            output.save(out_dir / name)
+        names.append(f"{folder}/{name}")
     return names
 
 

@@ -27,7 +27,8 @@ class TextToImage:
 
     family: Optional[str] = None
     """Pipeline family of a local model directory: flux, pixart-sigma, pixart-alpha, sd3,
-    hunyuandit, sdxl. Not needed for registered ids."""
+    hunyuandit, sdxl (images); cogvideox, wan, hunyuanvideo, latte (videos). Not needed for
+    registered ids."""
 
     weights: Literal["pretrained", "random", "tiny"] = "pretrained"
     """pretrained: from_pretrained from a hub id or local directory. random: the full-size
@@ -86,7 +87,8 @@ class TextToVideo(TextToImage):
     """Hugging Face dataset id, or a local parquet file or directory with a `text` column."""
 
     num_frames: Optional[int] = None
-    """Frames per video. Default: the model's."""
+    """Frames per video. Default: the model's. CogVideoX, Wan and HunyuanVideo take 1 + 4k
+    frames; Latte-1 exactly 16."""
 
     fps: Optional[int] = None
     """Frames per second of the saved video. Default: the model's."""

@@ -55,13 +55,25 @@ def bert_tokenizer(max_length: int = 77):
     return BertTokenizer(vocab={t: i for i, t in enumerate(tokens)}, model_max_length=max_length)
 
 
+def llama_tokenizer():
+    from transformers import LlamaTokenizer
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3}
+    for ch in _LETTERS + " ":
+        vocab[ch] = len(vocab)
+    return LlamaTokenizer(vocab=vocab, merges=[], unk_token="<unk>", bos_token="<s>",
+                          eos_token="</s>", pad_token="<pad>")
+
+
 def _in_memory_tokenizer(kind: str, max_sequence_length: int | None):
     if kind in ("clip", "clip_with_projection"):
         return clip_tokenizer()
-    if kind == "t5":
+    if kind in ("t5", "umt5"):
         return t5_tokenizer(max_sequence_length or 256)
     if kind == "bert":
         return bert_tokenizer()
+    if kind == "llama":
+        return llama_tokenizer()
     raise ValueError(f"no tokenizer for {kind}")
 
 
@@ -75,6 +87,12 @@ def _text_encoder(component: Component, config: Mapping[str, Any]):
     elif component.kind == "t5":
         cfg = transformers.T5Config(**{**config, "pad_token_id": 0, "eos_token_id": 1,
                                        "decoder_start_token_id": 0})
+    elif component.kind == "umt5":
+        cfg = transformers.UMT5Config(**{**config, "pad_token_id": 0, "eos_token_id": 1,
+                                         "decoder_start_token_id": 0})
+    elif component.kind == "llama":
+        cfg = transformers.LlamaConfig(**{**config, "pad_token_id": 3, "bos_token_id": 1,
+                                          "eos_token_id": 2})
     elif component.kind == "bert":
         cfg = transformers.BertConfig(**{**config, "pad_token_id": 0})
     else:
@@ -82,13 +100,14 @@ def _text_encoder(component: Component, config: Mapping[str, Any]):
     return getattr(transformers, component.cls)(cfg)
 
 
-def _component(component: Component, config: Mapping[str, Any]):
+def _component(component: Component, config: Mapping[str, Any], cls=None):
     import diffusers
 
     if component.kind == "scheduler":
         return getattr(diffusers, component.cls).from_config(dict(config))
     if component.kind in ("vae", "transformer", "unet"):
-        return getattr(diffusers, component.cls)(**config)
+        # from_config, not the constructor: some of xDiT's denoiser classes set themselves up there.
+        return (cls or getattr(diffusers, component.cls)).from_config(dict(config))
     return _text_encoder(component, config)
 
 
@@ -110,11 +129,13 @@ def build_from_configs(
     dtype: torch.dtype,
     device: torch.device | str,
     max_sequence_length: int | None,
+    denoiser_cls=None,
 ):
     """Assemble a family's diffusers pipeline from component configs, with random weights.
 
     Weights are created directly on `device` in `dtype` (no CPU copy of a 12 B model), seeded
-    identically on every rank.
+    identically on every rank. `denoiser_cls` replaces the denoiser's diffusers class (with a
+    subclass of it, such as xDiT's sequence-parallel transformers).
     """
     import diffusers
 
@@ -127,7 +148,8 @@ def build_from_configs(
             continue
         with _default_dtype_and_device(dtype, device):
             # Built modules start in training mode: dropout would make every call random.
-            parts[slot] = _component(component, configs[slot]).eval().requires_grad_(False)
+            cls = denoiser_cls if slot == family.denoiser_slot else None
+            parts[slot] = _component(component, configs[slot], cls).eval().requires_grad_(False)
         if component.tokenizer_slot:
             parts[component.tokenizer_slot] = _in_memory_tokenizer(
                 component.kind, max_sequence_length
@@ -143,24 +165,37 @@ def build_pipeline(
     dtype: torch.dtype,
     device: torch.device | str,
     max_sequence_length: int | None,
+    denoiser_cls=None,
 ):
     family = spec.family
     if weights == "tiny":
-        return build_from_configs(family, family.tiny, dtype=dtype, device=device,
-                                  max_sequence_length=max_sequence_length)
-    if weights == "random":
-        return build_from_configs(family, spec.architecture, dtype=dtype, device=device,
-                                  max_sequence_length=max_sequence_length)
-    return load_pretrained(spec, dtype=dtype, device=device)
+        pipeline = build_from_configs(family, family.tiny, dtype=dtype, device=device,
+                                      max_sequence_length=max_sequence_length,
+                                      denoiser_cls=denoiser_cls)
+    elif weights == "random":
+        pipeline = build_from_configs(family, spec.architecture, dtype=dtype, device=device,
+                                      max_sequence_length=max_sequence_length,
+                                      denoiser_cls=denoiser_cls)
+    else:
+        pipeline = load_pretrained(spec, dtype=dtype, device=device, denoiser_cls=denoiser_cls)
+    if family.vae_tiling:
+        pipeline.vae.enable_tiling()
+    return pipeline
 
 
-def load_pretrained(spec: ModelSpec, *, dtype: torch.dtype, device: torch.device | str):
+def load_pretrained(spec: ModelSpec, *, dtype: torch.dtype, device: torch.device | str,
+                    denoiser_cls=None):
     import diffusers
 
-    pipeline_cls = getattr(diffusers, spec.family.diffusers_pipeline)
+    family = spec.family
+    pipeline_cls = getattr(diffusers, family.diffusers_pipeline)
     try:
+        components = {}
+        if denoiser_cls is not None:
+            components[family.denoiser_slot] = denoiser_cls.from_pretrained(
+                spec.model_id, subfolder=family.denoiser_slot, torch_dtype=dtype)
         pipeline = pipeline_cls.from_pretrained(spec.model_id, torch_dtype=dtype,
-                                                **spec.family.pipeline_kwargs)
+                                                **components, **family.pipeline_kwargs)
     except (OSError, ValueError) as err:
         raise WeightsNotFoundError(
             f"could not load weights for {spec.model_id} ({type(err).__name__}: "

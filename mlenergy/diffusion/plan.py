@@ -183,6 +183,31 @@ def _check_options(config: BenchmarkConfig, spec: ModelSpec) -> None:
     _not_supported_yet(config)
 
 
+def _video_shape(workload: TextToVideo, spec: ModelSpec, arch: dict) -> tuple[int, int]:
+    """Frames and fps of a video run; the frame count must be one the model can generate."""
+    family = spec.family
+    frames = workload.num_frames if workload.num_frames is not None else spec.num_frames
+    fps = workload.fps if workload.fps is not None else spec.fps
+    _positive("--workload.fps", fps)
+    _positive("--workload.num_frames", frames)
+    if family.fixed_frames_key is not None:
+        fixed = arch[family.denoiser_slot][family.fixed_frames_key]
+        if frames != fixed:
+            raise ConfigError(
+                f"{spec.model_id} generates exactly {fixed} frames (its temporal position "
+                f"embedding has that length), not {frames}; use --workload.num_frames {fixed}"
+            )
+    t = family.temporal_factor
+    if t > 1 and (frames - 1) % t:
+        below = (frames - 1) // t * t + 1
+        raise ConfigError(
+            f"{spec.model_id} compresses time by {t}, so it can generate 1 + {t}k frames "
+            f"(e.g. {', '.join(str(1 + t * k) for k in (4, 8, 12, 20))}), not {frames}; "
+            f"use --workload.num_frames {below} or {below + t}"
+        )
+    return frames, fps
+
+
 def _check_pretrained_available(spec: ModelSpec) -> None:
     if Path(spec.model_id).is_dir():
         if not (Path(spec.model_id) / "model_index.json").is_file():
@@ -224,10 +249,10 @@ def make_plan(config: BenchmarkConfig, world_size: int | None = None,
             f"{spec.model_id} is a {spec.task} model; use the {sub} subcommand, or choose a "
             f"{workload.task} model ({', '.join(known_model_ids(workload.task)) or 'none yet'})"
         )
-    if isinstance(workload, TextToVideo):
-        raise ConfigError("workload:text-to-video is not supported yet; use workload:text-to-image")
-
     arch = spec.family.tiny if workload.weights == "tiny" else spec.architecture
+    # What the model can generate first: it does not depend on how the run is launched.
+    num_frames, fps = _video_shape(workload, spec, arch) if isinstance(workload, TextToVideo) \
+        else (None, None)
     _check_parallelism(config, spec, arch, world_size, device_type, visible_gpus)
     _check_options(config, spec)
 
@@ -256,13 +281,17 @@ def make_plan(config: BenchmarkConfig, world_size: int | None = None,
     if workload.weights == "pretrained":
         _check_pretrained_available(spec)
 
-    benchmark_iters = config.benchmark_iters or (8 if steps <= 30 else 4)
+    if num_frames is not None:
+        default_iters = 2
+    else:
+        default_iters = 8 if steps <= 30 else 4
+    benchmark_iters = config.benchmark_iters or default_iters
     max_seq = spec.family.tiny_max_sequence_length if workload.weights == "tiny" else spec.max_sequence_length
     values = dict(
         batch_size=workload.batch_size, height=height, width=width, inference_steps=steps,
         guidance_scale=guidance, seed=workload.seed, weights=workload.weights, dtype=dtype,
         ulysses_degree=config.ulysses_degree, ring_degree=config.ring_degree,
-        num_frames=None, fps=None,
+        num_frames=num_frames, fps=fps,
     )
     model_dir = spec.model_id if spec.model_id in MODELS else Path(spec.model_id).name
     base_dir = workload.base_dir or Path("run/diffusion") / workload.task / model_dir

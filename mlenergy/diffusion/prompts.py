@@ -83,8 +83,15 @@ def default_cache_dir() -> Path:
     return base / "prompts"
 
 
-def fallback_prompts() -> list[str]:
-    text = resources.files("mlenergy.diffusion").joinpath("data/fallback_prompts.txt").read_text()
+# Prompts shipped with the package for runs that cannot reach their dataset, per task.
+FALLBACK_FILES = {
+    "text-to-image": "data/fallback_prompts.txt",
+    "text-to-video": "data/fallback_video_prompts.txt",
+}
+
+
+def fallback_prompts(task: str = "text-to-image") -> list[str]:
+    text = resources.files("mlenergy.diffusion").joinpath(FALLBACK_FILES[task]).read_text()
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
@@ -125,9 +132,14 @@ def _read_column(dataset: str, split: str, column: str) -> list[str]:
     return _clean(row[column] for row in ds)
 
 
-def load_pool(dataset: str, cache_dir: Path | None = None, column: str | None = None) -> PromptPool:
+# The prompt column of a dataset that is not in DATASET_SPLITS (a local parquet), per task.
+DEFAULT_COLUMNS = {"text-to-image": "prompt", "text-to-video": "text"}
+
+
+def load_pool(dataset: str, cache_dir: Path | None = None, column: str | None = None,
+              task: str = "text-to-image") -> PromptPool:
     """Prompts of a dataset (hub id or local parquet), through the local cache."""
-    split, default_column = DATASET_SPLITS.get(dataset, ("train", "prompt"))
+    split, default_column = DATASET_SPLITS.get(dataset, ("train", DEFAULT_COLUMNS[task]))
     column = column or default_column
     cache = _cache_path(cache_dir or default_cache_dir(), dataset, split, column)
     if cache.is_file():
@@ -136,8 +148,8 @@ def load_pool(dataset: str, cache_dir: Path | None = None, column: str | None = 
     if not local and not _hub_reachable():
         logger.warning("Prompt dataset %s is not cached at %s and the hub is unreachable; "
                        "using the %d prompts shipped with the package.", dataset, cache,
-                       len(fallback_prompts()))
-        return PromptPool(fallback_prompts(), "fallback")
+                       len(fallback_prompts(task)))
+        return PromptPool(fallback_prompts(task), "fallback")
     try:
         prompts = _read_column(dataset, split, column)
     except PromptsError:
@@ -147,7 +159,7 @@ def load_pool(dataset: str, cache_dir: Path | None = None, column: str | None = 
             raise PromptsError(f"could not read column {column!r} from {dataset}: {err}") from None
         logger.warning("Could not fetch prompts from %s (%s); using the prompts shipped with "
                        "the package.", dataset, err)
-        return PromptPool(fallback_prompts(), "fallback")
+        return PromptPool(fallback_prompts(task), "fallback")
     if not prompts:
         raise PromptsError(f"{dataset} has no non-empty {column!r} values")
     write_json_atomically(cache, prompts)

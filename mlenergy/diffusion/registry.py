@@ -62,6 +62,16 @@ MT5_XL = dict(
     vocab_size=250112, d_model=2048, d_ff=5120, d_kv=64, num_layers=24, num_heads=32,
     feed_forward_proj="gated-gelu", relative_attention_num_buckets=32, layer_norm_epsilon=1e-6,
 )
+UMT5_XXL = dict(
+    vocab_size=256384, d_model=4096, d_ff=10240, d_kv=64, num_layers=24, num_heads=64,
+    feed_forward_proj="gated-gelu", relative_attention_num_buckets=32, layer_norm_epsilon=1e-6,
+)
+# HunyuanVideo's text encoder: the language model of LLaVA-LLaMA-3-8B.
+LLAVA_LLAMA3_8B = dict(
+    vocab_size=128320, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+    num_attention_heads=32, num_key_value_heads=8, rms_norm_eps=1e-5, rope_theta=500000.0,
+    max_position_embeddings=8192,
+)
 HUNYUAN_BERT = dict(
     vocab_size=47020, hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
     num_attention_heads=16, max_position_embeddings=512,
@@ -246,15 +256,142 @@ _MODELS: tuple[ModelSpec, ...] = (
     ),
 )
 
+_COGVIDEOX_DDIM = dict(
+    beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+    num_train_timesteps=1000, prediction_type="v_prediction", rescale_betas_zero_snr=True,
+    set_alpha_to_one=True, snr_shift_scale=3.0, steps_offset=0, timestep_spacing="trailing",
+)
+_WAN_TRANSFORMER = dict(
+    patch_size=[1, 2, 2], attention_head_dim=128, in_channels=16, out_channels=16, text_dim=4096,
+    freq_dim=256, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6,
+    rope_max_seq_len=1024,
+)
+# Wan 2.1's published sampler at 480p: UniPC over flow-matching sigmas, shift 3.
+_WAN_SCHEDULER = dict(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0,
+                      num_train_timesteps=1000)
+_WAN_VAE = dict(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
+                temperal_downsample=[False, True, True])
+
+_VIDEO_MODELS: tuple[ModelSpec, ...] = (
+    ModelSpec(
+        model_id="THUDM/CogVideoX-2b",
+        aliases=("zai-org/CogVideoX-2b",),
+        family_name="cogvideox",
+        nickname="CogVideoX 2B",
+        steps=50, height=480, width=720, num_frames=49, fps=8, guidance_scale=6.0,
+        dtype="float16", max_sequence_length=226,
+        architecture={
+            "text_encoder": T5_XXL,
+            "transformer": dict(
+                num_attention_heads=30, attention_head_dim=64, in_channels=16, out_channels=16,
+                time_embed_dim=512, text_embed_dim=4096, num_layers=30, sample_width=90,
+                sample_height=60, sample_frames=49, patch_size=2, temporal_compression_ratio=4,
+                max_text_seq_length=226, spatial_interpolation_scale=1.875,
+            ),
+            "vae": dict(scaling_factor=1.15258426),
+            "scheduler": _COGVIDEOX_DDIM,
+        },
+    ),
+    ModelSpec(
+        model_id="THUDM/CogVideoX1.5-5B",
+        aliases=("zai-org/CogVideoX1.5-5B",),
+        family_name="cogvideox",
+        nickname="CogVideoX 1.5 5B",
+        steps=50, height=768, width=1360, num_frames=81, fps=8, guidance_scale=6.0,
+        dtype="bfloat16", max_sequence_length=224,
+        architecture={
+            "text_encoder": T5_XXL,
+            "transformer": dict(
+                num_attention_heads=48, attention_head_dim=64, in_channels=16, out_channels=16,
+                time_embed_dim=512, text_embed_dim=4096, num_layers=42, sample_width=170,
+                sample_height=96, sample_frames=81, patch_size=2, patch_size_t=2,
+                patch_bias=False, temporal_compression_ratio=4, max_text_seq_length=224,
+                use_rotary_positional_embeddings=True, use_learned_positional_embeddings=False,
+            ),
+            "vae": dict(scaling_factor=0.7, invert_scale_latents=True),
+            "scheduler": _COGVIDEOX_DDIM,
+        },
+    ),
+    ModelSpec(
+        model_id="Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+        family_name="wan",
+        nickname="Wan 2.1 T2V 1.3B",
+        steps=50, height=480, width=832, num_frames=81, fps=15, guidance_scale=5.0,
+        dtype="bfloat16", max_sequence_length=512,
+        architecture={
+            "text_encoder": UMT5_XXL,
+            "transformer": dict(_WAN_TRANSFORMER, num_attention_heads=12, ffn_dim=8960,
+                                num_layers=30),
+            "vae": _WAN_VAE,
+            "scheduler": _WAN_SCHEDULER,
+        },
+    ),
+    ModelSpec(
+        model_id="Wan-AI/Wan2.1-T2V-14B-Diffusers",
+        family_name="wan",
+        nickname="Wan 2.1 T2V 14B",
+        steps=50, height=480, width=832, num_frames=81, fps=15, guidance_scale=5.0,
+        dtype="bfloat16", max_sequence_length=512,
+        architecture={
+            "text_encoder": UMT5_XXL,
+            "transformer": dict(_WAN_TRANSFORMER, num_attention_heads=40, ffn_dim=13824,
+                                num_layers=40),
+            "vae": _WAN_VAE,
+            "scheduler": _WAN_SCHEDULER,
+        },
+    ),
+    ModelSpec(
+        model_id="tencent/HunyuanVideo",
+        aliases=("hunyuanvideo-community/HunyuanVideo",),
+        family_name="hunyuanvideo",
+        nickname="HunyuanVideo",
+        steps=50, height=720, width=1280, num_frames=129, fps=15, guidance_scale=6.0,
+        dtype="bfloat16", max_sequence_length=256,
+        architecture={
+            "text_encoder": LLAVA_LLAMA3_8B,
+            "text_encoder_2": CLIP_L,
+            "transformer": dict(
+                in_channels=16, out_channels=16, num_attention_heads=24, attention_head_dim=128,
+                num_layers=20, num_single_layers=40, num_refiner_layers=2, mlp_ratio=4.0,
+                patch_size=2, patch_size_t=1, qk_norm="rms_norm", guidance_embeds=True,
+                text_embed_dim=4096, pooled_projection_dim=768, rope_theta=256.0,
+                rope_axes_dim=[16, 56, 56],
+            ),
+            "vae": dict(latent_channels=16, scaling_factor=0.476986),
+            "scheduler": dict(shift=7.0),
+        },
+    ),
+    ModelSpec(
+        model_id="maxin-cn/Latte-1",
+        family_name="latte",
+        nickname="Latte-1",
+        steps=50, height=512, width=512, num_frames=16, fps=8, guidance_scale=7.5,
+        dtype="float16", max_sequence_length=None,
+        architecture={
+            "text_encoder": T5_XXL,
+            "transformer": dict(
+                num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8,
+                num_layers=28, cross_attention_dim=1152, sample_size=64, patch_size=2,
+                caption_channels=4096, video_length=16, norm_type="ada_norm_single",
+                num_embeds_ada_norm=1000, activation_fn="gelu-approximate", attention_bias=True,
+                norm_elementwise_affine=False, norm_eps=1e-6,
+            ),
+            "vae": VAE_SD,
+            "scheduler": dict(beta_schedule="linear", beta_start=0.0001, beta_end=0.02,
+                              clip_sample=False, steps_offset=1),
+        },
+    ),
+)
+
 MODELS: dict[str, ModelSpec] = {}
-for _spec in _MODELS:
+for _spec in _MODELS + _VIDEO_MODELS:
     for _name in (_spec.model_id, *_spec.aliases):
         MODELS[_name] = _spec
 
 
 def known_model_ids(task: Task | None = None) -> list[str]:
-    return sorted(m.model_id for m in _MODELS if task is None or m.task == task)
+    return sorted(m.model_id for m in _MODELS + _VIDEO_MODELS if task is None or m.task == task)
 
 
 def models_of_family(family: str) -> list[ModelSpec]:
-    return [m for m in _MODELS if m.family_name == family]
+    return [m for m in _MODELS + _VIDEO_MODELS if m.family_name == family]

@@ -16,6 +16,7 @@ REQUESTS = "requests.json"
 MODEL_INFO = "model_info.json"
 DRIVER_LOG = "driver_log.txt"
 IMAGE_DIR = "image_outputs"
+VIDEO_DIR = "video_outputs"
 
 
 @dataclass
@@ -26,7 +27,7 @@ class IterationRecord:
     images: list[str] = field(default_factory=list)
 
 
-def image_name(iteration: int, index: int, prompt: str, suffix: str = "png") -> str:
+def output_name(iteration: int, index: int, prompt: str, suffix: str = "png") -> str:
     slug = re.sub(r"[^A-Za-z0-9]+", "-", prompt).strip("-").lower()[:60] or "prompt"
     return f"i{iteration}-{index}_{slug}.{suffix}"
 
@@ -118,8 +119,16 @@ def results_document(
         "avg_time_per_image": total_time / total_images,
         "total_energy": total_energy,
         "energy_per_image": total_energy / total_images if measured else None,
-        "energy_measurement": whole_run.to_dict(),
     })
+    if plan.task == "text-to-video":
+        # A video is one output: the same numbers as the image keys, under names that say so.
+        doc.update({
+            "total_videos": total_images,
+            "throughput_videos_per_sec": total_images / total_time,
+            "avg_time_per_video": total_time / total_images,
+            "energy_per_video": total_energy / total_images if measured else None,
+        })
+    doc["energy_measurement"] = whole_run.to_dict()
     if measured:
         doc["iteration_energy_measurements"] = [r.measurement.to_dict() for r in iterations]
     doc["configurations"] = configurations(plan)
@@ -149,7 +158,7 @@ def results_document(
                 "energy": r.measurement.total_gpu_energy,
                 "gpu_energy": r.measurement.gpu_energy,
                 "prompts": r.prompts,
-                "images": r.images,
+                ("videos" if plan.task == "text-to-video" else "images"): r.images,
             }
             for r in iterations
         ],
@@ -169,19 +178,21 @@ def summary_table(doc: dict) -> str:
             return "not measured"
         return f"{value:{spec}}{unit}"
 
+    unit = "video" if doc.get("task") == "text-to-video" else "image"
+    frames = f", {doc['num_frames']} frames at {doc['fps']} fps" if unit == "video" else ""
     rows = [
         ("model", doc["model_id"] + f" ({doc['weights']} weights, {doc['dtype']})"),
         ("device", (f"{doc['gpu_model']} x{doc['num_gpus']}" if doc["num_gpus"]
                     else f"CPU ({doc['gpu_model']}), {doc['num_processes']} process(es)")
          + f", ulysses {doc['ulysses_degree']} x ring {doc['ring_degree']}"),
         ("shape", f"batch {doc['batch_size']}, {doc['height']}x{doc['width']}, "
-                  f"{doc['inference_steps']} steps"),
+                  f"{doc['inference_steps']} steps{frames}"),
         ("iterations", f"{doc['num_iterations']} measured"),
         ("latency / batch", fmt(doc["latency_per_iteration"]["mean"], ".3f", " s")
          + f"  (median {doc['latency_per_iteration']['median']:.3f} s)"),
-        ("time / image", fmt(doc["avg_time_per_image"], ".3f", " s")),
-        ("images / s", fmt(doc["throughput_images_per_sec"], ".3f")),
-        ("energy / image", fmt(doc["energy_per_image"], ",.1f", " J")),
+        (f"time / {unit}", fmt(doc["avg_time_per_image"], ".3f", " s")),
+        (f"{unit}s / s", fmt(doc["throughput_images_per_sec"], ".3f")),
+        (f"energy / {unit}", fmt(doc["energy_per_image"], ",.1f", " J")),
         ("average power", fmt(doc["average_power_watts"], ",.1f", " W")),
         ("peak memory", fmt(doc["peak_memory_gb"], ".2f", " GB")),
     ]

@@ -1,10 +1,13 @@
 """The xDiT side of a run: engine configuration, wrapping a built pipeline, and one call.
 
-Every family goes through its xFuser pipeline class, whatever the weights, so tiny CPU runs
-exercise the same xDiT code as full-size GPU runs.
+Every family goes through xDiT, whatever the weights, so tiny CPU runs exercise the same xDiT
+code as full-size GPU runs: its pipeline class where xDiT has one, otherwise the diffusers
+pipeline with xDiT's sequence-parallel transformer in the denoiser slot.
 """
 
 from __future__ import annotations
+
+import importlib
 
 import torch
 
@@ -34,14 +37,32 @@ def engine_config(plan: RunPlan):
         use_teacache=config.use_teacache,
         use_fbcache=config.use_fbcache,
         max_sequence_length=plan.max_sequence_length or 256,
+        **({"num_frames": plan.num_frames} if plan.num_frames is not None else {}),
     )
     engine, _input = args.create_config()
     engine.runtime_config.dtype = getattr(torch, plan.dtype)
     return engine
 
 
+def denoiser_class(plan: RunPlan):
+    """xDiT's sequence-parallel denoiser class where the family needs it built in, else None."""
+    path = plan.spec.family.xfuser_transformer
+    if path is None:
+        return None
+    import_xfuser()
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def wrap_pipeline(plan: RunPlan, pipeline, engine):
     xfuser = import_xfuser()
+    if plan.spec.family.xfuser_pipeline is None:
+        # The denoiser is already xDiT's; it reads the parallel layout from the runtime state.
+        from xfuser.core.distributed import initialize_runtime_state
+
+        initialize_runtime_state(pipeline, engine)
+        pipeline.set_progress_bar_config(disable=True)
+        return pipeline
     wrapper_cls = getattr(xfuser, plan.spec.family.xfuser_pipeline)
     cache_args = None
     if plan.config.use_teacache or plan.config.use_fbcache:
@@ -68,12 +89,20 @@ def call_kwargs(plan: RunPlan) -> dict:
     )
     if plan.max_sequence_length is not None:
         kwargs["max_sequence_length"] = plan.max_sequence_length
+    if plan.num_frames is not None:
+        kwargs[plan.spec.family.frames_argument] = plan.num_frames
     return kwargs
 
 
 def generate(pipeline, plan: RunPlan, prompts: list[str], seed: int, device: torch.device):
-    """One pipeline call. Returns the images on the rank that holds them, else None."""
+    """One pipeline call. Returns its images (or videos, each a list of frames) on the ranks
+    that hold them, else None."""
     generator = torch.Generator(device=device).manual_seed(seed)
     output = pipeline(prompt=prompts, generator=generator, **call_kwargs(plan))
-    images = getattr(output, "images", None) if output is not None else None
-    return list(images) if images is not None else None
+    if output is None:
+        return None
+    outputs = getattr(output, "frames" if plan.task == "text-to-video" else "images", None)
+    # Ranks that do not decode get None, or a list of None (xDiT's video pipelines).
+    if outputs is None or all(o is None for o in outputs):
+        return None
+    return list(outputs)
