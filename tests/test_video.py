@@ -43,6 +43,8 @@ def check_run(run_dir, model_id: str, frames: int, processes: int) -> dict[str, 
     assert doc["throughput_videos_per_sec"] == pytest.approx(1 / doc["avg_time_per_video"])
     assert doc["energy_per_video"] is None and "iteration_energy_measurements" not in doc
     assert doc["num_processes"] == processes
+    # Videos warm up with one step at the measured shapes unless told otherwise.
+    assert doc["configurations"]["warmup_steps"] == 1
     videos = decoded_videos(run_dir)
     assert list(videos) == [name.split("/")[-1] for it in doc["iterations"] for name in it["videos"]]
     for path in (run_dir / "video_outputs").iterdir():

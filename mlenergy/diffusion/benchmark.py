@@ -87,9 +87,11 @@ def run(plan: RunPlan) -> None:
     meter = measurement.EnergyMeter(ranks)
     with measurement.Stopwatch() as warming:
         for i, batch in enumerate(schedule.warmup):
-            xdit.generate(pipeline, plan, batch, seed=plan.seed - 1 - i, device=ranks.device)
+            xdit.generate(pipeline, plan, batch, seed=plan.seed - 1 - i, device=ranks.device,
+                          steps=plan.warmup_steps)
         runtime.synchronize(ranks.device)
-    logger.info("Warm-up: %d iteration(s) in %.1f s", len(schedule.warmup), warming.seconds)
+    logger.info("Warm-up: %d iteration(s) of %d step(s) in %.1f s", len(schedule.warmup),
+                plan.warmup_steps, warming.seconds)
 
     measurement.reset_peak_memory(ranks.device)
     records: list[results.IterationRecord] = []

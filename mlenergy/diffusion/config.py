@@ -135,6 +135,11 @@ class BenchmarkConfig:
     warmup_iters: int = 1
     """Unmeasured iterations before measuring, at the measured shapes."""
 
+    warmup_steps: Optional[int] = None
+    """Denoising steps of each warm-up iteration. Default: the measured step count for images;
+    1 for videos (one step already runs every measured shape, and a full video can take
+    minutes)."""
+
     benchmark_iters: Optional[int] = None
     """Measured iterations. Default: 8 when steps <= 30, else 4 (images); 2 (videos)."""
 

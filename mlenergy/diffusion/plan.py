@@ -37,6 +37,7 @@ class RunPlan:
     dtype: str
     max_sequence_length: int | None
     warmup_iters: int
+    warmup_steps: int
     benchmark_iters: int
     ulysses_degree: int
     ring_degree: int
@@ -286,6 +287,8 @@ def make_plan(config: BenchmarkConfig, world_size: int | None = None,
     else:
         default_iters = 8 if steps <= 30 else 4
     benchmark_iters = config.benchmark_iters or default_iters
+    _positive("--warmup_steps", config.warmup_steps)
+    warmup_steps = config.warmup_steps or (1 if num_frames is not None else steps)
     max_seq = spec.family.tiny_max_sequence_length if workload.weights == "tiny" else spec.max_sequence_length
     values = dict(
         batch_size=workload.batch_size, height=height, width=width, inference_steps=steps,
@@ -298,6 +301,7 @@ def make_plan(config: BenchmarkConfig, world_size: int | None = None,
     run_dir = Path(base_dir) / _run_dir_name(values, spec, config)
     return RunPlan(
         config=config, spec=spec, task=workload.task, max_sequence_length=max_seq,
-        warmup_iters=config.warmup_iters, benchmark_iters=benchmark_iters,
+        warmup_iters=config.warmup_iters, warmup_steps=warmup_steps,
+        benchmark_iters=benchmark_iters,
         world_size=world_size, device_type=device_type, run_dir=run_dir, **values,
     )

@@ -69,6 +69,7 @@ def configurations(plan: RunPlan) -> dict:
         "use_teacache": c.use_teacache,
         "use_fbcache": c.use_fbcache,
         "warmup_iters": plan.warmup_iters,
+        "warmup_steps": plan.warmup_steps,
         "benchmark_iters": plan.benchmark_iters,
     }
 

@@ -78,11 +78,11 @@ def wrap_pipeline(plan: RunPlan, pipeline, engine):
     return wrapped
 
 
-def call_kwargs(plan: RunPlan) -> dict:
+def call_kwargs(plan: RunPlan, steps: int | None = None) -> dict:
     kwargs = dict(
         height=plan.height,
         width=plan.width,
-        num_inference_steps=plan.inference_steps,
+        num_inference_steps=steps or plan.inference_steps,
         guidance_scale=plan.guidance_scale,
         output_type="pil",
         **plan.spec.family.call_kwargs,
@@ -94,11 +94,12 @@ def call_kwargs(plan: RunPlan) -> dict:
     return kwargs
 
 
-def generate(pipeline, plan: RunPlan, prompts: list[str], seed: int, device: torch.device):
-    """One pipeline call. Returns its images (or videos, each a list of frames) on the ranks
-    that hold them, else None."""
+def generate(pipeline, plan: RunPlan, prompts: list[str], seed: int, device: torch.device,
+             steps: int | None = None):
+    """One pipeline call (of `steps` denoising steps, default the plan's). Returns its images
+    (or videos, each a list of frames) on the ranks that hold them, else None."""
     generator = torch.Generator(device=device).manual_seed(seed)
-    output = pipeline(prompt=prompts, generator=generator, **call_kwargs(plan))
+    output = pipeline(prompt=prompts, generator=generator, **call_kwargs(plan, steps))
     if output is None:
         return None
     outputs = getattr(output, "frames" if plan.task == "text-to-video" else "images", None)
