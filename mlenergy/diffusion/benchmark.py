@@ -93,7 +93,8 @@ def run(plan: RunPlan) -> None:
         options.enable_offload(plan, built, ranks.device)
     logger.info("Pipeline ready in %.1f s: %.3f B denoiser parameters, %.2f GB of weights",
                 loading.seconds, denoiser_parameters / 1e9, parameter_gb)
-    attention = options.attention_report(plan, denoiser)
+    # After wrapping: xDiT may have replaced the denoiser with its parallel wrapper.
+    attention = options.attention_report(plan, getattr(built, plan.spec.family.denoiser_slot))
     logger.info("Attention: %s", attention["used"])
 
     meter = measurement.EnergyMeter(ranks)

@@ -292,7 +292,10 @@ def attention_report(plan: RunPlan, denoiser) -> dict:
     """results.json `attention`: who runs the denoiser's attention and with which kernel."""
     from xfuser.core.distributed import get_runtime_state
 
-    processors = sorted({type(p).__name__ for p in denoiser.attn_processors.values()})
+    # With sequence parallelism xDiT wraps each attention module; the wrapper's processor is
+    # xDiT's and the wrapped module keeps diffusers' (unused) one, so look at every module.
+    found = {getattr(m, "processor", None) for m in denoiser.modules()}
+    processors = sorted({type(p).__name__ for p in found if p is not None})
     via_xfuser = any(name.startswith("xFuser") for name in processors)
     xfuser_backend = get_runtime_state().attention_backend.name
     if via_xfuser:
