@@ -20,6 +20,9 @@ import time
 from datetime import datetime
 
 os.environ.setdefault("XDIT_LOGGING_LEVEL", "WARNING")
+# transformers warns about optional image backends when xfuser imports it; keep stderr for what
+# matters (an error found after the prompts are read must stay one line).
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from mlenergy.diffusion import prompts as prompt_source
 from mlenergy.diffusion import files, results, runtime
