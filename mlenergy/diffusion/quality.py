@@ -7,6 +7,7 @@ benchmark does not download, so they are reported as absent, never guessed.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import statistics
@@ -28,6 +29,9 @@ def load_reference(directory: Path, *, model_id: str, seed: int, height: int, wi
                    save_images: bool) -> dict:
     """Check, before anything loads, that DIR is a comparable run. Returns its results.json."""
     flag = f"--reference_run {directory}"
+    if importlib.util.find_spec("skimage") is None:
+        raise ConfigError(f"{flag} needs scikit-image for SSIM: "
+                          "pip install 'mlenergy-diffusion-benchmark[quality]'")
     if not save_images:
         raise ConfigError(f"{flag} compares saved images; drop --no_save_images")
     if not directory.is_dir():
