@@ -55,9 +55,11 @@ def test_second_reference_command_plans_four_gpus():
     assert plan.run_dir.name.endswith("+uly-2+ring-2+tc-False")
 
 
-def test_optimized_reference_command_is_refused_for_what_is_not_built():
-    with pytest.raises(ConfigError, match="--use_fp8_t5_encoder is not supported yet"):
-        plan_for(README_COMMANDS[2][1], world_size=4)
+def test_optimized_reference_command_plans_every_option():
+    plan = plan_for(README_COMMANDS[2][1], world_size=4)
+    assert plan.run_dir.name == ("batch-100+size-512x512+steps-28+seed-48105+uly-2+ring-2+tc-True"
+                                 "+fp8t5-True+cache-teacache")
+    assert plan.warmup_iters == 2 and plan.cache_threshold == 0.12
 
 
 def test_sdxl_with_sequence_parallelism_is_impossible():

@@ -111,7 +111,17 @@ BAD_RUNS = [
     (["--use_fbcache", "--workload.model_id", "stabilityai/stable-diffusion-3-medium-diffusers"],
      1, "only for the FLUX family"),
     (["--workload.prompts_file", "/nonexistent/prompts.txt"], 1, "does not exist"),
-    (["--use_fp8_t5_encoder"], 1, "not supported yet"),
+    (["--use_fp8_t5_encoder", "--workload.model_id", "stabilityai/stable-diffusion-xl-base-1.0"],
+     1, "has no T5 text encoder"),
+    (["--enable_sequential_cpu_offload"], 1, "needs one"),
+    (["--use_teacache", "--use_fbcache"], 1, "exclusive"),
+    (["--cache_threshold", "0.2"], 1, "add --use_teacache or --use_fbcache"),
+    (["--use_torch_compile", "--warmup_iters", "1"], 1, "needs --warmup_iters 2"),
+    (["--compile_mode", "max-autotune"], 1, "needs --use_torch_compile"),
+    (["--use_torch_compile", "--compile_mode", "reduce-overhead"], 1, "needs a GPU"),
+    (["--attention_backend", "cudnn"], 1, "needs a GPU"),
+    (["--attention_backend", "bogus"], 1, "unknown --attention_backend"),
+    (["--reference_run", "/nonexistent/run"], 1, "no such directory"),
 ]
 
 

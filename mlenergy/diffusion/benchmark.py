@@ -20,6 +20,9 @@ import time
 from datetime import datetime
 
 os.environ.setdefault("XDIT_LOGGING_LEVEL", "WARNING")
+# transformers warns about optional image backends when xfuser imports it; keep stderr for what
+# matters (an error found after the prompts are read must stay one line).
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from mlenergy.diffusion import prompts as prompt_source
 from mlenergy.diffusion import files, results, runtime
@@ -43,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     rank = runtime.launched_ranks()[0]
     try:
         run(plan)
+    except ConfigError as err:
+        # Input found bad once the prompts are known (before any model loads or file is written).
+        if rank == 0:
+            print(f"error: {err}", file=sys.stderr)
+        return 2
     except BaseException as err:  # noqa: BLE001 - any failure must end this rank promptly
         if isinstance(err, SystemExit) and not err.code:
             raise
@@ -54,17 +62,19 @@ def run(plan: RunPlan) -> None:
     import torch
     from tqdm import tqdm
 
-    from mlenergy.diffusion import environment, measurement, pipelines, xdit
+    from mlenergy.diffusion import environment, measurement, options, pipelines, quality, xdit
 
     started = datetime.now()
     ranks = runtime.init_process_group(plan.device_type)
+    schedule, source, prompts_note = _prompts(plan, ranks)
+    if plan.reference is not None:
+        quality.check_prompts(plan.config.reference_run, plan.reference, schedule.measured)
     _setup_logging(plan, ranks)
     env = environment.describe(plan.device_type, ranks.local_world_size)
     logger.info("Run directory: %s", plan.run_dir)
     logger.info("Plan: %s", _describe_plan(plan))
     logger.info("Environment: %s", env)
-
-    schedule, source = _prompts(plan, ranks)
+    logger.info("%s", prompts_note)
     if ranks.is_main:
         files.write_json_atomically(
             plan.run_dir / results.REQUESTS,
@@ -79,22 +89,40 @@ def run(plan: RunPlan) -> None:
                                          max_sequence_length=plan.max_sequence_length,
                                          denoiser_cls=xdit.denoiser_class(plan))
         denoiser_parameters = pipelines.denoiser_parameter_count(built, plan.spec.family)
+        fp8_t5 = options.quantize_t5_to_fp8(plan, built)
         parameter_gb = pipelines.parameter_bytes(built) / 1e9
+        denoiser = getattr(built, plan.spec.family.denoiser_slot)
+        options.select_attention_backend(plan, denoiser)
         pipeline = xdit.wrap_pipeline(plan, built, engine)
+        options.enable_offload(plan, built, ranks.device)
     logger.info("Pipeline ready in %.1f s: %.3f B denoiser parameters, %.2f GB of weights",
                 loading.seconds, denoiser_parameters / 1e9, parameter_gb)
+    # After wrapping: xDiT may have replaced the denoiser with its parallel wrapper.
+    attention = options.attention_report(plan, getattr(built, plan.spec.family.denoiser_slot))
+    logger.info("Attention: %s", attention["used"])
 
     meter = measurement.EnergyMeter(ranks)
+    compiles = options.CompileTracker()
+    warmup_times: list[float] = []
+    warmup_compiles: list[tuple] = []
     with measurement.Stopwatch() as warming:
         for i, batch in enumerate(schedule.warmup):
-            xdit.generate(pipeline, plan, batch, seed=plan.seed - 1 - i, device=ranks.device,
-                          steps=plan.warmup_steps)
-        runtime.synchronize(ranks.device)
-    logger.info("Warm-up: %d iteration(s) of %d step(s) in %.1f s", len(schedule.warmup),
-                plan.warmup_steps, warming.seconds)
+            before = compiles.snapshot()
+            with measurement.Stopwatch() as one:
+                xdit.generate(pipeline, plan, batch, seed=plan.seed - 1 - i, device=ranks.device,
+                              steps=plan.warmup_steps)
+                runtime.synchronize(ranks.device)
+            warmup_times.append(one.seconds)
+            warmup_compiles.append(compiles.difference(before, compiles.snapshot()))
+    logger.info("Warm-up: %d iteration(s) of %d step(s) in %.1f s (%s)", len(schedule.warmup),
+                plan.warmup_steps, warming.seconds, ", ".join(f"{t:.2f} s" for t in warmup_times))
+    if plan.config.use_torch_compile and warmup_compiles and warmup_compiles[-1][0]:
+        logger.warning("The last warm-up iteration still compiled %d graph(s): measured "
+                       "iterations may compile too; raise --warmup_iters", warmup_compiles[-1][0])
 
     measurement.reset_peak_memory(ranks.device)
     records: list[results.IterationRecord] = []
+    before_measuring = compiles.snapshot()
     meter.begin("benchmark")
     window_start = time.time()
     for i, batch in enumerate(tqdm(schedule.measured, desc="iterations", disable=not ranks.is_main)):
@@ -110,6 +138,10 @@ def run(plan: RunPlan) -> None:
                         _energy_text(window.total_gpu_energy))
     whole = meter.end("benchmark")
     window_end = time.time()
+    measured_compiles = compiles.difference(before_measuring, compiles.snapshot())
+    if plan.config.use_torch_compile and measured_compiles[0]:
+        logger.warning("torch.compile compiled %d graph(s) during measured iterations: their "
+                       "times include compilation; raise --warmup_iters", measured_compiles[0])
 
     peaks = runtime.all_gather_object(measurement.peak_memory_gb(ranks.device))
     saved_by_rank = runtime.all_gather_object([r.images for r in records])
@@ -117,12 +149,23 @@ def run(plan: RunPlan) -> None:
         for record in records:
             record.images = next((names[record.index] for names in saved_by_rank
                                   if names[record.index]), [])
+        option_results = {
+            "warmup_iteration_times": warmup_times,
+            "compile": options.compile_report(plan, warmup_times, warmup_compiles,
+                                              measured_compiles, [r.measurement.time for r in records]),
+            "fp8_t5_encoder": fp8_t5,
+            "attention": attention,
+        }
+        if plan.reference is not None:
+            option_results["quality"] = quality.quality_report(
+                plan.run_dir, plan.config.reference_run, plan.reference,
+                [r.images for r in records])
         doc = results.results_document(
             plan, started=started, iterations=records, whole_run=whole, environment=env,
             gpu_model=environment.device_model(env), prompt_source=source,
             peak_memory_gb=peaks, parameter_memory_gb=parameter_gb,
             load_time_s=loading.seconds, warmup_time_s=warming.seconds,
-            benchmark_window=(window_start, window_end),
+            benchmark_window=(window_start, window_end), extra=option_results,
         )
         files.write_json_atomically(plan.base_dir / results.MODEL_INFO,
                                       results.model_info(plan, denoiser_parameters))
@@ -135,7 +178,9 @@ def run(plan: RunPlan) -> None:
 
 
 def _prompts(plan: RunPlan, ranks):
-    """Rank 0 reads the prompt pool; every rank gets the same schedule from it."""
+    """Rank 0 reads the prompt pool; every rank gets the same schedule from it. Runs before
+    logging is set up (the run directory must not exist yet if the reference check fails), so
+    the line to log comes back with it."""
     workload = plan.config.workload
     payload = None
     if ranks.is_main:
@@ -149,9 +194,9 @@ def _prompts(plan: RunPlan, ranks):
     pool_prompts, source = runtime.broadcast_object(payload)
     schedule = prompt_source.schedule(pool_prompts, plan.seed, plan.batch_size,
                                       plan.warmup_iters, plan.benchmark_iters)
-    logger.info("Prompts: %d from %s%s", len(pool_prompts), source,
-                " (fewer than the run needs: some repeat)" if schedule.wrapped else "")
-    return schedule, source
+    note = (f"Prompts: {len(pool_prompts)} from {source}"
+            + (" (fewer than the run needs: some repeat)" if schedule.wrapped else ""))
+    return schedule, source, note
 
 
 def _save_outputs(plan: RunPlan, ranks, iteration: int, batch: list[str], outputs) -> list[str]:

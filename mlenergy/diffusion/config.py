@@ -118,13 +118,22 @@ class BenchmarkConfig:
     """Ring-attention sequence-parallel degree (GPU only)."""
 
     use_torch_compile: bool = False
-    """Compile the denoiser through xDiT (torch.compile)."""
+    """Compile the denoiser through xDiT (torch.compile of its forward, on the first call)."""
+
+    compile_mode: Optional[str] = None
+    """torch.compile mode for --use_torch_compile: default, reduce-overhead (CUDA graphs),
+    max-autotune, max-autotune-no-cudagraphs. Default: xDiT's (torch's default mode)."""
+
+    compile_backend: str = "inductor"
+    """torch.compile backend for --use_torch_compile: inductor (what xDiT uses), or eager /
+    aot_eager (trace only, no code generation: for quick tests)."""
 
     use_fp8_t5_encoder: bool = False
-    """Store the T5 text encoder's weights in FP8."""
+    """Store the T5 text encoder's weights in FP8 (optimum-quanto qfloat8; T5 families only)."""
 
     enable_sequential_cpu_offload: bool = False
-    """diffusers' sequential CPU offload (one process only)."""
+    """diffusers' sequential CPU offload: weights live in CPU memory and move to the GPU layer by
+    layer (one GPU, one process)."""
 
     use_teacache: bool = False
     """xDiT's TeaCache (FLUX family)."""
@@ -132,8 +141,22 @@ class BenchmarkConfig:
     use_fbcache: bool = False
     """xDiT's first-block cache (FLUX family)."""
 
-    warmup_iters: int = 1
-    """Unmeasured iterations before measuring, at the measured shapes."""
+    cache_threshold: Optional[float] = None
+    """Relative-L1 threshold under which TeaCache / FBCache reuse the cached blocks (higher: more
+    reuse, faster, lossier). Default: 0.12, xDiT's."""
+
+    attention_backend: Optional[str] = None
+    """Attention kernel: sdpa, sdpa_flash, sdpa_efficient, sdpa_math, cudnn, flash (flash-attn 2),
+    flash_3 (flash-attn 3). Default: xDiT's choice (cuDNN on Hopper) for sequence-parallel runs,
+    diffusers' (torch SDPA) on one process, where xDiT leaves attention to diffusers."""
+
+    reference_run: Optional[Path] = None
+    """Run directory of an exact run (same model, prompts, seed, size, steps and batch) to compare
+    this run's images with: PSNR and SSIM per image go into results.json `quality`."""
+
+    warmup_iters: Optional[int] = None
+    """Unmeasured iterations before measuring, at the measured shapes. Default: 1; 2 with
+    --use_torch_compile (the first compiles, the second must not)."""
 
     warmup_steps: Optional[int] = None
     """Denoising steps of each warm-up iteration. Default: the measured step count for images;

@@ -18,6 +18,10 @@ from mlenergy.diffusion.families import FAMILIES
 from mlenergy.diffusion.registry import MODELS, ModelSpec, known_model_ids, models_of_family
 
 
+# xDiT's default TeaCache / FBCache threshold.
+DEFAULT_CACHE_THRESHOLD = 0.12
+
+
 class ConfigError(ValueError):
     """Bad input: the message is one line that says what is wrong and how to fix it."""
 
@@ -46,6 +50,9 @@ class RunPlan:
     run_dir: Path
     num_frames: int | None = None
     fps: int | None = None
+    cache_threshold: float | None = None
+    # The --reference_run's results.json, checked to be comparable.
+    reference: dict | None = None
 
     @property
     def base_dir(self) -> Path:
@@ -109,30 +116,34 @@ def _run_dir_name(plan_values: dict, spec: ModelSpec, config: BenchmarkConfig) -
         parts.append(f"weights-{v['weights']}")
     if v["dtype"] != spec.dtype:
         parts.append(f"dtype-{v['dtype']}")
+    if config.compile_mode not in (None, "default"):
+        parts.append(f"compilemode-{config.compile_mode}")
+    if config.use_torch_compile and config.compile_backend != "inductor":
+        parts.append(f"compilebackend-{config.compile_backend}")
     if config.use_fp8_t5_encoder:
         parts.append("fp8t5-True")
     if config.use_teacache:
         parts.append("cache-teacache")
     if config.use_fbcache:
         parts.append("cache-fbcache")
+    if config.cache_threshold is not None and config.cache_threshold != DEFAULT_CACHE_THRESHOLD:
+        parts.append(f"cachethresh-{config.cache_threshold:g}")
     if config.enable_sequential_cpu_offload:
         parts.append("offload-True")
+    if config.attention_backend is not None:
+        parts.append(f"attn-{config.attention_backend}")
     return "+".join(parts)
+
+
+def _cache_threshold(config: BenchmarkConfig) -> float | None:
+    if not (config.use_teacache or config.use_fbcache):
+        return None
+    return DEFAULT_CACHE_THRESHOLD if config.cache_threshold is None else config.cache_threshold
 
 
 def _positive(name: str, value: int | float | None) -> None:
     if value is not None and value < 1:
         raise ConfigError(f"{name} must be at least 1, got {value}")
-
-
-def _not_supported_yet(config: BenchmarkConfig) -> None:
-    pending = {
-        "--use_fp8_t5_encoder": config.use_fp8_t5_encoder,
-        "--enable_sequential_cpu_offload": config.enable_sequential_cpu_offload,
-    }
-    for flag, on in pending.items():
-        if on:
-            raise ConfigError(f"{flag} is not supported yet; run without it")
 
 
 def _check_parallelism(config: BenchmarkConfig, spec: ModelSpec, arch: dict, world_size: int,
@@ -172,16 +183,11 @@ def _check_parallelism(config: BenchmarkConfig, spec: ModelSpec, arch: dict, wor
             )
 
 
-def _check_options(config: BenchmarkConfig, spec: ModelSpec) -> None:
-    if config.use_teacache and config.use_fbcache:
-        raise ConfigError("--use_teacache and --use_fbcache are exclusive; choose one")
-    if (config.use_teacache or config.use_fbcache) and not spec.family.supports_cache:
-        flag = "--use_teacache" if config.use_teacache else "--use_fbcache"
-        raise ConfigError(
-            f"{flag} works only for the FLUX family in xDiT; {spec.model_id} is "
-            f"{spec.family_name}"
-        )
-    _not_supported_yet(config)
+def _check_options(config: BenchmarkConfig, spec: ModelSpec, device_type: str) -> None:
+    # Imported here: options.py raises this module's ConfigError.
+    from mlenergy.diffusion import options
+
+    options.check(config, spec, device_type)
 
 
 def _video_shape(workload: TextToVideo, spec: ModelSpec, arch: dict) -> tuple[int, int]:
@@ -255,13 +261,16 @@ def make_plan(config: BenchmarkConfig, world_size: int | None = None,
     num_frames, fps = _video_shape(workload, spec, arch) if isinstance(workload, TextToVideo) \
         else (None, None)
     _check_parallelism(config, spec, arch, world_size, device_type, visible_gpus)
-    _check_options(config, spec)
+    _check_options(config, spec, device_type)
 
     _positive("--workload.batch_size", workload.batch_size)
     _positive("--workload.inference_steps", workload.inference_steps)
     _positive("--benchmark_iters", config.benchmark_iters)
-    if config.warmup_iters < 0:
-        raise ConfigError(f"--warmup_iters must be 0 or more, got {config.warmup_iters}")
+    warmup_iters = config.warmup_iters
+    if warmup_iters is None:
+        warmup_iters = 2 if config.use_torch_compile else 1
+    if warmup_iters < 0:
+        raise ConfigError(f"--warmup_iters must be 0 or more, got {warmup_iters}")
     height = workload.height if workload.height is not None else spec.height
     width = workload.width if workload.width is not None else spec.width
     factor = spec.family.spatial_factor
@@ -296,12 +305,25 @@ def make_plan(config: BenchmarkConfig, world_size: int | None = None,
         ulysses_degree=config.ulysses_degree, ring_degree=config.ring_degree,
         num_frames=num_frames, fps=fps,
     )
+    reference = None
+    if config.reference_run is not None:
+        from mlenergy.diffusion import quality
+
+        if num_frames is not None:
+            raise ConfigError("--reference_run compares images; it does not handle videos yet, "
+                              "drop it for text-to-video")
+
+        reference = quality.load_reference(
+            config.reference_run, model_id=spec.model_id, seed=workload.seed, height=height,
+            width=width, batch_size=workload.batch_size, inference_steps=steps,
+            benchmark_iters=benchmark_iters, save_images=config.save_images)
     model_dir = spec.model_id if spec.model_id in MODELS else Path(spec.model_id).name
     base_dir = workload.base_dir or Path("run/diffusion") / workload.task / model_dir
     run_dir = Path(base_dir) / _run_dir_name(values, spec, config)
     return RunPlan(
         config=config, spec=spec, task=workload.task, max_sequence_length=max_seq,
-        warmup_iters=config.warmup_iters, warmup_steps=warmup_steps,
+        warmup_iters=warmup_iters, warmup_steps=warmup_steps,
         benchmark_iters=benchmark_iters,
+        cache_threshold=_cache_threshold(config), reference=reference,
         world_size=world_size, device_type=device_type, run_dir=run_dir, **values,
     )

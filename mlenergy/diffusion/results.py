@@ -64,10 +64,15 @@ def configurations(plan: RunPlan) -> dict:
         "ulysses_degree": c.ulysses_degree,
         "ring_degree": c.ring_degree,
         "use_torch_compile": c.use_torch_compile,
+        "compile_mode": (c.compile_mode or "default") if c.use_torch_compile else None,
+        "compile_backend": c.compile_backend if c.use_torch_compile else None,
         "use_fp8_t5_encoder": c.use_fp8_t5_encoder,
         "enable_sequential_cpu_offload": c.enable_sequential_cpu_offload,
         "use_teacache": c.use_teacache,
         "use_fbcache": c.use_fbcache,
+        "cache_threshold": plan.cache_threshold,
+        "attention_backend": c.attention_backend,
+        "reference_run": str(c.reference_run) if c.reference_run is not None else None,
         "warmup_iters": plan.warmup_iters,
         "warmup_steps": plan.warmup_steps,
         "benchmark_iters": plan.benchmark_iters,
@@ -88,6 +93,7 @@ def results_document(
     load_time_s: float,
     warmup_time_s: float,
     benchmark_window: tuple[float, float],
+    extra: dict | None = None,
 ) -> dict:
     """results.json: the keys the ML.ENERGY benchmark 3.0.0 writes, in its order, then ours.
 
@@ -170,6 +176,7 @@ def results_document(
         "warmup_time_s": warmup_time_s,
         "environment": environment,
     })
+    doc.update(extra or {})
     return doc
 
 
@@ -197,5 +204,14 @@ def summary_table(doc: dict) -> str:
         ("average power", fmt(doc["average_power_watts"], ",.1f", " W")),
         ("peak memory", fmt(doc["peak_memory_gb"], ".2f", " GB")),
     ]
+    if doc.get("compile"):
+        c = doc["compile"]
+        rows.append(("compile", f"{fmt(c['compile_time_s'], '.1f', ' s')} compiling"
+                     + (", RECOMPILED while measuring" if c["recompiled_during_measurement"]
+                        else "")))
+    if doc.get("quality"):
+        from mlenergy.diffusion.quality import summary_text
+
+        rows.append(("vs reference", summary_text(doc["quality"])))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)

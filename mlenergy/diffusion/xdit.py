@@ -11,11 +11,9 @@ import importlib
 
 import torch
 
+from mlenergy.diffusion import options
 from mlenergy.diffusion.plan import RunPlan
 from mlenergy.diffusion.xfuser_compat import import_xfuser
-
-# xDiT's default TeaCache threshold.
-DEFAULT_CACHE_THRESHOLD = 0.12
 
 
 def engine_config(plan: RunPlan):
@@ -36,6 +34,9 @@ def engine_config(plan: RunPlan):
         use_torch_compile=config.use_torch_compile,
         use_teacache=config.use_teacache,
         use_fbcache=config.use_fbcache,
+        use_fp8_t5_encoder=config.use_fp8_t5_encoder,
+        enable_sequential_cpu_offload=config.enable_sequential_cpu_offload,
+        attention_backend=options.xfuser_backend_name(plan),
         max_sequence_length=plan.max_sequence_length or 256,
         **({"num_frames": plan.num_frames} if plan.num_frames is not None else {}),
     )
@@ -55,6 +56,9 @@ def denoiser_class(plan: RunPlan):
 
 
 def wrap_pipeline(plan: RunPlan, pipeline, engine):
+    """xDiT's pipeline class around a built diffusers pipeline. xDiT applies the step cache and
+    then, with --use_torch_compile, wraps the denoiser's forward in torch.compile (compiled at the
+    first call)."""
     xfuser = import_xfuser()
     if plan.spec.family.xfuser_pipeline is None:
         # The denoiser is already xDiT's; it reads the parallel layout from the runtime state.
@@ -69,11 +73,16 @@ def wrap_pipeline(plan: RunPlan, pipeline, engine):
         cache_args = {
             "use_teacache": plan.config.use_teacache,
             "use_fbcache": plan.config.use_fbcache,
-            "rel_l1_thresh": DEFAULT_CACHE_THRESHOLD,
+            "rel_l1_thresh": plan.cache_threshold,
             "return_hidden_states_first": False,
             "num_steps": plan.inference_steps,
         }
-    wrapped = wrapper_cls(pipeline, engine, cache_args) if cache_args else wrapper_cls(pipeline, engine)
+    with options.compile_arguments(plan) as compile_calls:
+        wrapped = (wrapper_cls(pipeline, engine, cache_args) if cache_args
+                   else wrapper_cls(pipeline, engine))
+    if plan.config.use_torch_compile and not compile_calls:
+        raise RuntimeError(f"--use_torch_compile: xDiT's {wrapper_cls.__name__} compiled nothing "
+                           "(the installed xfuser does not compile this family)")
     wrapped.set_progress_bar_config(disable=True)
     return wrapped
 

@@ -1,0 +1,129 @@
+"""What a lossy option costs in output: this run's images against those of an exact reference run
+with the same model, prompts, seed, size, steps and batch (`--reference_run DIR`).
+
+PSNR and SSIM need no model weights. LPIPS and CLIP score would need network weights that this
+benchmark does not download, so they are reported as absent, never guessed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Sequence
+
+from mlenergy.diffusion.plan import ConfigError
+
+RESULTS = "results.json"
+REQUESTS = "requests.json"
+ABSENT_METRICS = {
+    "lpips": "absent: needs LPIPS network weights, which are not available locally",
+    "clip_score": "absent: needs CLIP model weights, which are not available locally",
+}
+
+
+def load_reference(directory: Path, *, model_id: str, seed: int, height: int, width: int,
+                   batch_size: int, inference_steps: int, benchmark_iters: int,
+                   save_images: bool) -> dict:
+    """Check, before anything loads, that DIR is a comparable run. Returns its results.json."""
+    flag = f"--reference_run {directory}"
+    if importlib.util.find_spec("skimage") is None:
+        raise ConfigError(f"{flag} needs scikit-image for SSIM: "
+                          "pip install 'mlenergy-diffusion-benchmark[quality]'")
+    if not save_images:
+        raise ConfigError(f"{flag} compares saved images; drop --no_save_images")
+    if not directory.is_dir():
+        raise ConfigError(f"{flag}: no such directory; point it at a finished run directory")
+    for name in (RESULTS, REQUESTS):
+        if not (directory / name).is_file():
+            raise ConfigError(f"{flag}: {name} is missing; point it at a finished run directory "
+                              "(the one that holds results.json)")
+    try:
+        doc = json.loads((directory / RESULTS).read_text())
+        json.loads((directory / REQUESTS).read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{flag}: cannot read its JSON ({err})") from None
+    ours = {"model_id": model_id, "seed": seed, "height": height, "width": width,
+            "batch_size": batch_size, "inference_steps": inference_steps}
+    for key, value in ours.items():
+        if doc.get(key) != value:
+            raise ConfigError(f"{flag} has {key} {doc.get(key)!r} but this run has {value!r}; "
+                              "compare runs of the same model, seed, size, steps and batch")
+    iterations = doc.get("iterations") or []
+    if len(iterations) < benchmark_iters:
+        raise ConfigError(f"{flag} measured {len(iterations)} iteration(s), fewer than this "
+                          f"run's {benchmark_iters}; lower --benchmark_iters")
+    if any(len(it.get("images") or []) != batch_size for it in iterations[:benchmark_iters]):
+        raise ConfigError(f"{flag} saved no images for every measured prompt (was it run with "
+                          "--no_save_images?); rerun it with images saved")
+    return doc
+
+
+def check_prompts(directory: Path, reference: dict, measured: Sequence[Sequence[str]]) -> None:
+    """The measured prompts must be the reference's, iteration by iteration."""
+    for index, batch in enumerate(measured):
+        theirs = reference["iterations"][index].get("prompts")
+        if list(theirs) != list(batch):
+            raise ConfigError(
+                f"--reference_run {directory} used other prompts (iteration {index}); use the "
+                "same --workload.prompts_file / --workload.prompt_dataset as the reference"
+            )
+
+
+def _load_rgb(path: Path):
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def compare_images(ours: Path, theirs: Path) -> dict:
+    import numpy as np
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    a, b = _load_rgb(ours), _load_rgb(theirs)
+    if a.shape != b.shape:
+        raise ValueError(f"{ours.name}: shape {a.shape} differs from the reference's {b.shape}")
+    identical = bool(np.array_equal(a, b))
+    # PSNR of identical images is infinite; JSON has no infinity, so it is null with identical.
+    psnr = None if identical else float(peak_signal_noise_ratio(b, a, data_range=255))
+    ssim = float(structural_similarity(b, a, channel_axis=-1, data_range=255))
+    return {"psnr_db": psnr, "ssim": ssim, "identical": identical}
+
+
+def quality_report(run_dir: Path, reference_dir: Path, reference: dict,
+                   images_per_iteration: Sequence[Sequence[str]]) -> dict:
+    """results.json `quality`: per image, PSNR (dB) and SSIM against the reference's image of
+    the same iteration and index, and their means."""
+    per_image = []
+    for index, names in enumerate(images_per_iteration):
+        for position, name in enumerate(names):
+            theirs = reference["iterations"][index]["images"][position]
+            metrics = compare_images(run_dir / name, reference_dir / theirs)
+            per_image.append({"image": name, "reference_image": theirs, **metrics})
+    psnrs = [m["psnr_db"] for m in per_image]
+    any_identical = any(m["identical"] for m in per_image)
+    return {
+        "reference_run": str(reference_dir),
+        "reference_configurations": reference.get("configurations"),
+        "num_images": len(per_image),
+        "identical_images": sum(m["identical"] for m in per_image),
+        # With an identical image the mean PSNR is infinite: null, and identical_images says so.
+        "mean_psnr_db": statistics.fmean(psnrs) if per_image and not any_identical else None,
+        "mean_ssim": statistics.fmean(m["ssim"] for m in per_image) if per_image else None,
+        "min_ssim": min((m["ssim"] for m in per_image), default=None),
+        "images": per_image,
+        **ABSENT_METRICS,
+    }
+
+
+def summary_text(quality: dict) -> str:
+    psnr = quality["mean_psnr_db"]
+    psnr_text = ("identical" if psnr is None and quality["identical_images"] == quality["num_images"]
+                 else "inf (some identical)" if psnr is None else f"{psnr:.2f} dB")
+    ssim = quality["mean_ssim"]
+    return f"PSNR {psnr_text}, SSIM {ssim:.4f}" if ssim is not None and math.isfinite(ssim) \
+        else f"PSNR {psnr_text}"

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# One H100, FLUX.1-dev (random full-size weights), batch 1, 1024x1024, 28 steps: what each
+# performance option buys in seconds, joules and memory, and what the lossy ones cost in image
+# quality against the exact baseline (--reference_run).
+#   bash scripts/gpu/h100_options.sh main    # baseline, compile, fp8 T5, offload, teacache,
+#                                           # fbcache, compile + fbcache (about 7 min)
+#   bash scripts/gpu/h100_options.sh extra   # compile with CUDA graphs (reduce-overhead), and
+#                                           # compile + fbcache at threshold 0.16 (run main first)
+cd "$(dirname "$0")/../.."
+PACK_NAME=options-$1
+source scripts/gpu/collect.sh
+nvidia-smi --query-gpu=name,power.limit,driver_version,memory.total --format=csv
+python -c "import optimum.quanto, skimage" 2>/dev/null \
+  || echo "!!! optimum-quanto / scikit-image missing: pip install -e '.[fp8,quality]' (fp8 and quality fields will be refused)"
+base="$WORK/t2i/black-forest-labs/FLUX.1-dev"
+flux=(workload:text-to-image --workload.model_id black-forest-labs/FLUX.1-dev
+      --workload.weights random --workload.base_dir "$base"
+      --workload.batch_size 1 --workload.height 1024 --workload.width 1024
+      --workload.inference_steps 28)
+ref="$base/batch-1+size-1024x1024+steps-28+seed-48105+uly-1+ring-1+tc-False+weights-random"
+eager=(--warmup_iters 1 --benchmark_iters 2)
+# Compiled runs: the first warm-up call compiles, the second must not (results.json `compile`
+# says whether anything recompiled while measuring).
+compiled=(--use_torch_compile --warmup_iters 2 --benchmark_iters 2)
+case "$1" in
+  main)
+    bench baseline 1 "${flux[@]}" "${eager[@]}"
+    bench compile 1 "${flux[@]}" "${compiled[@]}" --reference_run "$ref"
+    bench fp8t5 1 "${flux[@]}" "${eager[@]}" --use_fp8_t5_encoder --reference_run "$ref"
+    bench teacache 1 "${flux[@]}" "${eager[@]}" --use_teacache --reference_run "$ref"
+    bench fbcache 1 "${flux[@]}" "${eager[@]}" --use_fbcache --reference_run "$ref"
+    bench compile-fbcache 1 "${flux[@]}" "${compiled[@]}" --use_fbcache --reference_run "$ref"
+    # Sequential offload streams ~24 GB of weights per step over PCIe: one measured image, and
+    # no warm-up (its first call costs little next to a minute of transfers).
+    bench offload 1 "${flux[@]}" --warmup_iters 0 --benchmark_iters 1 \
+      --enable_sequential_cpu_offload --no_save_images
+    ;;
+  extra)
+    bench compile-cudagraphs 1 "${flux[@]}" "${compiled[@]}" --compile_mode reduce-overhead \
+      --reference_run "$ref"
+    bench compile-fbcache-t016 1 "${flux[@]}" "${compiled[@]}" --use_fbcache \
+      --cache_threshold 0.16 --reference_run "$ref"
+    ;;
+esac
+python scripts/gpu/options_table.py "$base" | tee "$WORK/logs/options_table.txt"

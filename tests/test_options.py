@@ -1,0 +1,231 @@
+"""Performance options on tiny FLUX: compilation, step caches, FP8 T5, attention backend, and the
+image comparison against a reference run. GPU-only options are checked for their errors."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+
+import pytest
+import torch
+
+from conftest import TINY_FLUX, load_results, only_run_dir, run_benchmark
+from mlenergy.diffusion import options
+from mlenergy.diffusion.config import parse_cli
+from mlenergy.diffusion.plan import ConfigError, make_plan
+
+
+def plan_for(argv: str, world_size: int = 1, device_type: str = "cuda"):
+    return make_plan(parse_cli(shlex.split(argv)), world_size=world_size,
+                     device_type=device_type, visible_gpus=8)
+
+
+# ---------------------------------------------------------------- planning
+
+def test_options_name_the_run_directory_and_resolve_their_defaults():
+    plan = plan_for("workload:t2i --use_torch_compile --compile_mode max-autotune-no-cudagraphs "
+                    "--use_fbcache --cache_threshold 0.2 --attention_backend cudnn "
+                    "--use_fp8_t5_encoder")
+    assert plan.run_dir.name == (
+        "batch-1+size-1024x1024+steps-28+seed-48105+uly-1+ring-1+tc-True"
+        "+compilemode-max-autotune-no-cudagraphs+fp8t5-True+cache-fbcache+cachethresh-0.2"
+        "+attn-cudnn")
+    assert plan.warmup_iters == 2 and plan.cache_threshold == 0.2
+    default = plan_for("workload:t2i --use_teacache --cache_threshold 0.12")
+    assert default.run_dir.name.endswith("+tc-False+cache-teacache")
+    assert default.warmup_iters == 1 and default.cache_threshold == 0.12
+    assert plan_for("workload:t2i").cache_threshold is None
+
+
+PLAN_ERRORS = [
+    ("--ulysses_degree 2 --enable_sequential_cpu_offload workload:t2i", 2, "cuda",
+     "cannot combine with --ulysses_degree 2"),
+    ("--use_fp8_t5_encoder workload:t2i --workload.model_id "
+     "stabilityai/stable-diffusion-xl-base-1.0", 1, "cuda", "has no T5 text encoder"),
+    ("--use_torch_compile workload:t2i --workload.model_id "
+     "stabilityai/stable-diffusion-xl-base-1.0", 1, "cuda", "transformer denoisers only"),
+    ("--use_fbcache --cache_threshold 0 workload:t2i", 1, "cuda", "must be above 0"),
+    ("--use_torch_compile --compile_backend tvm workload:t2i", 1, "cuda",
+     "unknown --compile_backend"),
+    ("--use_torch_compile --compile_backend eager --compile_mode max-autotune workload:t2i", 1,
+     "cuda", "inductor setting"),
+    ("--use_torch_compile --compile_mode fastest workload:t2i", 1, "cuda",
+     "unknown --compile_mode"),
+    ("--compile_backend eager workload:t2i", 1, "cuda", "needs --use_torch_compile"),
+    ("--attention_backend sdpa_efficient workload:t2i --workload.weights tiny", 1, "cpu",
+     "needs a GPU"),
+]
+
+
+@pytest.mark.parametrize("argv,world,device,message", PLAN_ERRORS)
+def test_option_combinations_that_cannot_work_are_refused(argv, world, device, message):
+    with pytest.raises(ConfigError, match=message):
+        plan_for(argv, world_size=world, device_type=device)
+
+
+def test_an_attention_backend_whose_package_is_missing_is_refused(monkeypatch):
+    real = options.importlib.util.find_spec
+    monkeypatch.setattr(options.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "flash_attn" else real(name, *a))
+    with pytest.raises(ConfigError, match="needs the flash_attn package"):
+        plan_for("--attention_backend flash workload:t2i")
+
+
+def test_inductor_on_cpu_needs_a_cpp_compiler(monkeypatch):
+    monkeypatch.setattr(options.shutil, "which", lambda name: None)
+    with pytest.raises(ConfigError, match="no C\\+\\+ compiler"):
+        plan_for("--use_torch_compile workload:t2i --workload.weights tiny", device_type="cpu")
+    plan_for("--use_torch_compile --compile_backend aot_eager workload:t2i "
+             "--workload.weights tiny", device_type="cpu")
+
+
+# ---------------------------------------------------------------- compile accounting
+
+def test_compile_tracker_sees_a_recompilation_and_the_report_flags_it():
+    tracker = options.CompileTracker()
+    double = torch.compile(lambda x: x * 2, backend="eager")
+    double(torch.ones(3))
+    before = tracker.snapshot()
+    double(torch.ones(3))
+    steady = tracker.difference(before, tracker.snapshot())
+    assert steady[0] == 0
+    before = tracker.snapshot()
+    double(torch.ones(3, 5))  # a new rank: dynamo must compile another graph
+    changed = tracker.difference(before, tracker.snapshot())
+    assert changed[0] >= 1 and changed[1] > 0
+
+    plan = plan_for("--use_torch_compile --compile_backend eager workload:t2i "
+                    "--workload.weights tiny", device_type="cpu")
+    report = options.compile_report(plan, [5.0, 1.1], [(3, 4.0), (0, 0.0)], changed, [1.0, 1.2])
+    assert report["recompiled_during_measurement"] is True
+    assert report["compile_time_s"] == 4.0
+    assert report["first_warmup_minus_fastest_measured_s"] == pytest.approx(4.0)
+
+
+def test_quantized_bytes_count_the_fp8_payload_not_the_reported_dtype():
+    from optimum.quanto import freeze, qfloat8, quantize
+
+    layer = torch.nn.Linear(64, 64, bias=False)
+    assert options.module_bytes(layer) == 64 * 64 * 4
+    quantize(layer, weights=qfloat8)
+    freeze(layer)
+    # One byte per weight plus a float32 scale per output row (and nothing else).
+    assert 64 * 64 <= options.module_bytes(layer) <= 64 * 64 + 64 * 4 + 16
+
+
+# ---------------------------------------------------------------- real runs
+
+STEPS4 = ["--workload.inference_steps", "4", "--benchmark_iters", "2"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An exact run: the reference the lossy runs are compared with."""
+    tmp = tmp_path_factory.mktemp("reference")
+    proc = run_benchmark([*TINY_FLUX, "--workload.base_dir", str(tmp / "out"), *STEPS4], tmp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return only_run_dir(tmp / "out")
+
+
+def _run(tmp_path, *extra, nproc=1):
+    base = tmp_path / "out"
+    args = [*TINY_FLUX, "--workload.base_dir", str(base), *STEPS4, *extra]
+    if nproc > 1:
+        args = ["--ulysses_degree", str(nproc), *args]
+    proc = run_benchmark(args, tmp_path, nproc=nproc)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return only_run_dir(base), proc
+
+
+def test_an_exact_rerun_matches_its_reference_image_for_image(tmp_path, reference):
+    run_dir, _ = _run(tmp_path, "--reference_run", str(reference),
+                      "--attention_backend", "sdpa")
+    doc = load_results(run_dir)
+    q = doc["quality"]
+    assert q["num_images"] == 4 and q["identical_images"] == 4
+    assert q["mean_psnr_db"] is None and q["mean_ssim"] == pytest.approx(1.0)
+    assert all(m["identical"] and m["psnr_db"] is None for m in q["images"])
+    assert q["lpips"].startswith("absent") and q["clip_score"].startswith("absent")
+    assert doc["configurations"]["reference_run"] == str(reference)
+    assert doc["attention"]["requested"] == "sdpa"
+    assert doc["attention"]["used"] == "diffusers:native"
+    assert "identical" in (run_dir / "driver_log.txt").read_text()
+
+
+def test_fbcache_with_compile_costs_measurable_quality(tmp_path, reference):
+    # A threshold far above any relative change: every step after the first reuses the cache.
+    run_dir, proc = _run(tmp_path, "--use_fbcache", "--cache_threshold", "100",
+                         "--use_torch_compile", "--compile_backend", "aot_eager",
+                         "--reference_run", str(reference))
+    assert run_dir.name.endswith("+tc-True+weights-tiny+dtype-float32+compilebackend-aot_eager"
+                                 "+cache-fbcache+cachethresh-100")
+    doc = load_results(run_dir)
+    c = doc["configurations"]
+    assert (c["use_fbcache"], c["cache_threshold"], c["use_torch_compile"],
+            c["compile_backend"], c["warmup_iters"]) == (True, 100.0, True, "aot_eager", 2)
+    compiled = doc["compile"]
+    assert compiled["graphs_compiled_per_warmup_iteration"][0] >= 1
+    assert compiled["graphs_compiled_during_measurement"] == 0
+    assert compiled["recompiled_during_measurement"] is False
+    assert compiled["compile_time_s"] > 0 and len(doc["warmup_iteration_times"]) == 2
+    q = doc["quality"]
+    assert q["identical_images"] == 0 and q["num_images"] == 4
+    assert 0 < q["mean_psnr_db"] < 80 and 0 < q["mean_ssim"] < 1
+    assert q["mean_psnr_db"] == pytest.approx(sum(m["psnr_db"] for m in q["images"]) / 4)
+    assert "RECOMPILED" not in proc.stderr
+
+
+def test_teacache_and_fp8_t5_report_memory_and_quality(tmp_path, reference):
+    run_dir, _ = _run(tmp_path, "--use_teacache", "--cache_threshold", "100",
+                      "--use_fp8_t5_encoder", "--reference_run", str(reference))
+    doc = load_results(run_dir)
+    fp8 = doc["fp8_t5_encoder"]
+    assert fp8["slot"] == "text_encoder_2" and fp8["weights"] == "qfloat8"
+    assert 0 < fp8["bytes_after"] < fp8["bytes_before"] * 0.6
+    q = doc["quality"]
+    assert q["identical_images"] == 0 and 0 < q["mean_ssim"] < 1
+    assert doc["configurations"]["use_teacache"] and doc["configurations"]["use_fp8_t5_encoder"]
+    assert doc["compile"] is None
+
+
+def test_two_processes_use_xdit_attention_with_the_chosen_backend_and_fbcache(tmp_path,
+                                                                              reference):
+    run_dir, _ = _run(tmp_path, "--attention_backend", "sdpa_math", "--use_fbcache", nproc=2)
+    attention = load_results(run_dir)["attention"]
+    assert attention["used"] == "xfuser:SDPA_MATH"
+    assert "xFuserFluxAttnProcessor" in attention["processors"]
+
+
+def _error_line(proc) -> str:
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    return lines[0]
+
+
+def test_an_incomparable_reference_is_refused_before_anything_runs(tmp_path, reference):
+    base = tmp_path / "out"
+    args = [*TINY_FLUX, "--workload.base_dir", str(base), *STEPS4]
+    line = _error_line(run_benchmark([*args, "--workload.seed", "7", "--reference_run",
+                                      str(reference)], tmp_path))
+    assert "has seed 48105 but this run has 7" in line
+    line = _error_line(run_benchmark([*args, "--benchmark_iters", "3", "--reference_run",
+                                      str(reference)], tmp_path))
+    assert "fewer than this run's 3" in line
+    line = _error_line(run_benchmark([*args, "--no_save_images", "--reference_run",
+                                      str(reference)], tmp_path))
+    assert "drop --no_save_images" in line
+    incomplete = tmp_path / "incomplete"
+    shutil.copytree(reference, incomplete)
+    (incomplete / "requests.json").unlink()
+    line = _error_line(run_benchmark([*args, "--reference_run", str(incomplete)], tmp_path))
+    assert "requests.json is missing" in line
+    # Other prompts are known only once the prompt pool is read: still refused before the model
+    # loads and before the run directory exists.
+    prompts = tmp_path / "other.txt"
+    prompts.write_text("a green cube\na yellow cone\na purple torus\na grey sphere\n")
+    line = _error_line(run_benchmark([*args, "--workload.prompts_file", str(prompts),
+                                      "--reference_run", str(reference)], tmp_path))
+    assert "used other prompts" in line
+    assert not base.exists()
+    assert json.loads((reference / "results.json").read_text())["num_iterations"] == 2
