@@ -174,6 +174,14 @@ def test_fbcache_with_compile_costs_measurable_quality(tmp_path, reference):
     assert 0 < q["mean_psnr_db"] < 80 and 0 < q["mean_ssim"] < 1
     assert q["mean_psnr_db"] == pytest.approx(sum(m["psnr_db"] for m in q["images"]) / 4)
     assert "RECOMPILED" not in proc.stderr
+    # The same comparison made afterwards, as for runs made where scikit-image is missing.
+    from mlenergy.diffusion import quality
+
+    assert quality.main([str(run_dir), str(reference), "--write"]) == 0
+    again = load_results(run_dir)["quality"]
+    assert again["mean_psnr_db"] == pytest.approx(q["mean_psnr_db"])
+    assert again["mean_ssim"] == pytest.approx(q["mean_ssim"])
+    assert quality.main([str(run_dir), str(tmp_path / "nowhere")]) == 2
 
 
 def test_teacache_and_fp8_t5_report_memory_and_quality(tmp_path, reference):

@@ -127,3 +127,48 @@ def summary_text(quality: dict) -> str:
     ssim = quality["mean_ssim"]
     return f"PSNR {psnr_text}, SSIM {ssim:.4f}" if ssim is not None and math.isfinite(ssim) \
         else f"PSNR {psnr_text}"
+
+
+def compare_finished_runs(run_dir: Path, reference_dir: Path) -> dict:
+    """The `quality` block of a finished run against a finished reference run, for runs made
+    where scikit-image was not installed (GPU nodes with a minimal image)."""
+    run = json.loads((run_dir / RESULTS).read_text())
+    reference = load_reference(
+        reference_dir, model_id=run["model_id"], seed=run["seed"], height=run["height"],
+        width=run["width"], batch_size=run["batch_size"], inference_steps=run["inference_steps"],
+        benchmark_iters=run["num_iterations"], save_images=True)
+    check_prompts(reference_dir, reference, [it["prompts"] for it in run["iterations"]])
+    return quality_report(run_dir, reference_dir, reference,
+                          [it["images"] for it in run["iterations"]])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    from mlenergy.diffusion.files import write_json_atomically
+
+    parser = argparse.ArgumentParser(
+        prog="python -m mlenergy.diffusion.quality",
+        description="PSNR and SSIM of a finished run's images against a finished reference run "
+                    "(same model, seed, size, steps, batch and prompts).")
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("reference_dir", type=Path)
+    parser.add_argument("--write", action="store_true",
+                        help="also store the result as `quality` in RUN_DIR/results.json")
+    args = parser.parse_args(argv)
+    try:
+        report = compare_finished_runs(args.run_dir, args.reference_dir)
+    except (ConfigError, OSError, KeyError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{args.run_dir.name}: {summary_text(report)} over {report['num_images']} image(s)")
+    if args.write:
+        doc = json.loads((args.run_dir / RESULTS).read_text())
+        doc["quality"] = report
+        write_json_atomically(args.run_dir / RESULTS, doc)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
