@@ -234,6 +234,9 @@ def make_plan(config: BenchmarkConfig, world_size: int | None = None,
     _positive("--workload.batch_size", workload.batch_size)
     _positive("--workload.inference_steps", workload.inference_steps)
     _positive("--benchmark_iters", config.benchmark_iters)
+    if not 0 <= config.idle_baseline_s <= 600:
+        raise ConfigError(f"--idle_baseline_s must be between 0 and 600 seconds, got "
+                          f"{config.idle_baseline_s}")
     if config.warmup_iters < 0:
         raise ConfigError(f"--warmup_iters must be 0 or more, got {config.warmup_iters}")
     height = workload.height if workload.height is not None else spec.height

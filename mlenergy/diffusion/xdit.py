@@ -71,9 +71,11 @@ def call_kwargs(plan: RunPlan) -> dict:
     return kwargs
 
 
-def generate(pipeline, plan: RunPlan, prompts: list[str], seed: int, device: torch.device):
+def generate(pipeline, plan: RunPlan, prompts: list[str], seed: int, device: torch.device,
+             extra_kwargs: dict | None = None):
     """One pipeline call. Returns the images on the rank that holds them, else None."""
     generator = torch.Generator(device=device).manual_seed(seed)
-    output = pipeline(prompt=prompts, generator=generator, **call_kwargs(plan))
+    output = pipeline(prompt=prompts, generator=generator, **call_kwargs(plan),
+                      **(extra_kwargs or {}))
     images = getattr(output, "images", None) if output is not None else None
     return list(images) if images is not None else None

@@ -1,0 +1,74 @@
+"""From raw measurements to the numbers a reader needs: statistics and steadiness, the stage
+split, the physical floor, the idle baseline. Pure functions over plain data."""
+
+from __future__ import annotations
+
+import logging
+
+from mlenergy.diffusion import flops, stats, timeline
+
+logger = logging.getLogger("mlenergy.diffusion")
+
+
+def per_image_statistics(times: list[float], energies: list[float | None], batch_size: int) -> dict:
+    """Latency and energy per image over the measured iterations, and whether they were steady
+    (coefficient of variation at most stats.STEADY_CV_LIMIT)."""
+    latency = stats.summarize([t / batch_size for t in times])
+    measured = all(e is not None for e in energies)
+    energy = stats.summarize([e / batch_size for e in energies]) if measured else None
+    cvs = {"latency": latency["cv"], "energy": energy["cv"] if energy else None}
+    unsteady = [k for k, cv in cvs.items() if cv is not None and cv > stats.STEADY_CV_LIMIT]
+    if unsteady:
+        logger.warning("Measured iterations are not steady: coefficient of variation of %s above "
+                       "%.0f%% (%s); consider more warm-up or more iterations",
+                       " and ".join(unsteady), 100 * stats.STEADY_CV_LIMIT,
+                       ", ".join(f"{k} {100 * cvs[k]:.1f}%" for k in unsteady))
+    return {
+        "latency_per_image_stats": latency,
+        "energy_per_image_stats": energy,
+        "steadiness": {
+            "steady": None if all(cv is None for cv in cvs.values()) else not unsteady,
+            "latency_cv": cvs["latency"],
+            "energy_cv": cvs["energy"],
+            "cv_limit": stats.STEADY_CV_LIMIT,
+        },
+    }
+
+
+def physical_floor(*, per_rank_counts: list[dict], analytic: dict | None, forwards_per_iteration: float,
+                   breakdown: dict, iteration_time_s: float, iteration_energy_j: float | None,
+                   num_gpus: int, gpu_model: str, dtype: str) -> dict:
+    total = sum(c["total"] for c in per_rank_counts)
+    attention = sum(c["attention"] for c in per_rank_counts)
+    if attention == 0:
+        logger.warning("FLOP count: no attention operator was counted; the floor is too low")
+    section = flops.floor(
+        flops_per_forward=total, forwards_per_iteration=forwards_per_iteration,
+        denoising_time_s=breakdown["denoising"]["time_s"],
+        denoising_energy_j=breakdown["denoising"]["energy_j"],
+        iteration_time_s=iteration_time_s, iteration_energy_j=iteration_energy_j,
+        num_gpus=num_gpus, peak_tflops_per_gpu=flops.peak_tflops(gpu_model, dtype))
+    section.update({
+        "attention_flops_per_forward": attention,
+        "counted_on_ranks": len(per_rank_counts),
+        "method": "torch.utils.flop_counter.FlopCounterMode on the run's denoiser",
+        "flops_by_operator": _sum_ops(per_rank_counts),
+        "analytic_flops_per_forward": analytic["total"] if analytic else None,
+        "counted_over_analytic": total / analytic["total"] if analytic else None,
+    })
+    return section
+
+
+def _sum_ops(counts: list[dict]) -> dict:
+    out: dict[str, int] = {}
+    for c in counts:
+        for op, n in c["by_op"].items():
+            out[op] = out.get(op, 0) + n
+    return out
+
+
+def idle_baseline(block: dict | None, start: float, end: float) -> dict:
+    power = timeline.mean_power(block, start, end) if block else None
+    return {"start_time": start, "end_time": end, "duration_s": end - start,
+            "mean_power_w": power,
+            "total_power_w": sum(power.values()) if power else None}
