@@ -163,11 +163,8 @@ def run(plan: RunPlan) -> None:
         files.write_json_atomically(plan.base_dir / results.MODEL_INFO,
                                       results.model_info(plan, denoiser_parameters))
         files.write_json_atomically(plan.run_dir / results.RESULTS, doc)
-        if timeline_block:
-            plot = timeline.plot_power(
-                timeline_block, [r.window for r in records],
-                [tuple(b) for r in stage_records for b in r["boundaries"]],
-                plan.run_dir / timeline.PLOT, title=_describe_plan_short(plan))
+        plot = timeline.plot_run(doc, plan.run_dir / timeline.PLOT)
+        if plot is not None:
             logger.info("Power plot: %s", plot)
         summary = results.summary_table(doc)
         logger.info("Summary\n%s", summary)
@@ -349,12 +346,6 @@ def _describe_plan(plan: RunPlan) -> str:
             f"x ring {plan.ring_degree} on {plan.world_size} process(es) ({plan.device_type}); "
             f"warm-up {plan.warmup_iters}, measured {plan.benchmark_iters}; "
             f"options {results.configurations(plan)}")
-
-
-def _describe_plan_short(plan: RunPlan) -> str:
-    return (f"{plan.spec.model_id} [{plan.weights}] batch {plan.batch_size} {plan.height}x"
-            f"{plan.width} {plan.inference_steps} steps, ulysses {plan.ulysses_degree} x ring "
-            f"{plan.ring_degree}")
 
 
 def _setup_logging(plan: RunPlan, ranks) -> None:

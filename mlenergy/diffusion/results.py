@@ -154,7 +154,8 @@ def results_document(
                 "images": r.images,
                 **({"start_time": r.window[0], "end_time": r.window[1]} if r.window else {}),
                 **({"stages": r.stages["stages"], "steps": r.stages["steps"],
-                    "denoiser_forwards": r.stages["denoiser_forwards"]} if r.stages else {}),
+                    "denoiser_forwards": r.stages["denoiser_forwards"],
+                    "stage_boundaries": r.stages["boundaries"]} if r.stages else {}),
             }
             for r in iterations
         ],

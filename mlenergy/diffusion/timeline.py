@@ -32,9 +32,15 @@ class TimelineMonitor:
             from zeus.monitor.temperature import TemperatureMonitor
 
             gpus = list(range(ranks.local_world_size))
-            self._power = PowerMonitor(gpu_indices=gpus, update_period=POWER_PERIOD_S)
-            self._temperature = TemperatureMonitor(gpu_indices=gpus,
-                                                   update_period=TEMPERATURE_PERIOD_S)
+            try:
+                self._power = PowerMonitor(gpu_indices=gpus, update_period=POWER_PERIOD_S)
+                self._temperature = TemperatureMonitor(gpu_indices=gpus,
+                                                       update_period=TEMPERATURE_PERIOD_S)
+            except Exception as err:  # noqa: BLE001 - timelines are a cross-check, not the result
+                logger.warning("Power/temperature timelines unavailable (%s: %s); the run goes "
+                               "on without them", type(err).__name__, err)
+                self.stop()
+                self._power = self._temperature = None
 
     @property
     def active(self) -> bool:
@@ -107,6 +113,26 @@ def mean_power(timeline: dict, start: float, end: float) -> dict[str, float] | N
 
 
 STAGE_COLOURS = {"text_encoding": "tab:green", "denoising": "tab:blue", "decoding": "tab:orange"}
+
+
+def plot_run(doc: dict, path: Path) -> Path | None:
+    """The power plot of a results.json document (timeline, iteration windows, stage
+    boundaries); None when the run has no power timeline or matplotlib is missing."""
+    block = doc.get("timeline") or {}
+    if not block.get("power"):
+        return None
+    iterations = [(it["start_time"], it["end_time"]) for it in doc["iterations"]
+                  if "start_time" in it]
+    stages = [tuple(b) for it in doc["iterations"] for b in it.get("stage_boundaries", [])]
+    title = (f"{doc['model_id']} [{doc.get('weights')}], batch {doc['batch_size']}, "
+             f"{doc['height']}x{doc['width']}, {doc['inference_steps']} steps, "
+             f"{doc.get('gpu_model')} x{doc.get('num_gpus')}")
+    try:
+        return plot_power(block, iterations, stages, path, title=title)
+    except ImportError:
+        logger.warning("matplotlib is not installed: no power plot (pip install matplotlib, then "
+                       "python scripts/plot_timeline.py RUN_DIR)")
+        return None
 
 
 def plot_power(timeline: dict, iterations: list[tuple[float, float]],
