@@ -126,8 +126,9 @@ def flux_forward_flops(config, height: int, width: int, text_tokens: int, batch:
     tokens += linear(image_tokens, d, patch * patch * out_channels)
     attention = (double + single) * 4 * seq * seq * d
     linear_total = batch * (per_sample + tokens)
+    # Sequence parallelism splits tokens, not samples: every rank repeats the per-sample part.
     return {"linear": linear_total, "attention": batch * attention,
-            "total": linear_total + batch * attention}
+            "total": linear_total + batch * attention, "per_sample": batch * per_sample}
 
 
 def analytic_forward_flops(family: str, denoiser, height: int, width: int, text_tokens: int | None,

@@ -374,9 +374,9 @@ def step_summary(records: list[dict]) -> dict | None:
 
 
 def combine_ranks(per_rank: list[list[dict]], ranks_per_node: int) -> list[dict]:
-    """One record per iteration from every rank's records: each stage as the lowest rank that ran
-    it saw it (xDiT decodes on the last rank only), denoising preferably from a rank that also
-    decoded, with that rank's steps.
+    """One record per iteration from every rank's records, seen from the lowest rank that ran the
+    most stages (xDiT decodes on the last rank only; only a rank that decodes knows where its
+    denoising ended); a stage that rank did not run comes from the lowest rank that did.
 
     Across nodes each node's GPUs were read by its own ranks: a stage's energy adds the first
     runner of every node, and is unmeasured when some node did not run the stage."""
@@ -385,13 +385,11 @@ def combine_ranks(per_rank: list[list[dict]], ranks_per_node: int) -> list[dict]
     for i, base in enumerate(per_rank[0]):
         record = {"stages": {}, "boundaries": [], "steps": base["steps"],
                   "denoiser_forwards": base["denoiser_forwards"]}
+        ran = lambda r, stage: per_rank[r][i]["stages"][stage]["calls"] > 0  # noqa: E731
+        # One rank's view where possible: boundaries of different ranks need not nest.
+        order = sorted(range(world), key=lambda r: (-sum(ran(r, s) for s in STAGES), r))
         for stage in STAGES:
-            runners = [r for r in range(world) if per_rank[r][i]["stages"][stage]["calls"]]
-            if stage == "denoising":
-                # Only a rank that also decodes knows where its denoising ended; on the others
-                # the window runs on to the end of the iteration.
-                decoders = [r for r in runners if per_rank[r][i]["stages"]["decoding"]["calls"]]
-                runners = decoders + [r for r in runners if r not in decoders]
+            runners = [r for r in order if ran(r, stage)]
             pick = runners[0] if runners else 0
             chosen = dict(per_rank[pick][i]["stages"][stage], rank=pick)
             nodes = world // ranks_per_node
