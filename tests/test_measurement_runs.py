@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
-from conftest import load_results, only_run_dir, run_benchmark
+from conftest import REPO, load_results, only_run_dir, run_benchmark
 from mlenergy.diffusion import flops
 from mlenergy.diffusion.families import FAMILIES
 
@@ -95,3 +98,12 @@ def test_two_processes_ulysses_2_take_decoding_from_the_rank_that_decodes(tmp_pa
     assert floor["counted_on_ranks"] == 2
     assert floor["flops_per_forward"] == hand["total"] + hand["per_sample"]
     assert floor["attention_flops_per_forward"] == hand["attention"]
+
+
+def test_measurement_checker_refuses_a_run_without_gpu_measurements(tmp_path, tiny_flux_args):
+    run_dir, _ = measured_run(tmp_path, tiny_flux_args, 1)
+    proc = subprocess.run([sys.executable, "scripts/check_measurement.py", str(run_dir)],
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "denoising energy was not measured" in proc.stderr
+    assert "no power timeline" in proc.stderr and "text_encoding" in proc.stdout

@@ -117,7 +117,7 @@ def run(plan: RunPlan) -> None:
                                extra_kwargs=recorder.call_kwargs())
         window = meter.end(f"iteration-{i}")
         ended_at = time.time()
-        stage_records.append(recorder.record(recorder.end_iteration(), ended_at))
+        stage_records.append(recorder.record(recorder.end_iteration()))
         saved = _save_images(plan, i, batch, images)
         record = results.IterationRecord(index=i, measurement=window, prompts=batch, images=saved,
                                          window=(started_at, ended_at))

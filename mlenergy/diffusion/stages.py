@@ -6,12 +6,17 @@ copied: forward pre/post hooks on each text encoder, a forward pre-hook on the d
 boundary is a fence (device sync, and a barrier when every rank provably reaches the same
 boundaries) followed, on local rank 0, by a read of the GPUs' energy counters.
 
-- text encoding: the sum of every text-encoder call's window;
+- text encoding: from the first text-encoder call to the end of the last one before denoising
+  (the tokenising between encoders included);
 - denoising: from the first denoiser forward to the first decoder forward (so it holds the
   scheduler steps and the gathering of the latents);
 - decoding: from the first decoder forward to the end of the last;
-- remainder: the iteration's window minus the three (tokenising, latent set-up, image
+- remainder: the iteration's window minus the three (the first tokenising, latent set-up, image
   post-processing, the fences themselves).
+
+A stage's energy is the counter's difference over its window; a window too short for the counter
+to move (text encoding can take milliseconds) falls back to instantaneous power x time, and says
+so in `energy_method`.
 
 Steps are timed without fences (CUDA events on a GPU), so they do not disturb the run: from the
 step-end callback where the pipeline calls it once per step, else from the denoiser's forwards
@@ -72,11 +77,18 @@ class EnergyCounters:
 
             self._gpus = get_gpus()
 
-    def read(self) -> dict[str, float] | None:
+    def read(self) -> tuple[dict[str, float], dict[str, float]] | tuple[None, None]:
+        """(cumulative energy in J, instantaneous power in W) per GPU."""
         if self._gpus is None:
-            return None
-        return {str(self._offset + i): self._gpus.get_total_energy_consumption(i) / 1000.0
-                for i in range(self._count)}
+            return None, None
+        energy, power = {}, {}
+        for i in range(self._count):
+            energy[str(self._offset + i)] = self._gpus.get_total_energy_consumption(i) / 1000.0
+            try:
+                power[str(self._offset + i)] = self._gpus.get_instant_power_usage(i) / 1000.0
+            except Exception:  # noqa: BLE001 - only the short-window fallback needs it
+                power = None
+        return energy, power
 
 
 def energy_between(before: dict[str, float] | None, after: dict[str, float] | None):
@@ -90,16 +102,32 @@ def energy_between(before: dict[str, float] | None, after: dict[str, float] | No
     return diff
 
 
+def window_energy(start: "_Mark", end: "_Mark") -> tuple[dict | None, str | None]:
+    """A stage window's per-GPU joules and how they were obtained: the energy counter, or, for a
+    window too short for the counter to move, the mean of the instantaneous power at its two ends
+    times its length (Zeus's `approx_instant_energy` does the same)."""
+    counted = energy_between(start.energy, end.energy)
+    if counted is not None:
+        return counted, "counter"
+    if start.power and end.power and end.wall > start.wall:
+        seconds = end.wall - start.wall
+        return ({k: (start.power[k] + end.power[k]) / 2 * seconds for k in end.power},
+                "instant power x time")
+    return None, None
+
+
 @dataclass
 class _Mark:
     wall: float
     energy: dict[str, float] | None
+    power: dict[str, float] | None = None
 
 
 @dataclass
 class _Iteration:
-    text_windows: list[tuple[_Mark, _Mark]] = field(default_factory=list)
-    text_open: _Mark | None = None
+    text_start: _Mark | None = None
+    text_end: _Mark | None = None
+    text_calls: int = 0
     denoise_start: _Mark | None = None
     decode_start: _Mark | None = None
     decode_end: _Mark | None = None
@@ -198,17 +226,17 @@ class StageRecorder:
         runtime.synchronize(self.ranks.device)
         if self.fence_mode == FENCE_COLLECTIVE:
             runtime.barrier()
-        return _Mark(time.time(), self.counters.read())
+        return _Mark(time.time(), *self.counters.read())
 
     def _text_pre(self, module, args):
-        if self.active and self._it.denoise_start is None:
-            self._it.text_open = self._boundary("text>")
+        if self.active and self._it.text_start is None:
+            self._it.text_start = self._boundary("text>")
 
     def _text_post(self, module, args, output):
         it = self._it
-        if self.active and it.text_open is not None:
-            it.text_windows.append((it.text_open, self._boundary("text<")))
-            it.text_open = None
+        if self.active and it.text_start is not None and it.denoise_start is None:
+            it.text_end = self._boundary("text<")
+            it.text_calls += 1
 
     def _denoiser_pre(self, module, args, kwargs):
         if not self.active:
@@ -239,35 +267,23 @@ class StageRecorder:
         return {}
 
     # --- records ---------------------------------------------------------------------------
-    def record(self, it: _Iteration, iteration_wall_end: float) -> dict:
+    def record(self, it: _Iteration) -> dict:
         """One iteration's stages (time, energy per GPU and total), steps and boundaries; the
         remainder comes with `add_remainder` once the iteration's own window is known."""
         stages: dict[str, dict] = {}
         boundaries: list[list] = []
-        text_time, text_energy = 0.0, _Sum()
-        for start, end in it.text_windows:
-            text_time += end.wall - start.wall
-            text_energy.add(energy_between(start.energy, end.energy))
-            boundaries.append(["text_encoding", start.wall, end.wall])
-        stages["text_encoding"] = {"time_s": text_time, "energy_j": text_energy.total(),
-                                   "gpu_energy_j": text_energy.per_gpu(),
-                                   "calls": len(it.text_windows)}
-        denoise_end = it.decode_start
-        if it.denoise_start is not None:
-            end_wall = denoise_end.wall if denoise_end else iteration_wall_end
-            energy = energy_between(it.denoise_start.energy, denoise_end.energy) if denoise_end else None
-            stages["denoising"] = _stage(end_wall - it.denoise_start.wall, energy,
-                                         len(it.forward_marks))
-            boundaries.append(["denoising", it.denoise_start.wall, end_wall])
-        else:
-            stages["denoising"] = _stage(0.0, None, 0)
-        if it.decode_start is not None and it.decode_end is not None:
-            stages["decoding"] = _stage(it.decode_end.wall - it.decode_start.wall,
-                                        energy_between(it.decode_start.energy, it.decode_end.energy),
-                                        it.decoder_calls)
-            boundaries.append(["decoding", it.decode_start.wall, it.decode_end.wall])
-        else:
-            stages["decoding"] = _stage(0.0, None, 0)
+        windows = {
+            "text_encoding": (it.text_start, it.text_end, it.text_calls),
+            # Without a decoder call on this rank, its denoising window is open-ended: unusable.
+            "denoising": (it.denoise_start, it.decode_start, len(it.forward_marks)),
+            "decoding": (it.decode_start, it.decode_end, it.decoder_calls),
+        }
+        for stage, (start, end, calls) in windows.items():
+            if start is None or end is None:
+                stages[stage] = _stage(0.0, (None, None), 0)
+                continue
+            stages[stage] = _stage(end.wall - start.wall, window_energy(start, end), calls)
+            boundaries.append([stage, start.wall, end.wall])
         return {
             "stages": stages,
             "denoiser_forwards": len(it.forward_marks),
@@ -315,32 +331,11 @@ def add_remainder(record: dict, iteration_time: float, iteration_energy: float |
                            "energy_j": energy}
 
 
-def _stage(time_s: float, gpu_energy: dict | None, calls: int) -> dict:
+def _stage(time_s: float, energy: tuple[dict | None, str | None], calls: int) -> dict:
+    gpu_energy, method = energy
     return {"time_s": time_s,
             "energy_j": None if gpu_energy is None else sum(gpu_energy.values()),
-            "gpu_energy_j": gpu_energy, "calls": calls}
-
-
-class _Sum:
-    """Adds per-GPU energies; one unmeasured part makes the sum unmeasured."""
-
-    def __init__(self):
-        self._gpu: dict[str, float] | None = {}
-        self._parts = 0
-
-    def add(self, energy: dict | None) -> None:
-        self._parts += 1
-        if energy is None or self._gpu is None:
-            self._gpu = None
-            return
-        for k, j in energy.items():
-            self._gpu[k] = self._gpu.get(k, 0.0) + j
-
-    def per_gpu(self):
-        return self._gpu if self._parts else None
-
-    def total(self):
-        return None if not self._parts or self._gpu is None else sum(self._gpu.values())
+            "gpu_energy_j": gpu_energy, "energy_method": method, "calls": calls}
 
 
 def _accepts(pipeline, name: str) -> bool:
