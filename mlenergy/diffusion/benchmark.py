@@ -54,8 +54,8 @@ def run(plan: RunPlan) -> None:
     import torch
     from tqdm import tqdm
 
-    from mlenergy.diffusion import (environment, measurement, pipelines, stages, timeline,
-                                    xdit)
+    from mlenergy.diffusion import (analysis, environment, flops, gpu_checks, measurement,
+                                    pipelines, stages, timeline, xdit)
 
     started = datetime.now()
     ranks = runtime.init_process_group(plan.device_type)
@@ -86,8 +86,8 @@ def run(plan: RunPlan) -> None:
 
     meter = measurement.EnergyMeter(ranks)
     monitor = timeline.TimelineMonitor(ranks)
-    exclusivity = _check_exclusive_gpus(plan, ranks)
-    idle_window = _idle_baseline(plan, ranks, monitor)
+    exclusivity = gpu_checks.check_run_gpus(ranks, plan.config.require_exclusive_gpus)
+    idle_window = timeline.idle_baseline_window(plan.config.idle_baseline_s, ranks)
 
     recorder = stages.StageRecorder(pipeline, ranks, plan.inference_steps)
     logger.info("Stage hooks: %s; step-end callback %s", recorder.describe(),
@@ -107,7 +107,7 @@ def run(plan: RunPlan) -> None:
     stage_records: list[dict] = []
     meter.begin("benchmark")
     window_start = time.time()
-    nvml_before = _nvml_energy(ranks)
+    nvml_before = gpu_checks.read_nvml_energy(ranks)
     for i, batch in enumerate(tqdm(schedule.measured, desc="iterations", disable=not ranks.is_main)):
         _inject_failure_for_tests(ranks.rank, i)
         meter.begin(f"iteration-{i}")
@@ -127,10 +127,13 @@ def run(plan: RunPlan) -> None:
                         _energy_text(window.total_gpu_energy))
     whole = meter.end("benchmark")
     window_end = time.time()
-    nvml_after = _nvml_energy(ranks)
+    nvml_after = gpu_checks.read_nvml_energy(ranks)
     recorder.remove()
 
-    flop_counts = _count_flops(plan, ranks, recorder)
+    flop_counts = None
+    if plan.config.count_flops:
+        flop_counts = flops.count_on_every_rank(recorder.first_denoiser_call, ranks,
+                                                fail_softly=plan.world_size == 1)
     timeline_block = timeline.merge_blocks(
         runtime.all_gather_object(monitor.block(idle_window[0] if idle_window else window_start,
                                                 window_end)),
@@ -149,9 +152,12 @@ def run(plan: RunPlan) -> None:
             stages.add_remainder(stage_record, record.measurement.time,
                                  record.measurement.total_gpu_energy)
             record.stages = stage_record
-        measured = _measurement_sections(
-            plan, env, records, whole, flop_counts, recorder, timeline_block, idle_window,
-            exclusivity, nvml_reads, (window_start, window_end))
+        measured = analysis.measurement_sections(
+            plan, records=records, whole_run=whole, gpu_model=environment.device_model(env),
+            flop_counts=flop_counts, denoiser=recorder.parts["denoising"][0],
+            fence_mode=recorder.fence_mode, timeline_block=timeline_block,
+            idle_window=idle_window, exclusivity=exclusivity, nvml_reads=nvml_reads,
+            benchmark_window=(window_start, window_end))
         doc = results.results_document(
             plan, started=started, iterations=records, whole_run=whole, environment=env,
             gpu_model=environment.device_model(env), prompt_source=source,
@@ -171,129 +177,6 @@ def run(plan: RunPlan) -> None:
         logger.info("Results written to %s", plan.run_dir / results.RESULTS)
     runtime.barrier()
     runtime.shutdown()
-
-
-def _check_exclusive_gpus(plan: RunPlan, ranks) -> dict | None:
-    """Other processes on the run's GPUs (NVML compute contexts whose PIDs are not our ranks');
-    checked once the model is loaded, so that every rank holds its own context."""
-    if plan.device_type != "cuda":
-        return None
-    from mlenergy.diffusion import gpu_checks
-
-    own = set(runtime.all_gather_object(os.getpid()))
-    report = None
-    if ranks.is_local_main:
-        report = gpu_checks.check_exclusive(ranks.local_world_size,
-                                            ranks.node_rank * ranks.local_world_size, own,
-                                            plan.config.require_exclusive_gpus)
-    reports = [r for r in runtime.all_gather_object(report) if r is not None]
-    return {"exclusive": all(r["exclusive"] for r in reports),
-            "foreign_pids": {g: p for r in reports for g, p in r["foreign_pids"].items()},
-            "pid_namespace_matches": all(r["pid_namespace_matches"] for r in reports)}
-
-
-def _idle_baseline(plan: RunPlan, ranks, monitor) -> tuple[float, float] | None:
-    """Every rank sleeps (a barrier would keep GPUs spinning in NCCL) while local rank 0's power
-    monitor samples the idle GPUs."""
-    seconds = plan.config.idle_baseline_s
-    if seconds <= 0 or plan.device_type != "cuda":
-        return None
-    runtime.synchronize(ranks.device)
-    runtime.barrier()
-    start = time.time()
-    time.sleep(seconds)
-    end = time.time()
-    runtime.barrier()
-    logger.info("Idle baseline: %.1f s", end - start)
-    return start, end
-
-
-def _nvml_energy(ranks) -> dict | None:
-    """An independent read of NVML's energy counter on local rank 0 (GPU runs only)."""
-    if ranks.device.type != "cuda" or not ranks.is_local_main:
-        return None
-    from mlenergy.diffusion import gpu_checks
-
-    return gpu_checks.nvml_energy(ranks.local_world_size, ranks.node_rank * ranks.local_world_size)
-
-
-def _count_flops(plan: RunPlan, ranks, recorder) -> list[dict] | None:
-    """One denoiser forward under a FLOP counter, on every rank together (sequence parallelism
-    splits it across them), with the inputs of the last measured iteration's first call."""
-    captured = recorder.first_denoiser_call
-    everyone = runtime.all_gather_object(captured is not None)
-    if not plan.config.count_flops or not all(everyone):
-        return None
-    from mlenergy.diffusion import flops
-
-    module, args, kwargs = captured
-    runtime.synchronize(ranks.device)
-    runtime.barrier()
-    try:
-        count = flops.count_forward(module, args, kwargs)
-    except Exception as err:  # noqa: BLE001
-        if plan.world_size > 1:
-            raise  # the other ranks are inside the same forward: end the run rather than hang
-        logger.warning("FLOP count failed (%s: %s); the floor is not reported",
-                       type(err).__name__, err)
-        return None
-    finally:
-        recorder.first_denoiser_call = None
-    return runtime.all_gather_object(count)
-
-
-def _measurement_sections(plan: RunPlan, env, records, whole, flop_counts, recorder,
-                          timeline_block, idle_window, exclusivity, nvml_reads, window) -> dict:
-    from mlenergy.diffusion import analysis, environment, flops, gpu_checks, stages
-    from mlenergy.diffusion import timeline as timelines
-
-    stage_records = [r.stages for r in records]
-    breakdown = stages.stage_breakdown(stage_records)
-    times = [r.measurement.time for r in records]
-    energies = [r.measurement.total_gpu_energy for r in records]
-    sections = {"stage_breakdown": breakdown, "stage_fence": recorder.fence_mode,
-                "steps": stages.step_summary(stage_records)}
-    sections.update(analysis.per_image_statistics(times, energies, plan.batch_size))
-    sections["physical_floor"] = None
-    if flop_counts:
-        first = recorder.parts["denoising"][0]
-        forwards = sum(r["denoiser_forwards"] for r in stage_records) / len(stage_records)
-        analytic = flops.analytic_forward_flops(plan.spec.family.name, first, plan.height,
-                                                plan.width, plan.max_sequence_length,
-                                                plan.batch_size)
-        sections["physical_floor"] = analysis.physical_floor(
-            per_rank_counts=flop_counts, analytic=analytic, forwards_per_iteration=forwards,
-            breakdown=breakdown, iteration_time_s=sum(times) / len(times),
-            iteration_energy_j=None if None in energies else sum(energies) / len(energies),
-            num_gpus=plan.num_gpus, gpu_model=environment.device_model(env), dtype=plan.dtype)
-    sections["idle_baseline"] = (analysis.idle_baseline(timeline_block, *idle_window)
-                                 if idle_window else None)
-    before = _merge_dicts(r[0] for r in nvml_reads)
-    after = _merge_dicts(r[1] for r in nvml_reads)
-    sections["energy_cross_check"] = {
-        "nvml": gpu_checks.nvml_cross_check(before, after, whole.gpu_energy),
-        "timeline": gpu_checks.timeline_self_check(
-            whole.gpu_energy,
-            timelines.energy_between(timeline_block, *window) if timeline_block else None),
-    }
-    sections["gpu_exclusivity"] = exclusivity
-    sections["host_energy"] = {
-        "source": "RAPL through Zeus; never added into the GPU figures",
-        "cpu_energy_j": _total(whole.cpu_energy), "dram_energy_j": _total(whole.dram_energy),
-    }
-    return sections
-
-
-def _merge_dicts(parts) -> dict | None:
-    merged: dict = {}
-    for part in parts:
-        if part:
-            merged.update(part)
-    return merged or None
-
-
-def _total(energy: dict | None) -> float | None:
-    return sum(energy.values()) if energy else None
 
 
 def _prompts(plan: RunPlan, ranks):

@@ -13,6 +13,8 @@ import logging
 
 import torch
 
+from mlenergy.diffusion import runtime
+
 logger = logging.getLogger("mlenergy.diffusion")
 
 # Dense bf16/fp16 tensor-core peaks (TFLOP/s), by a substring of the NVML name; the first match
@@ -95,6 +97,27 @@ def count_forward(module: torch.nn.Module, args: tuple, kwargs: dict) -> dict:
     by_op = {str(op): int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
     attention = sum(n for op, n in by_op.items() if "attention" in op or "attn" in op)
     return {"total": int(counter.get_total_flops()), "attention": attention, "by_op": by_op}
+
+
+def count_on_every_rank(captured: tuple | None, ranks, fail_softly: bool) -> list[dict] | None:
+    """Every rank counts its part of one forward together (sequence parallelism splits it across
+    them); rank 0 gets each rank's count. `captured` is (module, args, kwargs) of a denoiser call.
+    With one process a failed count is logged and skipped; with several it ends the run, since
+    the other ranks would otherwise wait inside the forward."""
+    if not all(runtime.all_gather_object(captured is not None)):
+        return None
+    module, args, kwargs = captured
+    runtime.synchronize(ranks.device)
+    runtime.barrier()
+    try:
+        count = count_forward(module, args, kwargs)
+    except Exception as err:  # noqa: BLE001
+        if not fail_softly:
+            raise
+        logger.warning("FLOP count failed (%s: %s); the floor is not reported",
+                       type(err).__name__, err)
+        return None
+    return runtime.all_gather_object(count)
 
 
 def flux_forward_flops(config, height: int, width: int, text_tokens: int, batch: int) -> dict:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 
-from mlenergy.diffusion import environment
+from mlenergy.diffusion import environment, runtime
 
 logger = logging.getLogger("mlenergy.diffusion")
 
@@ -123,5 +123,24 @@ def timeline_self_check(counter_energy: dict | None, timeline_energy: dict | Non
             "within_tolerance": ok, "tolerance": SELF_CHECK_TOLERANCE}
 
 
-def own_pid() -> int:
-    return os.getpid()
+def check_run_gpus(ranks, require_exclusive: bool) -> dict | None:
+    """Other processes on the run's GPUs, every node's; checked once the model is loaded, so that
+    every rank holds its own context. None without GPUs."""
+    if ranks.device.type != "cuda":
+        return None
+    own = set(runtime.all_gather_object(os.getpid()))
+    report = None
+    if ranks.is_local_main:
+        report = check_exclusive(ranks.local_world_size, ranks.node_rank * ranks.local_world_size,
+                                 own, require_exclusive)
+    reports = [r for r in runtime.all_gather_object(report) if r is not None]
+    return {"exclusive": all(r["exclusive"] for r in reports),
+            "foreign_pids": {g: p for r in reports for g, p in r["foreign_pids"].items()},
+            "pid_namespace_matches": all(r["pid_namespace_matches"] for r in reports)}
+
+
+def read_nvml_energy(ranks) -> dict | None:
+    """NVML's energy counters of this node's run GPUs, on local rank 0 (None elsewhere)."""
+    if ranks.device.type != "cuda" or not ranks.is_local_main:
+        return None
+    return nvml_energy(ranks.local_world_size, ranks.node_rank * ranks.local_world_size)

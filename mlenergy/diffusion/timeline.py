@@ -9,9 +9,10 @@ nothing to sample and no block is written.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
-from mlenergy.diffusion import stats
+from mlenergy.diffusion import runtime, stats
 
 logger = logging.getLogger("mlenergy.diffusion")
 
@@ -65,6 +66,20 @@ class TimelineMonitor:
         for monitor in (self._power, self._temperature):
             if monitor is not None:
                 monitor.stop()
+
+
+def idle_baseline_window(seconds: float, ranks) -> tuple[float, float] | None:
+    """Every rank sleeps the same time (a barrier would keep the GPUs spinning in NCCL) while
+    local rank 0's monitor samples the idle GPUs. Nothing to sample without GPUs."""
+    if seconds <= 0 or ranks.device.type != "cuda":
+        return None
+    runtime.synchronize(ranks.device)
+    runtime.barrier()
+    start = time.time()
+    time.sleep(seconds)
+    end = time.time()
+    runtime.barrier()
+    return start, end
 
 
 def merge_blocks(blocks: list[dict | None], start: float, end: float) -> dict | None:
