@@ -112,3 +112,31 @@ def test_cross_checks(caplog):
     assert far["within_tolerance"] is False and far["relative_difference"] == pytest.approx(0.04)
     assert "Self-check" in caplog.text
     assert gpu_checks.timeline_self_check(None, {"0": 1.0}) is None
+
+
+class _FakePower:
+    def get_all_power_timelines(self, start_time, end_time):
+        series = [(t, 100.0 + t) for t in (1.0, 1.1, 1.2, 5.0)]
+        return {"device_instant": {0: [s for s in series if start_time <= s[0] <= end_time]}}
+
+    def stop(self):
+        self.stopped = True
+
+
+class _FakeTemperature:
+    def get_temperature_timeline(self, start_time, end_time):
+        return {0: [(1.0, 41), (1.5, 42)]}
+
+    def stop(self):
+        pass
+
+
+def test_monitor_block_keys_gpus_globally_and_filters_by_time():
+    monitor = object.__new__(timeline.TimelineMonitor)
+    monitor._power, monitor._temperature, monitor._offset = _FakePower(), _FakeTemperature(), 8
+    block = monitor.block(1.0, 2.0)
+    assert block == {"power": {"device_instant": {"8": [[1.0, 101.0], [1.1, 101.1], [1.2, 101.2]]}},
+                     "temperature": {"8": [[1.0, 41], [1.5, 42]]}}
+    assert monitor.active
+    monitor.stop()
+    assert monitor._power.stopped
