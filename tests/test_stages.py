@@ -17,7 +17,8 @@ def rank_record(text, denoise, decode, energy=None, node_gpu="0"):
                        "decoding": stage(decode, 1 if decode else 0)},
             "boundaries": [["text_encoding", 0.0, text], ["denoising", text, text + denoise]]
             + ([["decoding", text + denoise, text + denoise + decode]] if decode else []),
-            "steps": {"latency_s": [denoise / 4] * 4}, "denoiser_forwards": 4 if denoise else 0}
+            "steps": {"latency_s": [denoise / 4] * 4}, "denoiser_forwards": 4 if denoise else 0,
+            "window": [0.0, text + denoise + decode + 0.05]}
 
 
 def test_stages_come_from_the_rank_that_ran_the_most():
@@ -28,8 +29,9 @@ def test_stages_come_from_the_rank_that_ran_the_most():
     assert {s: v["rank"] for s, v in combined["stages"].items()} == {
         "text_encoding": 1, "denoising": 1, "decoding": 1}
     assert combined["stages"]["denoising"]["time_s"] == 2.0
-    stages.add_remainder(combined, 2.5, None)
-    assert combined["stages"]["remainder"] == {"time_s": pytest.approx(0.1), "energy_j": None}
+    stages.add_remainder(combined, None)
+    assert combined["stages"]["remainder"] == {"time_s": pytest.approx(0.05), "energy_j": None}
+    assert combined["window"] == rank1["window"] and combined["rank"] == 1
 
 
 def test_energy_across_two_nodes_adds_each_nodes_gpus():
@@ -47,13 +49,13 @@ def test_breakdown_means_and_unmeasured_energy():
     b = rank_record(0.3, 2.2, 0.3, energy=100.0)
     b["stages"]["decoding"]["energy_j"] = None
     for record, energy in ((a, 300.0), (b, 300.0)):
-        stages.add_remainder(record, 2.8, energy)
+        stages.add_remainder(record, energy)
     breakdown = stages.stage_breakdown([a, b])
     assert breakdown["text_encoding"] == {"time_s": pytest.approx(0.2), "energy_j": pytest.approx(20.0)}
     assert breakdown["decoding"]["energy_j"] is None  # one iteration did not measure it
     assert a["stages"]["remainder"]["energy_j"] == pytest.approx(300.0 - 10.0 - 200.0 - 30.0)
     assert b["stages"]["remainder"]["energy_j"] is None
-    assert breakdown["remainder"]["time_s"] == pytest.approx((0.4 + 0.0) / 2)
+    assert breakdown["remainder"]["time_s"] == pytest.approx(0.05)
 
 
 def test_counter_windows_that_did_not_move_are_unmeasured():

@@ -149,8 +149,7 @@ def run(plan: RunPlan) -> None:
             record.images = next((names[record.index] for names in saved_by_rank
                                   if names[record.index]), [])
         for record, stage_record in zip(records, stage_records):
-            stages.add_remainder(stage_record, record.measurement.time,
-                                 record.measurement.total_gpu_energy)
+            stages.add_remainder(stage_record, record.measurement.total_gpu_energy)
             record.stages = stage_record
         measured = analysis.measurement_sections(
             plan, records=records, whole_run=whole, gpu_model=environment.device_model(env),

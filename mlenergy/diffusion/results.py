@@ -155,7 +155,8 @@ def results_document(
                 **({"start_time": r.window[0], "end_time": r.window[1]} if r.window else {}),
                 **({"stages": r.stages["stages"], "steps": r.stages["steps"],
                     "denoiser_forwards": r.stages["denoiser_forwards"],
-                    "stage_boundaries": r.stages["boundaries"]} if r.stages else {}),
+                    "stage_boundaries": r.stages["boundaries"],
+                    "stage_rank_window": r.stages["window"]} if r.stages else {}),
             }
             for r in iterations
         ],

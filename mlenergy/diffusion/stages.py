@@ -125,6 +125,8 @@ class _Mark:
 
 @dataclass
 class _Iteration:
+    start_wall: float = 0.0
+    end_wall: float = 0.0
     text_start: _Mark | None = None
     text_end: _Mark | None = None
     text_calls: int = 0
@@ -190,13 +192,14 @@ class StageRecorder:
 
     # The iteration's own window is fenced by the energy meter: no fence here.
     def begin_iteration(self) -> None:
-        self._it = _Iteration()
+        self._it = _Iteration(start_wall=time.time())
         self.active = True
 
     def end_iteration(self) -> _Iteration:
         """Called after the iteration's closing fence, so every CUDA event has completed."""
         self.active = False
         it, self._it = self._it, None
+        it.end_wall = time.time()
         self._last_events = tuple(it.events)
         return it
 
@@ -286,6 +289,7 @@ class StageRecorder:
             boundaries.append([stage, start.wall, end.wall])
         return {
             "stages": stages,
+            "window": [it.start_wall, it.end_wall],
             "denoiser_forwards": len(it.forward_marks),
             "steps": self._steps(it),
             "boundaries": boundaries,
@@ -318,16 +322,19 @@ class StageRecorder:
                 "median": summary["median"], "p90": summary["p90"]}
 
 
-def add_remainder(record: dict, iteration_time: float, iteration_energy: float | None) -> None:
-    """What the stages leave of the iteration's window (time, and energy when every stage that
-    ran was measured)."""
+def add_remainder(record: dict, iteration_energy: float | None) -> None:
+    """What the stages leave of the iteration: time against the iteration's window as the
+    stages' own rank saw it (ranks leave a barrier microseconds to milliseconds apart, so another
+    rank's window need not contain them); energy against the iteration's counter window, when
+    every stage that ran was measured."""
     stages = record["stages"]
     ran = [s for s in STAGES if stages[s]["time_s"] > 0]
     energies = [stages[s]["energy_j"] for s in ran]
     energy = None
     if iteration_energy is not None and ran and None not in energies:
         energy = iteration_energy - sum(energies)
-    stages["remainder"] = {"time_s": iteration_time - sum(stages[s]["time_s"] for s in STAGES),
+    start, end = record["window"]
+    stages["remainder"] = {"time_s": end - start - sum(stages[s]["time_s"] for s in STAGES),
                            "energy_j": energy}
 
 
@@ -378,11 +385,12 @@ def combine_ranks(per_rank: list[list[dict]], ranks_per_node: int) -> list[dict]
     world = len(per_rank)
     combined = []
     for i, base in enumerate(per_rank[0]):
-        record = {"stages": {}, "boundaries": [], "steps": base["steps"],
-                  "denoiser_forwards": base["denoiser_forwards"]}
         ran = lambda r, stage: per_rank[r][i]["stages"][stage]["calls"] > 0  # noqa: E731
         # One rank's view where possible: boundaries of different ranks need not nest.
         order = sorted(range(world), key=lambda r: (-sum(ran(r, s) for s in STAGES), r))
+        record = {"stages": {}, "boundaries": [], "steps": base["steps"],
+                  "denoiser_forwards": base["denoiser_forwards"],
+                  "window": per_rank[order[0]][i]["window"], "rank": order[0]}
         for stage in STAGES:
             runners = [r for r in order if ran(r, stage)]
             pick = runners[0] if runners else 0
