@@ -77,9 +77,11 @@ def attention_formulas() -> dict:
         op = getattr(torch.ops.aten, name, None)
         if op is not None:
             mapping[op] = _sdpa_formula
-    for name in ("_flash_attn_forward", "fwd"):
+    # flash-attn 2 and 3 register their kernels as torch ops once imported, layout
+    # (batch, seq, heads, dim).
+    for namespace, name in (("flash_attn", "_flash_attn_forward"), ("flash_attn_3", "fwd")):
         try:
-            mapping[getattr(torch.ops.flash_attn, name)] = _flash_attn_formula
+            mapping[getattr(getattr(torch.ops, namespace), name)] = _flash_attn_formula
         except (AttributeError, RuntimeError):
             pass
     return mapping

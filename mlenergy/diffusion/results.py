@@ -213,6 +213,7 @@ def _measurement_rows(doc: dict, fmt) -> list[tuple[str, str]]:
                      + ("" if steadiness["steady"] else "  NOT STEADY")))
     breakdown = doc.get("stage_breakdown")
     if breakdown:
+        rows.append(("stages / batch", "time (share), energy"))
         total = sum(v["time_s"] for v in breakdown.values()) or 1.0
         for stage, v in breakdown.items():
             energy = "" if v["energy_j"] is None else f", {v['energy_j']:,.1f} J"

@@ -12,7 +12,7 @@ nvidia-smi --query-compute-apps=pid,used_memory --format=csv
 python -c "import matplotlib" 2>/dev/null \
   || echo "matplotlib is missing here: draw the plot later with scripts/plot_timeline.py RUN_DIR"
 base="$WORK/t2i/black-forest-labs/FLUX.1-dev"
-BENCH_TIMEOUT=360 bench flux-measurement 1 workload:text-to-image \
+BENCH_TIMEOUT=240 bench flux-measurement 1 workload:text-to-image \
   --workload.model_id black-forest-labs/FLUX.1-dev --workload.weights random \
   --workload.height 1024 --workload.width 1024 --workload.inference_steps 28 \
   --workload.batch_size 1 --benchmark_iters 8 --idle_baseline_s 3 \
