@@ -62,11 +62,13 @@ def test_steadiness_flag_and_warning(caplog):
     assert "not steady" not in caplog.text
 
 
-def test_trapezoid_integral():
+def test_held_integral():
     constant = [(t / 10, 100.0) for t in range(101)]  # 100 W for 10 s, sampled at 10 Hz
-    assert stats.trapezoid_integral(constant) == pytest.approx(1000.0)
-    assert stats.trapezoid_integral(constant, 2.05, 3.05) == pytest.approx(100.0)
-    ramp = [(0.0, 0.0), (1.0, 10.0), (2.0, 20.0)]
-    assert stats.trapezoid_integral(ramp, 0.5, 1.5) == pytest.approx(10.0)
-    assert stats.trapezoid_integral(ramp, -1.0, 1.0) is None  # outside the samples
-    assert stats.trapezoid_integral([(0.0, 1.0)]) is None
+    assert stats.held_integral(constant) == pytest.approx(1000.0)
+    assert stats.held_integral(constant, 2.05, 3.05) == pytest.approx(100.0)
+    # Deduplicated samples: 100 W until t=2, then 300 W; the value holds past the last sample.
+    steps = [(0.0, 100.0), (2.0, 300.0)]
+    assert stats.held_integral(steps, 1.0, 3.0) == pytest.approx(100.0 + 300.0)
+    assert stats.held_integral(steps, 2.5, 4.0) == pytest.approx(450.0)
+    assert stats.held_integral(steps, -1.0, 1.0) is None  # power before the first sample unknown
+    assert stats.held_integral([]) is None

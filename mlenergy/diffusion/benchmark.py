@@ -135,8 +135,9 @@ def run(plan: RunPlan) -> None:
         flop_counts = flops.count_on_every_rank(recorder.first_denoiser_call, ranks,
                                                 fail_softly=plan.world_size == 1)
     timeline_block = timeline.merge_blocks(
-        runtime.all_gather_object(monitor.block(idle_window[0] if idle_window else window_start,
-                                                window_end)),
+        # Every sample from the monitor's start: a value holds until the next sample, so the
+        # one before a window's start is needed to know the power there.
+        runtime.all_gather_object(monitor.block(None, window_end)),
         window_start, window_end)
     monitor.stop()
     stage_records = stages.combine_ranks(runtime.all_gather_object(stage_records),

@@ -87,25 +87,22 @@ def is_steady(values: Sequence[float], limit: float = STEADY_CV_LIMIT) -> bool |
     return None if cv is None else cv <= limit
 
 
-def trapezoid_integral(samples: Sequence[tuple[float, float]], start: float | None = None,
-                       end: float | None = None) -> float | None:
-    """Integral of a sampled signal [(t, value), ...] over [start, end] by the trapezoid rule,
-    with the signal interpolated linearly at the bounds. None with fewer than two samples inside
-    the interval's reach."""
+def held_integral(samples: Sequence[tuple[float, float]], start: float | None = None,
+                  end: float | None = None) -> float | None:
+    """Integral over [start, end] of a signal sampled as [(t, value), ...] where each value holds
+    until the next sample (Zeus's monitors send a sample only when the value changes, so a
+    missing sample means "unchanged"). None when no sample precedes `start`: the value there is
+    unknown. After the last sample its value holds to `end`."""
     points = sorted(samples)
-    if len(points) < 2:
+    if not points:
         return None
     lo = points[0][0] if start is None else start
     hi = points[-1][0] if end is None else end
-    if hi <= lo or lo < points[0][0] or hi > points[-1][0]:
+    if hi < lo or lo < points[0][0]:
         return None
-
-    def at(t: float) -> float:
-        for (t0, v0), (t1, v1) in zip(points, points[1:]):
-            if t0 <= t <= t1:
-                return v0 if t1 == t0 else v0 + (v1 - v0) * (t - t0) / (t1 - t0)
-        raise AssertionError("unreachable: t is inside the samples")
-
-    inner = [(t, v) for t, v in points if lo < t < hi]
-    knots = [(lo, at(lo)), *inner, (hi, at(hi))]
-    return sum((t1 - t0) * (v0 + v1) / 2 for (t0, v0), (t1, v1) in zip(knots, knots[1:]))
+    total = 0.0
+    for (t0, value), (t1, _) in zip(points, points[1:] + [(max(hi, points[-1][0]), None)]):
+        a, b = max(t0, lo), min(t1, hi)
+        if b > a:
+            total += value * (b - a)
+    return total

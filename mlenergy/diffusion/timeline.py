@@ -47,8 +47,9 @@ class TimelineMonitor:
     def active(self) -> bool:
         return self._power is not None
 
-    def block(self, start: float, end: float) -> dict | None:
-        """This node's samples in [start, end] (wall time), GPU keys global."""
+    def block(self, start: float | None, end: float) -> dict | None:
+        """This node's samples up to `end` (wall time) from `start` (None: from the first), GPU
+        keys global."""
         if self._power is None:
             return None
         power = {
@@ -113,7 +114,7 @@ def energy_between(timeline: dict, start: float, end: float) -> dict[str, float]
         return None
     energy = {}
     for gpu, series in found[1].items():
-        joules = stats.trapezoid_integral([tuple(p) for p in series], start, end)
+        joules = stats.held_integral([tuple(p) for p in series], start, end)
         if joules is None:
             return None
         energy[gpu] = joules
@@ -166,8 +167,9 @@ def plot_power(timeline: dict, iterations: list[tuple[float, float]],
     fig, ax = plt.subplots(figsize=(12, 4.5), dpi=120)
     for gpu, series in sorted(per_gpu.items(), key=lambda kv: int(kv[0])):
         if series:
+            # Samples come only when the value changes: each holds until the next.
             ax.plot([t - origin for t, _ in series], [w for _, w in series], lw=0.9,
-                    label=f"GPU {gpu}")
+                    drawstyle="steps-post", label=f"GPU {gpu}")
     shown = set()
     for name, start, end in stages:
         ax.axvspan(start - origin, end - origin, color=STAGE_COLOURS.get(name, "grey"),
