@@ -87,8 +87,8 @@ class EnergyCounters:
             try:
                 power[str(self._offset + i)] = self._gpus.get_instant_power_usage(i) / 1000.0
             except Exception:  # noqa: BLE001 - only the short-window fallback needs it
-                power = None
-        return energy, power
+                pass
+        return energy, power if len(power) == self._count else None
 
 
 def energy_between(before: dict[str, float] | None, after: dict[str, float] | None):
