@@ -73,3 +73,23 @@ def test_short_windows_fall_back_to_instant_power_and_say_so():
     assert method == "instant power x time" and energy == {"0": pytest.approx(320.0 * 0.02)}
     no_power = stages._Mark(wall=100.02, energy={"0": 50.0}, power=None)
     assert stages.window_energy(start, no_power) == (None, None)
+
+
+class _FakeGPUs:
+    def get_total_energy_consumption(self, index):
+        return 1_000_000 + 1000 * index  # mJ
+
+    def get_instant_power_usage(self, index):
+        if index == 1:
+            raise RuntimeError("not supported")
+        return 350_000  # mW
+
+
+def test_counters_read_joules_and_watts_of_every_node_gpu_under_global_keys():
+    counters = object.__new__(stages.EnergyCounters)
+    counters._gpus, counters._count, counters._offset = _FakeGPUs(), 2, 4
+    energy, power = counters.read()
+    assert energy == {"4": 1000.0, "5": 1001.0}
+    assert power is None  # one GPU's power is unreadable: no fallback rather than half of one
+    counters._count = 1
+    assert counters.read() == ({"4": 1000.0}, {"4": 350.0})
