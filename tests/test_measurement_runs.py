@@ -36,11 +36,14 @@ def check_stages_add_up(doc: dict) -> None:
             assert stages[name]["time_s"] > 0 and stages[name]["energy_j"] is None
         parts = sum(stages[s]["time_s"] for s in ("text_encoding", "denoising", "decoding"))
         # The stages are windows inside the iteration's, as their rank saw it: they may only
-        # fall short of it; and that window is the iteration's, give or take the fences' skew.
+        # fall short of it.
         start, end = it["stage_rank_window"]
         assert stages["remainder"]["time_s"] == pytest.approx(end - start - parts)
         assert 0 <= stages["remainder"]["time_s"] < it["time"]
-        assert end - start == pytest.approx(it["time"], rel=0.1, abs=0.005)
+        # The same iteration as rank 0's window: ranks leave a barrier apart by the scheduler's
+        # latency (milliseconds on a busy CPU), so the windows overlap rather than coincide.
+        overlap = min(end, it["end_time"]) - max(start, it["start_time"])
+        assert overlap > 0.5 * min(end - start, it["end_time"] - it["start_time"])
         bounds = {name: (a, b) for name, a, b in it["stage_boundaries"]}
         assert bounds["text_encoding"][1] <= bounds["denoising"][0]
         assert bounds["denoising"][1] <= bounds["decoding"][0] + 1e-6
