@@ -58,6 +58,15 @@ def test_every_family_runs_end_to_end_and_writes_every_file(tmp_path, model_id):
     stats = doc["latency_per_iteration"]
     assert stats["min"] <= stats["median"] <= stats["max"] and stats["mean"] > 0
     assert doc["total_time"] == pytest.approx(sum(it["time"] for it in doc["iterations"]))
+    # Every family's parts are found by the stage hooks, and every step is timed.
+    assert set(doc["stage_breakdown"]) == {"text_encoding", "denoising", "decoding", "remainder"}
+    for it in doc["iterations"]:
+        assert it["stages"]["text_encoding"]["calls"] >= 1
+        assert it["stages"]["decoding"]["calls"] >= 1
+        assert it["stages"]["denoising"]["calls"] % 2 == 0  # 2 steps, 1 or more forwards each
+        assert len(it["steps"]["latency_s"]) == 2 and it["stages"]["remainder"]["time_s"] >= 0
+    assert doc["physical_floor"]["flops_per_forward"] > doc["physical_floor"][
+        "attention_flops_per_forward"] > 0
 
     requests = json.loads((run_dir / "requests.json").read_text())
     assert [r["warmup"] for r in requests] == [True, False, False]
@@ -122,6 +131,7 @@ BAD_RUNS = [
     (["--attention_backend", "cudnn"], 1, "needs a GPU"),
     (["--attention_backend", "bogus"], 1, "unknown --attention_backend"),
     (["--reference_run", "/nonexistent/run"], 1, "no such directory"),
+    (["--idle_baseline_s", "-1"], 1, "--idle_baseline_s must be between 0 and 600"),
 ]
 
 

@@ -62,7 +62,8 @@ def run(plan: RunPlan) -> None:
     import torch
     from tqdm import tqdm
 
-    from mlenergy.diffusion import environment, measurement, options, pipelines, quality, xdit
+    from mlenergy.diffusion import (analysis, environment, flops, gpu_checks, measurement,
+                                    options, pipelines, quality, stages, timeline, xdit)
 
     started = datetime.now()
     ranks = runtime.init_process_group(plan.device_type)
@@ -102,6 +103,13 @@ def run(plan: RunPlan) -> None:
     logger.info("Attention: %s", attention["used"])
 
     meter = measurement.EnergyMeter(ranks)
+    monitor = timeline.TimelineMonitor(ranks)
+    exclusivity = gpu_checks.check_run_gpus(ranks, plan.config.require_exclusive_gpus)
+    idle_window = timeline.idle_baseline_window(plan.config.idle_baseline_s, ranks)
+
+    recorder = stages.StageRecorder(pipeline, ranks, plan.inference_steps)
+    logger.info("Stage hooks: %s; step-end callback %s", recorder.describe(),
+                "passed to the pipeline" if recorder.accepts_step_callback else "not taken")
     compiles = options.CompileTracker()
     warmup_times: list[float] = []
     warmup_compiles: list[tuple] = []
@@ -109,9 +117,11 @@ def run(plan: RunPlan) -> None:
         for i, batch in enumerate(schedule.warmup):
             before = compiles.snapshot()
             with measurement.Stopwatch() as one:
+                recorder.begin_iteration()
                 xdit.generate(pipeline, plan, batch, seed=plan.seed - 1 - i, device=ranks.device,
-                              steps=plan.warmup_steps)
+                              steps=plan.warmup_steps, extra_kwargs=recorder.call_kwargs())
                 runtime.synchronize(ranks.device)
+                recorder.end_iteration()
             warmup_times.append(one.seconds)
             warmup_compiles.append(compiles.difference(before, compiles.snapshot()))
     logger.info("Warm-up: %d iteration(s) of %d step(s) in %.1f s (%s)", len(schedule.warmup),
@@ -119,30 +129,54 @@ def run(plan: RunPlan) -> None:
     if plan.config.use_torch_compile and warmup_compiles and warmup_compiles[-1][0]:
         logger.warning("The last warm-up iteration still compiled %d graph(s): measured "
                        "iterations may compile too; raise --warmup_iters", warmup_compiles[-1][0])
+    logger.info("Stage boundaries fenced with %s", recorder.settle_fencing())
 
     measurement.reset_peak_memory(ranks.device)
     records: list[results.IterationRecord] = []
+    stage_records: list[dict] = []
     before_measuring = compiles.snapshot()
     meter.begin("benchmark")
     window_start = time.time()
+    nvml_before = gpu_checks.read_nvml_energy(ranks)
     for i, batch in enumerate(tqdm(schedule.measured, desc="iterations", disable=not ranks.is_main)):
         _inject_failure_for_tests(ranks.rank, i)
         meter.begin(f"iteration-{i}")
-        outputs = xdit.generate(pipeline, plan, batch, seed=plan.seed + i, device=ranks.device)
+        started_at = time.time()
+        recorder.begin_iteration()
+        outputs = xdit.generate(pipeline, plan, batch, seed=plan.seed + i, device=ranks.device,
+                                extra_kwargs=recorder.call_kwargs())
         window = meter.end(f"iteration-{i}")
+        ended_at = time.time()
+        stage_records.append(recorder.record(recorder.end_iteration()))
         saved = _save_outputs(plan, ranks, i, batch, outputs)
-        record = results.IterationRecord(index=i, measurement=window, prompts=batch, images=saved)
+        record = results.IterationRecord(index=i, measurement=window, prompts=batch, images=saved,
+                                         window=(started_at, ended_at))
         records.append(record)
         if ranks.is_main:
             logger.info("iteration %d: %.3f s, %s", i, window.time,
                         _energy_text(window.total_gpu_energy))
     whole = meter.end("benchmark")
     window_end = time.time()
+    nvml_after = gpu_checks.read_nvml_energy(ranks)
+    recorder.remove()
     measured_compiles = compiles.difference(before_measuring, compiles.snapshot())
     if plan.config.use_torch_compile and measured_compiles[0]:
         logger.warning("torch.compile compiled %d graph(s) during measured iterations: their "
                        "times include compilation; raise --warmup_iters", measured_compiles[0])
 
+    flop_counts = None
+    if plan.config.count_flops:
+        flop_counts = flops.count_on_every_rank(recorder.first_denoiser_call, ranks,
+                                                fail_softly=plan.world_size == 1)
+    timeline_block = timeline.merge_blocks(
+        # Every sample from the monitor's start: a value holds until the next sample, so the
+        # one before a window's start is needed to know the power there.
+        runtime.all_gather_object(monitor.block(None, window_end)),
+        window_start, window_end)
+    monitor.stop()
+    stage_records = stages.combine_ranks(runtime.all_gather_object(stage_records),
+                                         ranks.local_world_size)
+    nvml_reads = runtime.all_gather_object((nvml_before, nvml_after))
     peaks = runtime.all_gather_object(measurement.peak_memory_gb(ranks.device))
     saved_by_rank = runtime.all_gather_object([r.images for r in records])
     if ranks.is_main:
@@ -160,16 +194,29 @@ def run(plan: RunPlan) -> None:
             option_results["quality"] = quality.quality_report(
                 plan.run_dir, plan.config.reference_run, plan.reference,
                 [r.images for r in records])
+        for record, stage_record in zip(records, stage_records):
+            stages.add_remainder(stage_record, record.measurement.total_gpu_energy)
+            record.stages = stage_record
+        measured = analysis.measurement_sections(
+            plan, records=records, whole_run=whole, gpu_model=environment.device_model(env),
+            flop_counts=flop_counts, denoiser=recorder.parts["denoising"][0],
+            fence_mode=recorder.fence_mode, timeline_block=timeline_block,
+            idle_window=idle_window, exclusivity=exclusivity, nvml_reads=nvml_reads,
+            benchmark_window=(window_start, window_end))
         doc = results.results_document(
             plan, started=started, iterations=records, whole_run=whole, environment=env,
             gpu_model=environment.device_model(env), prompt_source=source,
             peak_memory_gb=peaks, parameter_memory_gb=parameter_gb,
             load_time_s=loading.seconds, warmup_time_s=warming.seconds,
-            benchmark_window=(window_start, window_end), extra=option_results,
+            benchmark_window=(window_start, window_end), timeline=timeline_block,
+            measurement_sections=measured, extra=option_results,
         )
         files.write_json_atomically(plan.base_dir / results.MODEL_INFO,
                                       results.model_info(plan, denoiser_parameters))
         files.write_json_atomically(plan.run_dir / results.RESULTS, doc)
+        plot = timeline.plot_run(doc, plan.run_dir / timeline.PLOT)
+        if plot is not None:
+            logger.info("Power plot: %s", plot)
         summary = results.summary_table(doc)
         logger.info("Summary\n%s", summary)
         logger.info("Results written to %s", plan.run_dir / results.RESULTS)

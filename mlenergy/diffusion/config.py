@@ -172,6 +172,15 @@ class BenchmarkConfig:
     overwrite_results: bool = False
     """Rerun even if the run directory already holds results.json."""
 
+    idle_baseline_s: float = 3.0
+    """Seconds of idle GPU power recorded after loading and before warm-up (GPU only; 0 skips)."""
+
+    require_exclusive_gpus: bool = False
+    """Fail the run when other processes have a compute context on its GPUs (otherwise: warn)."""
+
+    count_flops: bool = True
+    """Count the FLOPs of one denoiser forward after the measured phase (the physical floor)."""
+
 
 _SUBCOMMAND_ALIASES = {
     "workload:t2i": "workload:text-to-image",

@@ -37,7 +37,7 @@ def local_gpus(count: int) -> list[dict]:
     try:
         gpus = []
         for index in range(count):
-            handle = _nvml_handle(pynvml, index)
+            handle = nvml_handle(pynvml, index)
             name = pynvml.nvmlDeviceGetName(handle)
             gpus.append({
                 "index": index,
@@ -50,7 +50,7 @@ def local_gpus(count: int) -> list[dict]:
         pynvml.nvmlShutdown()
 
 
-def _nvml_handle(pynvml, index: int):
+def nvml_handle(pynvml, index: int):
     """NVML numbers GPUs regardless of CUDA_VISIBLE_DEVICES: find torch's device by PCI bus."""
     try:
         props = torch.cuda.get_device_properties(index)

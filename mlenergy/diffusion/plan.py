@@ -266,6 +266,9 @@ def make_plan(config: BenchmarkConfig, world_size: int | None = None,
     _positive("--workload.batch_size", workload.batch_size)
     _positive("--workload.inference_steps", workload.inference_steps)
     _positive("--benchmark_iters", config.benchmark_iters)
+    if not 0 <= config.idle_baseline_s <= 600:
+        raise ConfigError(f"--idle_baseline_s must be between 0 and 600 seconds, got "
+                          f"{config.idle_baseline_s}")
     warmup_iters = config.warmup_iters
     if warmup_iters is None:
         warmup_iters = 2 if config.use_torch_compile else 1

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import math
 import re
-import statistics
 from dataclasses import dataclass, field
 from datetime import datetime
+from mlenergy.diffusion import stats
 from mlenergy.diffusion.measurement import Measurement
 from mlenergy.diffusion.plan import RunPlan
 
@@ -25,6 +25,9 @@ class IterationRecord:
     measurement: Measurement
     prompts: list[str]
     images: list[str] = field(default_factory=list)
+    # Wall-clock start and end of the iteration's window; its stage record (stages.py).
+    window: tuple[float, float] | None = None
+    stages: dict | None = None
 
 
 def output_name(iteration: int, index: int, prompt: str, suffix: str = "png") -> str:
@@ -49,13 +52,7 @@ def model_info(plan: RunPlan, denoiser_parameters: int) -> dict:
 
 
 def _stats(values: list[float]) -> dict:
-    return {
-        "mean": statistics.fmean(values),
-        "median": statistics.median(values),
-        "min": min(values),
-        "max": max(values),
-        "stdev": statistics.stdev(values) if len(values) > 1 else 0.0,
-    }
+    return stats.summarize(values)
 
 
 def configurations(plan: RunPlan) -> dict:
@@ -93,12 +90,17 @@ def results_document(
     load_time_s: float,
     warmup_time_s: float,
     benchmark_window: tuple[float, float],
+    timeline: dict | None = None,
+    measurement_sections: dict | None = None,
     extra: dict | None = None,
 ) -> dict:
     """results.json: the keys the ML.ENERGY benchmark 3.0.0 writes, in its order, then ours.
 
     Headline numbers come from the per-iteration windows. `iteration_energy_measurements` exists
     only when every iteration's energy was measured, because readers take 0 or NaN at face value.
+    `timeline` is the power/temperature block (GPU runs); without it only the window's bounds are
+    written. `measurement_sections` (stage split, statistics, floor, checks) follow the
+    iterations.
     """
     times = [r.measurement.time for r in iterations]
     energies = [r.measurement.total_gpu_energy for r in iterations]
@@ -139,8 +141,8 @@ def results_document(
     if measured:
         doc["iteration_energy_measurements"] = [r.measurement.to_dict() for r in iterations]
     doc["configurations"] = configurations(plan)
-    doc["timeline"] = {"benchmark_start_time": benchmark_window[0],
-                       "benchmark_end_time": benchmark_window[1]}
+    doc["timeline"] = timeline or {"benchmark_start_time": benchmark_window[0],
+                                   "benchmark_end_time": benchmark_window[1]}
 
     doc.update({
         "task": plan.task,
@@ -166,9 +168,15 @@ def results_document(
                 "gpu_energy": r.measurement.gpu_energy,
                 "prompts": r.prompts,
                 ("videos" if plan.task == "text-to-video" else "images"): r.images,
+                **({"start_time": r.window[0], "end_time": r.window[1]} if r.window else {}),
+                **({"stages": r.stages["stages"], "steps": r.stages["steps"],
+                    "denoiser_forwards": r.stages["denoiser_forwards"],
+                    "stage_boundaries": r.stages["boundaries"],
+                    "stage_rank_window": r.stages["window"]} if r.stages else {}),
             }
             for r in iterations
         ],
+        **(measurement_sections or {}),
         "peak_memory_gb": max((p for p in peak_memory_gb if p is not None), default=None),
         "peak_memory_gb_per_rank": peak_memory_gb,
         "parameter_memory_gb": parameter_memory_gb,
@@ -213,5 +221,55 @@ def summary_table(doc: dict) -> str:
         from mlenergy.diffusion.quality import summary_text
 
         rows.append(("vs reference", summary_text(doc["quality"])))
+    rows += _measurement_rows(doc, fmt)
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+
+
+def _measurement_rows(doc: dict, fmt) -> list[tuple[str, str]]:
+    rows = []
+    latency = doc.get("latency_per_image_stats")
+    if latency:
+        ci = latency["ci95"]
+        rows.append(("time / image p90", fmt(latency["p90"], ".3f", " s")
+                     + (f"  (95% CI of mean {ci[0]:.3f}-{ci[1]:.3f} s)" if ci else "")))
+    steadiness = doc.get("steadiness")
+    if steadiness and steadiness["latency_cv"] is not None:
+        energy_cv = steadiness["energy_cv"]
+        rows.append(("variation (CV)", f"latency {100 * steadiness['latency_cv']:.1f}%"
+                     + (f", energy {100 * energy_cv:.1f}%" if energy_cv is not None else "")
+                     + ("" if steadiness["steady"] else "  NOT STEADY")))
+    breakdown = doc.get("stage_breakdown")
+    if breakdown:
+        rows.append(("stages / batch", "time (share), energy"))
+        total = sum(v["time_s"] for v in breakdown.values()) or 1.0
+        for stage, v in breakdown.items():
+            energy = "" if v["energy_j"] is None else f", {v['energy_j']:,.1f} J"
+            rows.append((f"  {stage.replace('_', ' ')}",
+                         f"{v['time_s']:.3f} s ({100 * v['time_s'] / total:.1f}%){energy}"))
+    steps = doc.get("steps")
+    if steps:
+        rows.append(("step latency", f"mean {steps['mean'] * 1e3:.1f} ms, median "
+                     f"{steps['median'] * 1e3:.1f} ms, p90 {steps['p90'] * 1e3:.1f} ms"))
+    floor = doc.get("physical_floor")
+    if floor:
+        rows.append(("TFLOP / forward", f"{floor['flops_per_forward'] / 1e12:.4g}"
+                     + (f"  (analytic {floor['analytic_flops_per_forward'] / 1e12:.4g})"
+                        if floor["analytic_flops_per_forward"] else "")))
+        rows.append(("achieved", fmt(floor["achieved_tflops"], ".4g", " TFLOP/s")
+                     + (f", MFU {100 * floor['mfu']:.1f}%" if floor["mfu"] is not None else "")))
+        rows.append(("floor ratio", "denoising time / floor "
+                     + fmt(floor["denoising_time_over_floor"], ".2f", "x")
+                     + "; energy floor " + fmt(floor["energy_floor_j"], ",.1f", " J")))
+    idle = doc.get("idle_baseline")
+    if idle and idle["total_power_w"] is not None:
+        rows.append(("idle power", f"{idle['total_power_w']:,.1f} W"))
+    check = (doc.get("energy_cross_check") or {})
+    if check.get("timeline"):
+        rows.append(("self-check", f"timeline vs counter {100 * check['timeline']['relative_difference']:+.2f}%"))
+    if check.get("nvml") and check["nvml"]["relative_difference"] is not None:
+        rows.append(("NVML check", f"direct read vs Zeus {100 * check['nvml']['relative_difference']:+.2f}%"))
+    exclusive = doc.get("gpu_exclusivity")
+    if exclusive and not exclusive["exclusive"]:
+        rows.append(("GPU sharing", f"other processes: {exclusive['foreign_pids']}"))
+    return rows

@@ -104,11 +104,13 @@ def call_kwargs(plan: RunPlan, steps: int | None = None) -> dict:
 
 
 def generate(pipeline, plan: RunPlan, prompts: list[str], seed: int, device: torch.device,
-             steps: int | None = None):
-    """One pipeline call (of `steps` denoising steps, default the plan's). Returns its images
-    (or videos, each a list of frames) on the ranks that hold them, else None."""
+             steps: int | None = None, extra_kwargs: dict | None = None):
+    """One pipeline call (of `steps` denoising steps, default the plan's; `extra_kwargs` such as
+    a step-end callback). Returns its images (or videos, each a list of frames) on the ranks
+    that hold them, else None."""
     generator = torch.Generator(device=device).manual_seed(seed)
-    output = pipeline(prompt=prompts, generator=generator, **call_kwargs(plan, steps))
+    output = pipeline(prompt=prompts, generator=generator, **call_kwargs(plan, steps),
+                      **(extra_kwargs or {}))
     if output is None:
         return None
     outputs = getattr(output, "frames" if plan.task == "text-to-video" else "images", None)

@@ -1,0 +1,146 @@
+"""Checks that make a GPU measurement trustworthy: nobody else on the GPUs, an independent read of
+NVML's energy counter, and agreement between the counter and the power timeline.
+
+All NVML access goes through `environment.nvml_handle`, which finds torch's device by PCI bus id,
+so CUDA_VISIBLE_DEVICES is respected.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from mlenergy.diffusion import environment, runtime
+
+logger = logging.getLogger("mlenergy.diffusion")
+
+# Counter energy and the power timeline's integral may differ by this much before a warning.
+SELF_CHECK_TOLERANCE = 0.03
+
+
+class ForeignProcessesError(RuntimeError):
+    pass
+
+
+def nvml_energy(local_gpus: int, offset: int = 0) -> dict[str, float] | None:
+    """NVML's total-energy counter (J) of this node's run GPUs, read directly (not via Zeus)."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # noqa: BLE001 - no NVML: nothing to cross-check
+        return None
+    try:
+        return {str(offset + i): pynvml.nvmlDeviceGetTotalEnergyConsumption(
+                    environment.nvml_handle(pynvml, i)) / 1000.0
+                for i in range(local_gpus)}
+    except pynvml.NVMLError as err:
+        logger.warning("NVML energy counter unreadable (%s): no independent cross-check", err)
+        return None
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def compute_processes(local_gpus: int, offset: int = 0) -> dict[str, list[int]]:
+    """PIDs with a compute context on each of this node's run GPUs."""
+    import pynvml
+
+    pynvml.nvmlInit()
+    try:
+        out = {}
+        for i in range(local_gpus):
+            handle = environment.nvml_handle(pynvml, i)
+            out[str(offset + i)] = [p.pid for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle)]
+        return out
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def foreign_processes(per_gpu: dict[str, list[int]], own_pids: set[int],
+                      own_per_gpu: int = 1) -> dict:
+    """Processes on the run's GPUs that are not its ranks.
+
+    NVML reports PIDs of the host's namespace; in a container they may match none of the ranks'.
+    Then no PID can be trusted and a GPU counts as shared when it holds more contexts than the
+    run's own ranks put there."""
+    all_pids = {pid for pids in per_gpu.values() for pid in pids}
+    namespaces_match = not all_pids or bool(all_pids & own_pids)
+    foreign: dict[str, list[int]] = {}
+    for gpu, pids in per_gpu.items():
+        if namespaces_match:
+            others = sorted(set(pids) - own_pids)
+        else:
+            others = sorted(pids)[own_per_gpu:] if len(pids) > own_per_gpu else []
+        if others:
+            foreign[gpu] = others
+    return {"exclusive": not foreign, "foreign_pids": foreign,
+            "pid_namespace_matches": namespaces_match, "processes": per_gpu}
+
+
+def check_exclusive(local_gpus: int, offset: int, own_pids: set[int], require: bool) -> dict:
+    report = foreign_processes(compute_processes(local_gpus, offset), own_pids)
+    if not report["exclusive"]:
+        text = ", ".join(f"GPU {g}: {p}" for g, p in report["foreign_pids"].items())
+        if require:
+            raise ForeignProcessesError(
+                f"other processes use the run's GPUs ({text}); free the GPUs or drop "
+                "--require_exclusive_gpus")
+        logger.warning("Other processes use the run's GPUs (%s): their work is in the energy "
+                       "figures. Pass --require_exclusive_gpus to refuse such runs.", text)
+    return report
+
+
+def relative_difference(reference: float | None, other: float | None) -> float | None:
+    if reference is None or other is None or reference == 0:
+        return None
+    return (other - reference) / reference
+
+
+def nvml_cross_check(before: dict | None, after: dict | None, zeus_gpu_energy: dict | None) -> dict | None:
+    """Independent NVML reads around the benchmark window against Zeus's window."""
+    if before is None or after is None:
+        return None
+    nvml = {gpu: after[gpu] - before[gpu] for gpu in after}
+    zeus_total = sum(zeus_gpu_energy.values()) if zeus_gpu_energy else None
+    diff = relative_difference(zeus_total, sum(nvml.values()))
+    return {"nvml_gpu_energy_j": nvml, "nvml_energy_j": sum(nvml.values()),
+            "zeus_energy_j": zeus_total, "relative_difference": diff}
+
+
+def timeline_self_check(counter_energy: dict | None, timeline_energy: dict | None) -> dict | None:
+    """The counter's energy of the whole measured phase against the power timeline's integral."""
+    if not counter_energy or not timeline_energy:
+        return None
+    counter, integral = sum(counter_energy.values()), sum(timeline_energy.values())
+    diff = relative_difference(counter, integral)
+    ok = diff is not None and abs(diff) <= SELF_CHECK_TOLERANCE
+    if not ok:
+        logger.warning("Self-check: the power timeline integrates to %.1f J but the energy counter "
+                       "says %.1f J over the measured phase (%+.1f%%, more than %.0f%%)",
+                       integral, counter, 100 * (diff or 0), 100 * SELF_CHECK_TOLERANCE)
+    return {"counter_energy_j": counter, "timeline_energy_j": integral,
+            "timeline_gpu_energy_j": timeline_energy, "relative_difference": diff,
+            "within_tolerance": ok, "tolerance": SELF_CHECK_TOLERANCE}
+
+
+def check_run_gpus(ranks, require_exclusive: bool) -> dict | None:
+    """Other processes on the run's GPUs, every node's; checked once the model is loaded, so that
+    every rank holds its own context. None without GPUs."""
+    if ranks.device.type != "cuda":
+        return None
+    own = set(runtime.all_gather_object(os.getpid()))
+    report = None
+    if ranks.is_local_main:
+        report = check_exclusive(ranks.local_world_size, ranks.node_rank * ranks.local_world_size,
+                                 own, require_exclusive)
+    reports = [r for r in runtime.all_gather_object(report) if r is not None]
+    return {"exclusive": all(r["exclusive"] for r in reports),
+            "foreign_pids": {g: p for r in reports for g, p in r["foreign_pids"].items()},
+            "pid_namespace_matches": all(r["pid_namespace_matches"] for r in reports)}
+
+
+def read_nvml_energy(ranks) -> dict | None:
+    """NVML's energy counters of this node's run GPUs, on local rank 0 (None elsewhere)."""
+    if ranks.device.type != "cuda" or not ranks.is_local_main:
+        return None
+    return nvml_energy(ranks.local_world_size, ranks.node_rank * ranks.local_world_size)
