@@ -205,6 +205,15 @@ def resolve(points: list[Point], gpus: int, device_type: str, gpus_per_node: int
     """Give every point its run directory, or the reason it is skipped."""
     for point in points:
         config = _parse_benchmark_args(point.benchmark_args)
+        if point.nproc > gpus:
+            point.status = "skipped"
+            point.reason = f"needs {point.nproc} GPUs (processes); {gpus} available"
+            continue
+        if gpus_per_node and point.nproc > gpus_per_node and point.nproc % gpus_per_node:
+            point.status = "skipped"
+            point.reason = (f"{point.nproc} processes do not fill whole nodes of "
+                            f"{gpus_per_node} GPUs")
+            continue
         try:
             plan = make_plan(config, world_size=point.nproc, device_type=device_type,
                              visible_gpus=max(gpus, point.nproc))
@@ -212,14 +221,7 @@ def resolve(points: list[Point], gpus: int, device_type: str, gpus_per_node: int
             point.status, point.reason = "skipped", str(err)
             continue
         point.run_dir = plan.run_dir
-        if point.nproc > gpus:
-            point.status = "skipped"
-            point.reason = f"needs {point.nproc} GPUs (processes); {gpus} available"
-        elif gpus_per_node and point.nproc > gpus_per_node and point.nproc % gpus_per_node:
-            point.status = "skipped"
-            point.reason = (f"{point.nproc} processes do not fill whole nodes of "
-                            f"{gpus_per_node} GPUs")
-        elif (plan.run_dir / RESULTS).exists():
+        if (plan.run_dir / RESULTS).exists():
             point.status, point.reason = "already_done", f"{plan.run_dir / RESULTS} exists"
 
 
