@@ -195,9 +195,10 @@ def _parse_benchmark_args(argv: list[str]):
         with contextlib.redirect_stderr(captured), contextlib.redirect_stdout(captured):
             return parse_cli(argv)
     except SystemExit:
-        detail = " ".join(line.strip(" │╭╮╰╯─") for line in captured.getvalue().splitlines()
-                          if line.strip(" │╭╮╰╯─"))
-        raise SweepError(f"the benchmark rejects the flags {shlex.join(argv)}: {detail}") from None
+        lines = [line.strip(" │╭╮╰╯─-") for line in captured.getvalue().splitlines()]
+        lines = [line for line in lines if line and not line.startswith("For full helptext")]
+        detail = " ".join(lines[1:] if len(lines) > 1 else lines)[:300]
+        raise SweepError(f"the benchmark rejects the flags after `--`: {detail}") from None
 
 
 def resolve(points: list[Point], gpus: int, device_type: str, gpus_per_node: int | None = None
