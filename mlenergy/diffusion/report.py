@@ -268,6 +268,10 @@ def plot_model(df, out_dir: Path) -> list[Path]:
             best = points.groupby("degrees")[column].min()
             line, = ax.plot(best.index, best.values, "-", label=label)
             ax.scatter(points["degrees"], points[column], color=line.get_color(), s=18)
+            for _, row in points.iterrows():
+                ax.annotate(f"{row['ulysses_degree']}x{row['ring_degree']}",
+                            (row["degrees"], row[column]), fontsize=6, xytext=(3, 2),
+                            textcoords="offset points")
     ax_e.set_ylabel(f"energy per {unit} (J)")
     ax_t.set_ylabel("latency per batch (s)")
     if not len(measured):
