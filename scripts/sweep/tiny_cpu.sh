@@ -4,7 +4,7 @@
 #   bash scripts/sweep/tiny_cpu.sh [OUT_DIR]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-out=${1:-run-tiny}
+out=${1:-run/tiny}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 python3 -m mlenergy.diffusion.sweep --models black-forest-labs/FLUX.1-dev \
   PixArt-alpha/PixArt-Sigma-XL-2-1024-MS --batch_sizes 1 2 --parallel 1x1 2x1 \
