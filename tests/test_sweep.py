@@ -42,7 +42,7 @@ def test_sweep_completes_then_a_rerun_skips_every_done_point_and_the_report_read
             "--parallel", "1x1", "2x1", "1x2", "3x1", "4x1", "--gpus", "3",
             "--out_dir", str(out), "--timeout_s", "240", "--", *TINY]
     first = sweep(tmp_path, *grid)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert first.returncode == 0, first.stdout[-6000:] + first.stderr[-3000:]
     doc = summary(out)
     assert doc["counts"] == {"done": 8, "already_done": 0, "skipped": 12, "failed": 0}
     done = by_status(doc, "done")

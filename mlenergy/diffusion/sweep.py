@@ -289,6 +289,11 @@ def run_point(point: Point, log: Path, timeout_s: float) -> None:
         point.status, point.reason = "done", None
 
 
+def _indented_tail(log: Path, lines: int = 15) -> str:
+    tail = log.read_text(errors="replace").splitlines()[-lines:]
+    return "\n".join(f"    | {line}" for line in tail)
+
+
 def _log_path(out_dir: Path, point: Point) -> Path:
     return out_dir / "sweep_logs" / point.run_dir.relative_to(out_dir).parent / (
         point.run_dir.name + ".log")
@@ -424,6 +429,8 @@ def main(argv: list[str] | None = None) -> int:
             run_point(point, _log_path(ns.out_dir, point), ns.timeout_s)
             status = point.status + (f" ({point.reason})" if point.reason else "")
             print(f"    {status} in {point.seconds:.1f} s", flush=True)
+            if point.status == "failed":
+                print(_indented_tail(point.log), flush=True)
             write_summary()
     finally:
         write_summary()
