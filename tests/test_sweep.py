@@ -96,17 +96,20 @@ def test_a_failing_point_is_recorded_and_the_sweep_goes_on(tmp_path):
     out = tmp_path / "run"
     # Rank 1 exists only in the two-process point: it fails there, first; the next one runs.
     proc = sweep(tmp_path, "--models", FLUX, "--batch_sizes", "1", "--parallel", "2x1", "1x1",
-                 "--out_dir", str(out), "--timeout_s", "240", "--", *TINY,
+                 "--out_dir", str(out), "--timeout_s", "240", "--retries", "1", "--", *TINY,
                  MLENERGY_FAIL_RANK="1")
     assert proc.returncode == 1, proc.stdout[-2000:]
     doc = summary(out)
     assert doc["counts"] == {"done": 1, "already_done": 0, "skipped": 0, "failed": 1}
     failed, = by_status(doc, "failed")
     assert failed["ulysses_degree"] == 2 and failed["reason"].startswith("exit status")
-    assert "failure injected on rank 1" in Path(failed["log"]).read_text()
+    # Retried once; the log keeps both attempts.
+    log = Path(failed["log"]).read_text()
+    assert failed["attempts"] == 2 and log.count("failure injected on rank 1") >= 2
+    assert "=== attempt 1" in log and "=== attempt 2" in log
     assert not (Path(failed["run_dir"]) / "results.json").exists()
     done, = by_status(doc, "done")
-    assert done["ulysses_degree"] == 1 and (Path(done["run_dir"]) / "results.json").exists()
+    assert done["attempts"] == 1 and done["ulysses_degree"] == 1 and (Path(done["run_dir"]) / "results.json").exists()
     assert f"(log: {failed['log']})" in proc.stdout
 
 

@@ -64,6 +64,7 @@ class Point:
     reason: str | None = None
     log: Path | None = None
     seconds: float | None = None
+    attempts: int = 0
     command: list[str] = field(default_factory=list)
 
     @property
@@ -134,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout_s", type=float, default=3600.0,
                    help="a point running longer is killed (its whole process group) and "
                         "recorded as failed")
+    p.add_argument("--retries", type=int, default=0,
+                   help="run a point that failed (not one that timed out) up to this many more "
+                        "times, for transient faults in long sweeps")
     p.add_argument("--dry_run", action="store_true",
                    help="print each point's command (or why it is skipped); run nothing")
     p.add_argument("--emit", choices=("slurm",),
@@ -251,9 +255,12 @@ def _kill_group(pgid: int, sig: int) -> None:
 def run_point(point: Point, log: Path, timeout_s: float) -> None:
     point.command = local_command(point)
     point.log = log
+    point.attempts += 1
     log.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    with open(log, "w") as out:
+    # A retry appends, so the log keeps why the earlier attempt failed.
+    with open(log, "w" if point.attempts == 1 else "a") as out:
+        out.write(f"=== attempt {point.attempts}\n")
         out.write(f"$ {shlex.join(point.command)}\n")
         out.flush()
         # Its own session: a hung point is ended with every process it started.
@@ -427,6 +434,10 @@ def main(argv: list[str] | None = None) -> int:
         for i, point in enumerate(pending, 1):
             print(f"[{i}/{len(pending)}] {point.label()} -> {point.run_dir}", flush=True)
             run_point(point, _log_path(ns.out_dir, point), ns.timeout_s)
+            while (point.status == "failed" and point.attempts <= ns.retries
+                   and not point.reason.startswith("timed out")):
+                print(f"    failed ({point.reason}); attempt {point.attempts + 1}", flush=True)
+                run_point(point, point.log, ns.timeout_s)
             status = point.status + (f" ({point.reason})" if point.reason else "")
             print(f"    {status} in {point.seconds:.1f} s", flush=True)
             if point.status == "failed":
