@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q "torch==2.13.0" "triton==3.8.0"
-python3 -m pip install -q -e ".[test,plot]"  # test: optimum-quanto (FP8 T5), scikit-image (SSIM), av
+python3 -m pip install -q -e ".[test,plot,report]"  # test: optimum-quanto (FP8 T5), scikit-image (SSIM), av
 # The ML.ENERGY data toolkit reads our results in tests; it needs no torch (field notes 7).
 python3 -m pip install -q --no-deps "mlenergy-data==0.4.0"
 python3 -m pytest "$@"

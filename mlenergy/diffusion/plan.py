@@ -94,6 +94,12 @@ def _resolve_spec(workload) -> ModelSpec:
     )
 
 
+def default_base_dir(task: str, model_id: str, root: Path = Path("run")) -> Path:
+    """`root/diffusion/<task>/<org>/<model>`: the layout the ML.ENERGY toolkit globs."""
+    model_dir = model_id if model_id in MODELS else Path(model_id).name
+    return Path(root) / "diffusion" / task / model_dir
+
+
 def _run_dir_name(plan_values: dict, spec: ModelSpec, config: BenchmarkConfig) -> str:
     """The ML.ENERGY directory name, plus `+key-value` only for settings off their defaults."""
     v = plan_values
@@ -320,8 +326,7 @@ def make_plan(config: BenchmarkConfig, world_size: int | None = None,
             config.reference_run, model_id=spec.model_id, seed=workload.seed, height=height,
             width=width, batch_size=workload.batch_size, inference_steps=steps,
             benchmark_iters=benchmark_iters, save_images=config.save_images)
-    model_dir = spec.model_id if spec.model_id in MODELS else Path(spec.model_id).name
-    base_dir = workload.base_dir or Path("run/diffusion") / workload.task / model_dir
+    base_dir = workload.base_dir or default_base_dir(workload.task, spec.model_id)
     run_dir = Path(base_dir) / _run_dir_name(values, spec, config)
     return RunPlan(
         config=config, spec=spec, task=workload.task, max_sequence_length=max_seq,
