@@ -6,6 +6,7 @@
 #                                             # (about 5 min)
 #   bash scripts/gpu/h100_options.sh combined  # fbcache, fbcache at threshold 1.0 alone and
 #                                             # compiled, compile with CUDA graphs, offload
+#   bash scripts/gpu/h100_options.sh offload   # sequential CPU offload alone
 cd "$(dirname "$0")/../.."
 PACK_NAME=options-$1
 source scripts/gpu/collect.sh
@@ -23,7 +24,7 @@ eager=(--warmup_iters 1 --benchmark_iters 2)
 # says whether anything recompiled while measuring).
 compiled=(--use_torch_compile --warmup_iters 2 --benchmark_iters 2)
 # The exact baseline the lossy runs compare with (a fresh host needs it again).
-[ -f "$ref/results.json" ] || bench baseline 1 "${flux[@]}" "${eager[@]}"
+[ "$1" = offload ] || [ -f "$ref/results.json" ] || bench baseline 1 "${flux[@]}" "${eager[@]}"
 case "$1" in
   main)
     bench compile 1 "${flux[@]}" "${compiled[@]}" --reference_run "$ref"
@@ -41,6 +42,8 @@ case "$1" in
       --cache_threshold 1.0 --reference_run "$ref"
     bench compile-cudagraphs 1 "${flux[@]}" "${compiled[@]}" --compile_mode reduce-overhead \
       --reference_run "$ref"
+    ;&
+  offload)
     # Sequential offload streams ~24 GB of weights per step over PCIe: one measured image, and
     # no warm-up (its first call costs little next to a minute of transfers).
     bench offload 1 "${flux[@]}" --warmup_iters 0 --benchmark_iters 1 \
