@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # FLUX.1-dev (random full-size weights), batch 1, 1024x1024, 28 steps on 1, 2 and 4 GPUs of one
 # host, with Ulysses, ring and both; eager, or compiled through xDiT.
-#   bash scripts/gpu/h100_scaling.sh eager|compile
+#   bash scripts/gpu/h100_scaling.sh eager|compile|cudagraphs
+# (cudagraphs: 1 GPU compiled, and Ulysses 2 compiled with and without CUDA graphs, on 2 GPUs)
 cd "$(dirname "$0")/../.."
 PACK_NAME=scaling-$1
 source scripts/gpu/collect.sh
@@ -13,6 +14,10 @@ flux=(workload:text-to-image --workload.model_id black-forest-labs/FLUX.1-dev
 case "$1" in
   eager) extra=(--benchmark_iters 3); configs="1,1 2,1 1,2 4,1 1,4 2,2" ;;
   compile) extra=(--use_torch_compile --warmup_iters 2 --benchmark_iters 3); configs="1,1 2,1 4,1" ;;
+  cudagraphs) extra=(--use_torch_compile --warmup_iters 2 --benchmark_iters 2 --idle_baseline_s 0)
+    configs="1,1 2,1"
+    CUDA_VISIBLE_DEVICES=0,1 bench "flux-u2-r1-cudagraphs" 2 --ulysses_degree 2 "${flux[@]}" \
+      "${extra[@]}" --compile_mode reduce-overhead ;;
 esac
 for c in $configs; do
   u=${c%,*} r=${c#*,} n=$(( ${c%,*} * ${c#*,} ))
