@@ -1,4 +1,4 @@
-"""Benchmark a diffusion model: latency and GPU energy per image, through xDiT.
+"""Benchmark a diffusion model: latency and GPU energy per image or video, through xDiT.
 
     torchrun --nproc_per_node=N mlenergy/diffusion/benchmark.py [flags] workload:text-to-image ...
     python -m mlenergy.diffusion.benchmark [flags] workload:text-to-image ...   (one process)
@@ -15,17 +15,19 @@ if __package__ in (None, ""):
     _root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     sys.path[0] = _root
 
+import dataclasses
 import logging
 import time
 from datetime import datetime
+from typing import Any
 
 os.environ.setdefault("XDIT_LOGGING_LEVEL", "WARNING")
 # transformers warns about optional image backends when xfuser imports it; keep stderr for what
 # matters (an error found after the prompts are read must stay one line).
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from mlenergy.diffusion import prompts as prompt_source
 from mlenergy.diffusion import files, results, runtime
+from mlenergy.diffusion import prompts as prompt_source
 from mlenergy.diffusion.config import parse_cli
 from mlenergy.diffusion.plan import ConfigError, RunPlan, make_plan
 
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         if rank == 0:
             print(f"error: {err}", file=sys.stderr)
         return 2
-    except BaseException as err:  # noqa: BLE001 - any failure must end this rank promptly
+    except BaseException as err:
         if isinstance(err, SystemExit) and not err.code:
             raise
         runtime.die(rank, err)
@@ -59,11 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(plan: RunPlan) -> None:
-    import torch
-    from tqdm import tqdm
-
-    from mlenergy.diffusion import (analysis, environment, flops, gpu_checks, measurement,
-                                    options, pipelines, quality, stages, timeline, xdit)
+    from mlenergy.diffusion import environment, quality
 
     started = datetime.now()
     ranks = runtime.init_process_group(plan.device_type)
@@ -81,6 +79,33 @@ def run(plan: RunPlan) -> None:
             plan.run_dir / results.REQUESTS,
             results.requests_document(plan, schedule.warmup, schedule.measured),
         )
+
+    loaded = _load_pipeline(plan, ranks)
+    probes = _Probes.start(plan, ranks, loaded.pipeline)
+    warmup = _warm_up(plan, ranks, loaded.pipeline, schedule.warmup, probes)
+    measured = _measure(plan, ranks, loaded.pipeline, schedule.measured, probes)
+    _write_results(plan, ranks, started=started, env=env, prompt_source=source, loaded=loaded,
+                   probes=probes, warmup=warmup, measured=measured)
+    runtime.barrier()
+    runtime.shutdown()
+
+
+@dataclasses.dataclass
+class _Loaded:
+    pipeline: Any
+    seconds: float
+    denoiser_parameters: int
+    parameter_gb: float
+    fp8_t5: dict | None
+    attention: dict
+
+
+def _load_pipeline(plan: RunPlan, ranks) -> _Loaded:
+    """Build the pipeline (with the options that change its weights or placement) and hand it to
+    xDiT."""
+    import torch
+
+    from mlenergy.diffusion import measurement, options, pipelines, xdit
 
     engine = xdit.engine_config(plan)
     with measurement.Stopwatch() as loading:
@@ -101,20 +126,64 @@ def run(plan: RunPlan) -> None:
     # After wrapping: xDiT may have replaced the denoiser with its parallel wrapper.
     attention = options.attention_report(plan, getattr(built, plan.spec.family.denoiser_slot))
     logger.info("Attention: %s", attention["used"])
+    return _Loaded(pipeline=pipeline, seconds=loading.seconds,
+                   denoiser_parameters=denoiser_parameters, parameter_gb=parameter_gb,
+                   fp8_t5=fp8_t5, attention=attention)
 
-    meter = measurement.EnergyMeter(ranks)
-    monitor = timeline.TimelineMonitor(ranks)
-    exclusivity = gpu_checks.check_run_gpus(ranks, plan.config.require_exclusive_gpus)
-    idle_window = timeline.idle_baseline_window(plan.config.idle_baseline_s, ranks)
 
-    recorder = stages.StageRecorder(pipeline, ranks, plan.inference_steps)
-    logger.info("Stage hooks: %s; step-end callback %s", recorder.describe(),
-                "passed to the pipeline" if recorder.accepts_step_callback else "not taken")
-    compiles = options.CompileTracker()
-    warmup_times: list[float] = []
-    warmup_compiles: list[tuple] = []
+@dataclasses.dataclass
+class _Probes:
+    """Everything that watches the run: energy windows, power and temperature timelines, the
+    GPUs' exclusivity and idle power, the stage and step hooks, and compilation counters."""
+
+    meter: Any
+    monitor: Any
+    exclusivity: dict | None
+    idle_window: Any
+    recorder: Any
+    compiles: Any
+
+    @classmethod
+    def start(cls, plan: RunPlan, ranks, pipeline) -> _Probes:
+        from mlenergy.diffusion import (
+            gpu_checks,
+            measurement,
+            options,
+            stages,
+            timeline,
+        )
+
+        meter = measurement.EnergyMeter(ranks)
+        monitor = timeline.TimelineMonitor(ranks)
+        exclusivity = gpu_checks.check_run_gpus(ranks, plan.config.require_exclusive_gpus)
+        # Before the hooks go in, with nothing running on the run's GPUs.
+        idle_window = timeline.idle_baseline_window(plan.config.idle_baseline_s, ranks)
+        recorder = stages.StageRecorder(pipeline, ranks, plan.inference_steps)
+        logger.info("Stage hooks: %s; step-end callback %s", recorder.describe(),
+                    "passed to the pipeline" if recorder.accepts_step_callback else "not taken")
+        return cls(meter=meter, monitor=monitor, exclusivity=exclusivity,
+                   idle_window=idle_window, recorder=recorder,
+                   compiles=options.CompileTracker())
+
+
+@dataclasses.dataclass
+class _WarmUp:
+    seconds: float
+    iteration_times: list[float]
+    compiles: list[tuple]
+
+
+def _warm_up(plan: RunPlan, ranks, pipeline, batches: list[list[str]],
+             probes: _Probes) -> _WarmUp:
+    """Unmeasured calls at the measured shapes (compilation happens here), with other prompts
+    and seeds than the measured ones."""
+    from mlenergy.diffusion import measurement, xdit
+
+    recorder, compiles = probes.recorder, probes.compiles
+    times: list[float] = []
+    compiled: list[tuple] = []
     with measurement.Stopwatch() as warming:
-        for i, batch in enumerate(schedule.warmup):
+        for i, batch in enumerate(batches):
             before = compiles.snapshot()
             with measurement.Stopwatch() as one:
                 recorder.begin_iteration()
@@ -122,15 +191,37 @@ def run(plan: RunPlan) -> None:
                               steps=plan.warmup_steps, extra_kwargs=recorder.call_kwargs())
                 runtime.synchronize(ranks.device)
                 recorder.end_iteration()
-            warmup_times.append(one.seconds)
-            warmup_compiles.append(compiles.difference(before, compiles.snapshot()))
-    logger.info("Warm-up: %d iteration(s) of %d step(s) in %.1f s (%s)", len(schedule.warmup),
-                plan.warmup_steps, warming.seconds, ", ".join(f"{t:.2f} s" for t in warmup_times))
-    if plan.config.use_torch_compile and warmup_compiles and warmup_compiles[-1][0]:
+            times.append(one.seconds)
+            compiled.append(compiles.difference(before, compiles.snapshot()))
+    logger.info("Warm-up: %d iteration(s) of %d step(s) in %.1f s (%s)", len(batches),
+                plan.warmup_steps, warming.seconds, ", ".join(f"{t:.2f} s" for t in times))
+    if plan.config.use_torch_compile and compiled and compiled[-1][0]:
         logger.warning("The last warm-up iteration still compiled %d graph(s): measured "
-                       "iterations may compile too; raise --warmup_iters", warmup_compiles[-1][0])
+                       "iterations may compile too; raise --warmup_iters", compiled[-1][0])
+    # The warm-up showed which stage boundaries every rank crosses.
     logger.info("Stage boundaries fenced with %s", recorder.settle_fencing())
+    return _WarmUp(seconds=warming.seconds, iteration_times=times, compiles=compiled)
 
+
+@dataclasses.dataclass
+class _Measured:
+    records: list
+    stage_records: list[dict]
+    whole: Any
+    window: tuple[float, float]
+    nvml_reads: tuple
+    compiles: tuple
+
+
+def _measure(plan: RunPlan, ranks, pipeline, batches: list[list[str]],
+             probes: _Probes) -> _Measured:
+    """The measured iterations, each in its own energy window inside one for them all; outputs
+    are saved between windows."""
+    from tqdm import tqdm
+
+    from mlenergy.diffusion import gpu_checks, measurement, xdit
+
+    meter, recorder, compiles = probes.meter, probes.recorder, probes.compiles
     measurement.reset_peak_memory(ranks.device)
     records: list[results.IterationRecord] = []
     stage_records: list[dict] = []
@@ -138,7 +229,7 @@ def run(plan: RunPlan) -> None:
     meter.begin("benchmark")
     window_start = time.time()
     nvml_before = gpu_checks.read_nvml_energy(ranks)
-    for i, batch in enumerate(tqdm(schedule.measured, desc="iterations", disable=not ranks.is_main)):
+    for i, batch in enumerate(tqdm(batches, desc="iterations", disable=not ranks.is_main)):
         _inject_failure_for_tests(ranks.rank, i)
         meter.begin(f"iteration-{i}")
         started_at = time.time()
@@ -149,9 +240,8 @@ def run(plan: RunPlan) -> None:
         ended_at = time.time()
         stage_records.append(recorder.record(recorder.end_iteration()))
         saved = _save_outputs(plan, ranks, i, batch, outputs)
-        record = results.IterationRecord(index=i, measurement=window, prompts=batch, images=saved,
-                                         window=(started_at, ended_at))
-        records.append(record)
+        records.append(results.IterationRecord(index=i, measurement=window, prompts=batch,
+                                               images=saved, window=(started_at, ended_at)))
         if ranks.is_main:
             logger.info("iteration %d: %.3f s, %s", i, window.time,
                         _energy_text(window.total_gpu_energy))
@@ -163,7 +253,29 @@ def run(plan: RunPlan) -> None:
     if plan.config.use_torch_compile and measured_compiles[0]:
         logger.warning("torch.compile compiled %d graph(s) during measured iterations: their "
                        "times include compilation; raise --warmup_iters", measured_compiles[0])
+    return _Measured(records=records, stage_records=stage_records, whole=whole,
+                     window=(window_start, window_end), nvml_reads=(nvml_before, nvml_after),
+                     compiles=measured_compiles)
 
+
+def _write_results(plan: RunPlan, ranks, *, started: datetime, env: dict, prompt_source: str,
+                   loaded: _Loaded, probes: _Probes, warmup: _WarmUp,
+                   measured: _Measured) -> None:
+    """Gather what every rank saw, and write results.json, model_info.json and the plot on
+    rank 0. FLOPs are counted here, after the measured windows."""
+    from mlenergy.diffusion import (
+        analysis,
+        environment,
+        flops,
+        measurement,
+        options,
+        quality,
+        stages,
+        timeline,
+    )
+
+    records, recorder = measured.records, probes.recorder
+    window_start, window_end = measured.window
     flop_counts = None
     if plan.config.count_flops:
         flop_counts = flops.count_on_every_rank(recorder.first_denoiser_call, ranks,
@@ -171,57 +283,56 @@ def run(plan: RunPlan) -> None:
     timeline_block = timeline.merge_blocks(
         # Every sample from the monitor's start: a value holds until the next sample, so the
         # one before a window's start is needed to know the power there.
-        runtime.all_gather_object(monitor.block(None, window_end)),
+        runtime.all_gather_object(probes.monitor.block(None, window_end)),
         window_start, window_end)
-    monitor.stop()
-    stage_records = stages.combine_ranks(runtime.all_gather_object(stage_records),
+    probes.monitor.stop()
+    stage_records = stages.combine_ranks(runtime.all_gather_object(measured.stage_records),
                                          ranks.local_world_size)
-    nvml_reads = runtime.all_gather_object((nvml_before, nvml_after))
+    nvml_reads = runtime.all_gather_object(measured.nvml_reads)
     peaks = runtime.all_gather_object(measurement.peak_memory_gb(ranks.device))
     saved_by_rank = runtime.all_gather_object([r.images for r in records])
-    if ranks.is_main:
-        for record in records:
-            record.images = next((names[record.index] for names in saved_by_rank
-                                  if names[record.index]), [])
-        option_results = {
-            "warmup_iteration_times": warmup_times,
-            "compile": options.compile_report(plan, warmup_times, warmup_compiles,
-                                              measured_compiles, [r.measurement.time for r in records]),
-            "fp8_t5_encoder": fp8_t5,
-            "attention": attention,
-        }
-        if plan.reference is not None:
-            option_results["quality"] = quality.quality_report(
-                plan.run_dir, plan.config.reference_run, plan.reference,
-                [r.images for r in records])
-        for record, stage_record in zip(records, stage_records):
-            stages.add_remainder(stage_record, record.measurement.total_gpu_energy)
-            record.stages = stage_record
-        measured = analysis.measurement_sections(
-            plan, records=records, whole_run=whole, gpu_model=environment.device_model(env),
-            flop_counts=flop_counts, denoiser=recorder.parts["denoising"][0],
-            fence_mode=recorder.fence_mode, timeline_block=timeline_block,
-            idle_window=idle_window, exclusivity=exclusivity, nvml_reads=nvml_reads,
-            benchmark_window=(window_start, window_end))
-        doc = results.results_document(
-            plan, started=started, iterations=records, whole_run=whole, environment=env,
-            gpu_model=environment.device_model(env), prompt_source=source,
-            peak_memory_gb=peaks, parameter_memory_gb=parameter_gb,
-            load_time_s=loading.seconds, warmup_time_s=warming.seconds,
-            benchmark_window=(window_start, window_end), timeline=timeline_block,
-            measurement_sections=measured, extra=option_results,
-        )
-        files.write_json_atomically(plan.base_dir / results.MODEL_INFO,
-                                      results.model_info(plan, denoiser_parameters))
-        files.write_json_atomically(plan.run_dir / results.RESULTS, doc)
-        plot = timeline.plot_run(doc, plan.run_dir / timeline.PLOT)
-        if plot is not None:
-            logger.info("Power plot: %s", plot)
-        summary = results.summary_table(doc)
-        logger.info("Summary\n%s", summary)
-        logger.info("Results written to %s", plan.run_dir / results.RESULTS)
-    runtime.barrier()
-    runtime.shutdown()
+    if not ranks.is_main:
+        return
+    for record in records:
+        record.images = next((names[record.index] for names in saved_by_rank
+                              if names[record.index]), [])
+    option_results = {
+        "warmup_iteration_times": warmup.iteration_times,
+        "compile": options.compile_report(plan, warmup.iteration_times, warmup.compiles,
+                                          measured.compiles,
+                                          [r.measurement.time for r in records]),
+        "fp8_t5_encoder": loaded.fp8_t5,
+        "attention": loaded.attention,
+    }
+    if plan.reference is not None:
+        option_results["quality"] = quality.quality_report(
+            plan.run_dir, plan.config.reference_run, plan.reference, [r.images for r in records])
+    for record, stage_record in zip(records, stage_records):
+        stages.add_remainder(stage_record, record.measurement.total_gpu_energy)
+        record.stages = stage_record
+    sections = analysis.measurement_sections(
+        plan, records=records, whole_run=measured.whole,
+        gpu_model=environment.device_model(env), flop_counts=flop_counts,
+        denoiser=recorder.parts["denoising"][0], fence_mode=recorder.fence_mode,
+        timeline_block=timeline_block, idle_window=probes.idle_window,
+        exclusivity=probes.exclusivity, nvml_reads=nvml_reads,
+        benchmark_window=measured.window)
+    doc = results.results_document(
+        plan, started=started, iterations=records, whole_run=measured.whole, environment=env,
+        gpu_model=environment.device_model(env), prompt_source=prompt_source,
+        peak_memory_gb=peaks, parameter_memory_gb=loaded.parameter_gb,
+        load_time_s=loaded.seconds, warmup_time_s=warmup.seconds,
+        benchmark_window=measured.window, timeline=timeline_block,
+        measurement_sections=sections, extra=option_results,
+    )
+    files.write_json_atomically(plan.base_dir / results.MODEL_INFO,
+                                results.model_info(plan, loaded.denoiser_parameters))
+    files.write_json_atomically(plan.run_dir / results.RESULTS, doc)
+    plot = timeline.plot_run(doc, plan.run_dir / timeline.PLOT)
+    if plot is not None:
+        logger.info("Power plot: %s", plot)
+    logger.info("Summary\n%s", results.summary_table(doc))
+    logger.info("Results written to %s", plan.run_dir / results.RESULTS)
 
 
 def _prompts(plan: RunPlan, ranks):
