@@ -1,4 +1,5 @@
-"""Writing files so that a reader never sees half of one, even if the writer dies mid-way."""
+"""The files of a run directory, and writing them so that a reader never sees half of one,
+even if the writer dies mid-way."""
 
 from __future__ import annotations
 
@@ -6,6 +7,10 @@ import json
 import os
 import tempfile
 from pathlib import Path
+
+# Names every writer and reader of a run directory shares.
+RESULTS = "results.json"
+REQUESTS = "requests.json"
 
 
 def write_json_atomically(path: Path, data) -> None:

@@ -16,8 +16,7 @@ from typing import Sequence
 
 from mlenergy.diffusion.plan import ConfigError
 
-RESULTS = "results.json"
-REQUESTS = "requests.json"
+from mlenergy.diffusion.files import REQUESTS, RESULTS
 ABSENT_METRICS = {
     "lpips": "absent: needs LPIPS network weights, which are not available locally",
     "clip_score": "absent: needs CLIP model weights, which are not available locally",

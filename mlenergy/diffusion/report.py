@@ -19,7 +19,7 @@ import statistics
 import sys
 from pathlib import Path
 
-RESULTS = "results.json"
+from mlenergy.diffusion.files import RESULTS
 STAGES = ("text_encoding", "denoising", "decoding", "remainder")
 STAGE_SHORT = {"text_encoding": "text", "denoising": "denoise", "decoding": "decode",
                "remainder": "rest"}

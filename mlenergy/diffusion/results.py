@@ -11,8 +11,7 @@ from mlenergy.diffusion import stats
 from mlenergy.diffusion.measurement import Measurement
 from mlenergy.diffusion.plan import RunPlan
 
-RESULTS = "results.json"
-REQUESTS = "requests.json"
+from mlenergy.diffusion.files import REQUESTS, RESULTS  # noqa: F401 - results.RESULTS for callers
 MODEL_INFO = "model_info.json"
 DRIVER_LOG = "driver_log.txt"
 IMAGE_DIR = "image_outputs"

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import math
 import os
 import shlex
@@ -34,7 +33,7 @@ from mlenergy.diffusion.plan import ConfigError, default_base_dir, make_plan
 from mlenergy.diffusion.registry import known_model_ids
 
 BENCHMARK = Path(__file__).with_name("benchmark.py")
-RESULTS = "results.json"
+RESULTS = files.RESULTS
 
 LEADERBOARD_BATCH_SIZES = (1, 2, 4, 8, 16)
 LEADERBOARD_PARALLEL = ((1, 1), (1, 2), (2, 1), (1, 4), (2, 2), (4, 1), (1, 8), (2, 4), (4, 2),
