@@ -4,13 +4,16 @@ image comparison against a reference run. GPU-only options are checked for their
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from conftest import TINY_FLUX, load_results, only_run_dir, run_benchmark
+from conftest import REPO, TINY_FLUX, load_results, only_run_dir, run_benchmark
 from mlenergy.diffusion import options
 from mlenergy.diffusion.config import parse_cli
 from mlenergy.diffusion.plan import ConfigError, make_plan
@@ -237,3 +240,25 @@ def test_an_incomparable_reference_is_refused_before_anything_runs(tmp_path, ref
     assert "used other prompts" in line
     assert not base.exists()
     assert json.loads((reference / "results.json").read_text())["num_iterations"] == 2
+
+
+def test_a_second_process_finds_the_first_ones_compiled_kernels(tmp_path):
+    """What `compile.kernel_cache` reports: inductor's on-disk cache, missed by the first run
+    that compiles a graph and hit by the next one (as in a sweep)."""
+    script = (
+        "import json, torch\n"
+        "from mlenergy.diffusion.options import kernel_cache_report\n"
+        "torch.compile(lambda x: torch.sin(x) * 2 + 1)(torch.randn(8))\n"
+        "print(json.dumps(kernel_cache_report()))\n"
+    )
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "kernels"))
+    reports = []
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        reports.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    first, second = reports
+    assert first["dir"] == second["dir"] == str(tmp_path / "kernels")
+    assert (first["fx_graph_cache_hits"], first["fx_graph_cache_misses"]) == (0, 1)
+    assert (second["fx_graph_cache_hits"], second["fx_graph_cache_misses"]) == (1, 0)

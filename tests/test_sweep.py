@@ -45,6 +45,8 @@ def test_sweep_completes_then_a_rerun_skips_every_done_point_and_the_report_read
     assert first.returncode == 0, first.stdout[-6000:] + first.stderr[-3000:]
     doc = summary(out)
     assert doc["counts"] == {"done": 8, "already_done": 0, "skipped": 12, "failed": 0}
+    # Every point shares one kernel cache, so compiled points reuse each other's graphs.
+    assert doc["compile_cache"] == str((out / "compile_cache").resolve())
     done = by_status(doc, "done")
     assert {(p["model_id"], p["batch_size"], p["ulysses_degree"]) for p in done} == {
         (m, b, u) for m in (FLUX, PIXART) for b in (1, 2) for u in (1, 2)}
@@ -171,6 +173,7 @@ def test_emitted_slurm_script_runs_each_pending_point_across_the_right_nodes(tmp
     script = proc.stdout
     assert "#SBATCH --nodes=2" in script and "#SBATCH --gpus-per-node=4" in script
     assert "#SBATCH --partition=gpu" in script
+    assert f"export TORCHINDUCTOR_CACHE_DIR={(out / 'compile_cache').resolve()}" in script
     (tmp_path / "sweep.sbatch").write_text(script)
 
     # Run it with stand-ins for Slurm and torchrun that log how they were called; the 1-GPU

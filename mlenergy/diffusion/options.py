@@ -207,6 +207,27 @@ class CompileTracker:
         return graphs, seconds
 
 
+def kernel_cache_report() -> dict | None:
+    """Where inductor keeps compiled kernels, and how often this process found them there.
+
+    Inductor's FX-graph and AOTAutograd caches live on disk (TORCHINDUCTOR_CACHE_DIR), so a run
+    that compiles the shapes an earlier run compiled loads them instead: hits here mean compile
+    time was saved, which `compile_time_s` then shows.
+    """
+    try:
+        from torch._dynamo.utils import counters
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+    except ImportError:
+        return None
+    return {
+        "dir": cache_dir(),
+        "fx_graph_cache_hits": int(counters["inductor"]["fxgraph_cache_hit"]),
+        "fx_graph_cache_misses": int(counters["inductor"]["fxgraph_cache_miss"]),
+        "aot_autograd_cache_hits": int(counters["aot_autograd"]["autograd_cache_hit"]),
+        "aot_autograd_cache_misses": int(counters["aot_autograd"]["autograd_cache_miss"]),
+    }
+
+
 def compile_report(plan: RunPlan, warmup_times: list[float], warmup_compiles: list,
                    measured_compiles: tuple, measured_times: list[float]) -> dict | None:
     """results.json `compile`: what compiling cost and whether measurement was compile-free."""
@@ -227,6 +248,8 @@ def compile_report(plan: RunPlan, warmup_times: list[float], warmup_compiles: li
         "graphs_compiled_during_measurement": graphs_measured,
         "compile_seconds_during_measurement": seconds_measured,
         "recompiled_during_measurement": None if graphs_measured is None else graphs_measured > 0,
+        "kernel_cache": kernel_cache_report() if plan.config.compile_backend == "inductor"
+        else None,
     }
 
 

@@ -137,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retries", type=int, default=0,
                    help="run a point that failed (not one that timed out) up to this many more "
                         "times, for transient faults in long sweeps")
+    p.add_argument("--compile_cache", type=Path,
+                   help="inductor's kernel cache for every point (TORCHINDUCTOR_CACHE_DIR), so "
+                        "points that compile the same graphs reuse them; put it on a shared file "
+                        "system for Slurm. Default: OUT_DIR/compile_cache, unless "
+                        "TORCHINDUCTOR_CACHE_DIR is set already")
     p.add_argument("--dry_run", action="store_true",
                    help="print each point's command (or why it is skipped); run nothing")
     p.add_argument("--emit", choices=("slurm",),
@@ -235,8 +240,18 @@ def local_command(point: Point) -> list[str]:
             f"--nproc_per_node={point.nproc}", str(BENCHMARK), *point.benchmark_args]
 
 
-def _child_env() -> dict:
+def compile_cache_dir(ns: argparse.Namespace) -> Path | None:
+    """The kernel cache the points share; None where the caller's environment already names
+    one (theirs is kept)."""
+    if ns.compile_cache is None and os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        return None
+    return (ns.compile_cache or ns.out_dir / "compile_cache").resolve()
+
+
+def _child_env(compile_cache: Path | None = None) -> dict:
     env = dict(os.environ)
+    if compile_cache is not None:
+        env["TORCHINDUCTOR_CACHE_DIR"] = str(compile_cache)
     # A sweep started from inside a torchrun must not hand its own rank to the points.
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
                 "MASTER_PORT", "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID"):
@@ -251,7 +266,8 @@ def _kill_group(pgid: int, sig: int) -> None:
         pass
 
 
-def run_point(point: Point, log: Path, timeout_s: float) -> None:
+def run_point(point: Point, log: Path, timeout_s: float,
+              compile_cache: Path | None = None) -> None:
     point.command = local_command(point)
     point.log = log
     point.attempts += 1
@@ -264,7 +280,7 @@ def run_point(point: Point, log: Path, timeout_s: float) -> None:
         out.flush()
         # Its own session: a hung point is ended with every process it started.
         proc = subprocess.Popen(point.command, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=_child_env(),
+                                stdin=subprocess.DEVNULL, env=_child_env(compile_cache),
                                 start_new_session=True)
         try:
             code = proc.wait(timeout=timeout_s)
@@ -340,6 +356,8 @@ def slurm_script(points: list[Point], ns: argparse.Namespace) -> str:
         "set -uo pipefail",
         f"cd {shlex.quote(str(Path.cwd()))}",
         "export PYTHONUNBUFFERED=1",
+        *([f"export TORCHINDUCTOR_CACHE_DIR={shlex.quote(str(compile_cache_dir(ns)))}"]
+          if compile_cache_dir(ns) is not None else []),
         f"TIMEOUT_S={math.ceil(ns.timeout_s)}",
         "PORT=${MLENERGY_RDZV_PORT:-29500}",
         "failed=0 n=0",
@@ -419,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     summary_path = ns.summary or ns.out_dir / "sweep_summary.json"
+    compile_cache = compile_cache_dir(ns)
     started = datetime.now()
     pending = [p for p in points if p.status == "pending"]
 
@@ -426,17 +445,19 @@ def main(argv: list[str] | None = None) -> int:
         doc = {"started": started.isoformat(timespec="seconds"),
                "finished": datetime.now().isoformat(timespec="seconds"),
                "out_dir": str(ns.out_dir), "device": device_type, "gpus": gpus,
-               "timeout_s": ns.timeout_s, **summarize(points)}
+               "timeout_s": ns.timeout_s,
+               "compile_cache": str(compile_cache) if compile_cache else None,
+               **summarize(points)}
         files.write_json_atomically(summary_path, doc)
 
     try:
         for i, point in enumerate(pending, 1):
             print(f"[{i}/{len(pending)}] {point.label()} -> {point.run_dir}", flush=True)
-            run_point(point, _log_path(ns.out_dir, point), ns.timeout_s)
+            run_point(point, _log_path(ns.out_dir, point), ns.timeout_s, compile_cache)
             while (point.status == "failed" and point.attempts <= ns.retries
                    and not point.reason.startswith("timed out")):
                 print(f"    failed ({point.reason}); attempt {point.attempts + 1}", flush=True)
-                run_point(point, point.log, ns.timeout_s)
+                run_point(point, point.log, ns.timeout_s, compile_cache)
             status = point.status + (f" ({point.reason})" if point.reason else "")
             print(f"    {status} in {point.seconds:.1f} s", flush=True)
             if point.status == "failed":
