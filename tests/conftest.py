@@ -28,8 +28,10 @@ def offline_env(tmp_path: Path, **extra: str) -> dict:
     env = dict(os.environ)
     env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1",
                MLENERGY_CACHE_DIR=str(tmp_path / "cache"), PYTHONUNBUFFERED="1")
+    # torch writes TORCHINDUCTOR_CACHE_DIR into this process's environment once anything here
+    # compiles; a child must not inherit it as if a user had chosen it.
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
-                "MASTER_PORT", "MLENERGY_FAIL_RANK"):
+                "MASTER_PORT", "MLENERGY_FAIL_RANK", "TORCHINDUCTOR_CACHE_DIR"):
         env.pop(key, None)
     env.update(extra)
     return env
