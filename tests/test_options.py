@@ -39,6 +39,11 @@ def test_options_name_the_run_directory_and_resolve_their_defaults():
     assert default.run_dir.name.endswith("+tc-False+cache-teacache")
     assert default.warmup_iters == 1 and default.cache_threshold == 0.12
     assert plan_for("workload:t2i").cache_threshold is None
+    blocks = plan_for("workload:t2i --use_torch_compile --compile_scope blocks")
+    assert blocks.run_dir.name.endswith("+tc-True+compilescope-blocks")
+    # The default scope is not named.
+    assert plan_for("workload:t2i --use_torch_compile --compile_scope transformer") \
+        .run_dir.name.endswith("+tc-True")
 
 
 PLAN_ERRORS = [
@@ -56,6 +61,12 @@ PLAN_ERRORS = [
     ("--use_torch_compile --compile_mode fastest workload:t2i", 1, "cuda",
      "unknown --compile_mode"),
     ("--compile_backend eager workload:t2i", 1, "cuda", "needs --use_torch_compile"),
+    ("--compile_scope blocks workload:t2i", 1, "cuda", "--compile_scope needs --use_torch_compile"),
+    ("--use_torch_compile --compile_scope layers workload:t2i", 1, "cuda",
+     "unknown --compile_scope 'layers'"),
+    ("--use_torch_compile --compile_scope blocks workload:t2v --workload.model_id "
+     "THUDM/CogVideoX-2b", 1, "cuda",
+     "CogVideoX3DModel|does not name its repeated blocks; use --compile_scope transformer"),
     ("--attention_backend sdpa_efficient workload:t2i --workload.weights tiny", 1, "cpu",
      "needs a GPU"),
 ]
@@ -168,6 +179,8 @@ def test_fbcache_with_compile_costs_measurable_quality(tmp_path, reference):
     assert (c["use_fbcache"], c["cache_threshold"], c["use_torch_compile"],
             c["compile_backend"], c["warmup_iters"]) == (True, 100.0, True, "aot_eager", 2)
     compiled = doc["compile"]
+    assert (compiled["scope"], compiled["compiled"]) == ("transformer",
+                                                         "forward of the denoiser, by xDiT")
     assert compiled["graphs_compiled_per_warmup_iteration"][0] >= 1
     assert compiled["graphs_compiled_during_measurement"] == 0
     assert compiled["recompiled_during_measurement"] is False
@@ -185,6 +198,42 @@ def test_fbcache_with_compile_costs_measurable_quality(tmp_path, reference):
     assert again["mean_psnr_db"] == pytest.approx(q["mean_psnr_db"])
     assert again["mean_ssim"] == pytest.approx(q["mean_ssim"])
     assert quality.main([str(run_dir), str(tmp_path / "nowhere")]) == 2
+
+
+def test_compiling_blocks_under_ulysses_with_fbcache_compiles_each_block_class_once(tmp_path):
+    # Regional compilation: one graph per repeated block class, whatever the step cache does
+    # between blocks, and nothing compiles again after the first warm-up iteration.
+    run_dir, proc = _run(tmp_path, "--use_fbcache", "--cache_threshold", "100",
+                         "--use_torch_compile", "--compile_backend", "aot_eager",
+                         "--compile_scope", "blocks", nproc=2)
+    assert run_dir.name.endswith("+compilescope-blocks+cache-fbcache+cachethresh-100")
+    doc = load_results(run_dir)
+    assert doc["configurations"]["compile_scope"] == "blocks"
+    compiled = doc["compile"]
+    assert compiled["scope"] == "blocks"
+    assert compiled["compiled"] == ("2 repeated blocks (FluxSingleTransformerBlock, "
+                                    "FluxTransformerBlock), by diffusers")
+    assert compiled["graphs_compiled_per_warmup_iteration"] == [2, 0]
+    assert compiled["graphs_compiled_during_measurement"] == 0
+    assert "Compiling at the first call: 2 repeated blocks" in proc.stderr
+
+
+def test_compile_reaches_families_that_run_through_the_diffusers_pipeline(tmp_path):
+    # Wan has no xDiT pipeline class, so xDiT never compiles it: the benchmark must.
+    base = tmp_path / "out"
+    proc = run_benchmark(["--use_torch_compile", "--compile_backend", "aot_eager",
+                          "--benchmark_iters", "1", "--no_save_images", "workload:t2v",
+                          "--workload.model_id", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+                          "--workload.weights", "tiny", "--workload.inference_steps", "2",
+                          "--workload.height", "64", "--workload.width", "96",
+                          "--workload.num_frames", "5", "--workload.base_dir", str(base)],
+                         tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    compiled = load_results(only_run_dir(base))["compile"]
+    assert compiled["scope"] == "transformer"
+    assert compiled["compiled"] == "forward of the denoiser"
+    assert compiled["graphs_compiled_per_warmup_iteration"][0] >= 1
+    assert compiled["graphs_compiled_during_measurement"] == 0
 
 
 def test_teacache_and_fp8_t5_report_memory_and_quality(tmp_path, reference):

@@ -98,6 +98,7 @@ class _Loaded:
     parameter_gb: float
     fp8_t5: dict | None
     attention: dict
+    compiled: str | None
 
 
 def _load_pipeline(plan: RunPlan, ranks) -> _Loaded:
@@ -120,15 +121,18 @@ def _load_pipeline(plan: RunPlan, ranks) -> _Loaded:
         denoiser = getattr(built, plan.spec.family.denoiser_slot)
         options.select_attention_backend(plan, denoiser)
         pipeline = xdit.wrap_pipeline(plan, built, engine)
+        compiled = options.compile_denoiser(plan, getattr(built, plan.spec.family.denoiser_slot))
         options.enable_offload(plan, built, ranks.device)
     logger.info("Pipeline ready in %.1f s: %.3f B denoiser parameters, %.2f GB of weights",
                 loading.seconds, denoiser_parameters / 1e9, parameter_gb)
     # After wrapping: xDiT may have replaced the denoiser with its parallel wrapper.
     attention = options.attention_report(plan, getattr(built, plan.spec.family.denoiser_slot))
     logger.info("Attention: %s", attention["used"])
+    if compiled:
+        logger.info("Compiling at the first call: %s", compiled)
     return _Loaded(pipeline=pipeline, seconds=loading.seconds,
                    denoiser_parameters=denoiser_parameters, parameter_gb=parameter_gb,
-                   fp8_t5=fp8_t5, attention=attention)
+                   fp8_t5=fp8_t5, attention=attention, compiled=compiled)
 
 
 @dataclasses.dataclass
@@ -300,7 +304,8 @@ def _write_results(plan: RunPlan, ranks, *, started: datetime, env: dict, prompt
         "warmup_iteration_times": warmup.iteration_times,
         "compile": options.compile_report(plan, warmup.iteration_times, warmup.compiles,
                                           measured.compiles,
-                                          [r.measurement.time for r in records]),
+                                          [r.measurement.time for r in records],
+                                          loaded.compiled),
         "fp8_t5_encoder": loaded.fp8_t5,
         "attention": loaded.attention,
     }

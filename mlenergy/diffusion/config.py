@@ -118,7 +118,8 @@ class BenchmarkConfig:
     """Ring-attention sequence-parallel degree (GPU only)."""
 
     use_torch_compile: bool = False
-    """Compile the denoiser through xDiT (torch.compile of its forward, on the first call)."""
+    """Compile the denoiser (torch.compile, at its first call, i.e. in warm-up): through xDiT
+    where it has a pipeline class for the family; see --compile_scope."""
 
     compile_mode: Optional[str] = None
     """torch.compile mode for --use_torch_compile: default, reduce-overhead (CUDA graphs),
@@ -127,6 +128,12 @@ class BenchmarkConfig:
     compile_backend: str = "inductor"
     """torch.compile backend for --use_torch_compile: inductor (what xDiT uses), or eager /
     aot_eager (trace only, no code generation: for quick tests)."""
+
+    compile_scope: Optional[str] = None
+    """What --use_torch_compile compiles: transformer (the denoiser's whole forward, through
+    xDiT where it has a pipeline class; default) or blocks (each repeated transformer block,
+    diffusers' regional compilation: one graph per block class, so a fraction of the compile
+    time, and it composes with the step caches)."""
 
     use_fp8_t5_encoder: bool = False
     """Store the T5 text encoder's weights in FP8 (optimum-quanto qfloat8; T5 families only)."""

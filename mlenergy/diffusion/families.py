@@ -327,7 +327,7 @@ FAMILIES: dict[str, Family] = {
                 patch_size=[1, 2, 2], num_attention_heads=2, attention_head_dim=12,
                 in_channels=16, out_channels=16, text_dim=32, freq_dim=32, ffn_dim=32,
                 num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
-                rope_max_seq_len=32,
+                rope_max_seq_len=1024,  # as the real models: the default sizes fit
             ),
             # Sixteen latent channels: the VAE's latent statistics are published per channel.
             "vae": dict(base_dim=4, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,

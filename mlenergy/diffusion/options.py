@@ -29,6 +29,8 @@ COMPILE_BACKENDS = ("inductor", "eager", "aot_eager")
 # torch.compile's modes (torch._inductor.list_modes()); "default" is what xDiT uses.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 _CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+# What --use_torch_compile compiles: the denoiser's whole forward, or each repeated block.
+COMPILE_SCOPES = ("transformer", "blocks")
 
 
 @dataclass(frozen=True)
@@ -63,13 +65,22 @@ def check(config: BenchmarkConfig, spec: ModelSpec, device_type: str) -> None:
 
 def _check_compile(config: BenchmarkConfig, spec: ModelSpec, device_type: str) -> None:
     if not config.use_torch_compile:
-        if config.compile_mode is not None or config.compile_backend != "inductor":
-            flag = "--compile_mode" if config.compile_mode is not None else "--compile_backend"
+        flag = ("--compile_mode" if config.compile_mode is not None
+                else "--compile_backend" if config.compile_backend != "inductor"
+                else "--compile_scope" if config.compile_scope is not None else None)
+        if flag is not None:
             raise ConfigError(f"{flag} needs --use_torch_compile; add it or drop {flag}")
         return
     if spec.family.denoiser_slot != "transformer":
         raise ConfigError(f"xDiT compiles transformer denoisers only; {spec.model_id} is a UNet "
                           f"({spec.family_name}): drop --use_torch_compile")
+    if config.compile_scope is not None and config.compile_scope not in COMPILE_SCOPES:
+        raise ConfigError(f"unknown --compile_scope {config.compile_scope!r}; choose one of: "
+                          + ", ".join(COMPILE_SCOPES))
+    if config.compile_scope == "blocks" and not repeated_blocks(spec):
+        denoiser = spec.family.components[spec.family.denoiser_slot].cls
+        raise ConfigError(f"--compile_scope blocks: diffusers' {denoiser} ({spec.model_id}) "
+                          "does not name its repeated blocks; use --compile_scope transformer")
     if config.compile_backend not in COMPILE_BACKENDS:
         raise ConfigError(f"unknown --compile_backend {config.compile_backend!r}; choose one of: "
                           + ", ".join(COMPILE_BACKENDS))
@@ -155,6 +166,52 @@ def _check_attention(config: BenchmarkConfig, device_type: str) -> None:
 
 # ---------------------------------------------------------------- compilation
 
+def repeated_blocks(spec: ModelSpec) -> tuple[str, ...]:
+    """Class names of the denoiser's repeated blocks, as diffusers declares them for regional
+    compilation; empty where it declares none."""
+    import diffusers
+
+    cls = getattr(diffusers, spec.family.components[spec.family.denoiser_slot].cls, None)
+    return tuple(getattr(cls, "_repeated_blocks", None) or ())
+
+
+def compile_scope(config: BenchmarkConfig) -> str:
+    return config.compile_scope or "transformer"
+
+
+def compiles_through_xdit(plan: RunPlan) -> bool:
+    """xDiT compiles the whole denoiser forward itself, in pipeline classes it has."""
+    return (plan.config.use_torch_compile and compile_scope(plan.config) == "transformer"
+            and plan.spec.family.xfuser_pipeline is not None)
+
+
+def _torch_compile_kwargs(config: BenchmarkConfig) -> dict:
+    kwargs = {"backend": config.compile_backend}
+    if config.compile_mode not in (None, "default"):
+        kwargs["mode"] = config.compile_mode
+    return kwargs
+
+
+def compile_denoiser(plan: RunPlan, denoiser) -> str | None:
+    """Compile what xDiT does not: repeated blocks, or the forward of a denoiser whose family
+    runs through the diffusers pipeline. Call after xDiT has wrapped the pipeline (its step
+    cache and attention processors must be inside what gets compiled). Returns what was
+    compiled, for the results."""
+    if not plan.config.use_torch_compile:
+        return None
+    if compiles_through_xdit(plan):
+        return "forward of the denoiser, by xDiT"
+    kwargs = _torch_compile_kwargs(plan.config)
+    if compile_scope(plan.config) == "blocks":
+        names = set(getattr(denoiser, "_repeated_blocks", None) or ())
+        count = sum(type(m).__name__ in names for m in denoiser.modules())
+        denoiser.compile_repeated_blocks(**kwargs)
+        return f"{count} repeated blocks ({', '.join(sorted(names))}), by diffusers"
+    # The forward alone, as xDiT does it: hooks on the module stay outside the compiled code.
+    denoiser.forward = torch.compile(denoiser.forward, **kwargs)
+    return "forward of the denoiser"
+
+
 @contextlib.contextmanager
 def compile_arguments(plan: RunPlan) -> Iterator[list]:
     """While xDiT wraps the pipeline, give its `torch.compile` call our backend and mode.
@@ -164,14 +221,11 @@ def compile_arguments(plan: RunPlan) -> Iterator[list]:
     calls seen, so the caller can check that xDiT really compiled something.
     """
     calls: list = []
-    config = plan.config
-    if not config.use_torch_compile:
+    if not compiles_through_xdit(plan):
         yield calls
         return
     original = torch.compile
-    extra = {"backend": config.compile_backend}
-    if config.compile_mode not in (None, "default"):
-        extra["mode"] = config.compile_mode
+    extra = _torch_compile_kwargs(plan.config)
 
     def compile_with_our_arguments(model=None, **kwargs):
         calls.append(getattr(model, "__qualname__", type(model).__name__))
@@ -229,7 +283,8 @@ def kernel_cache_report() -> dict | None:
 
 
 def compile_report(plan: RunPlan, warmup_times: list[float], warmup_compiles: list,
-                   measured_compiles: tuple, measured_times: list[float]) -> dict | None:
+                   measured_compiles: tuple, measured_times: list[float],
+                   compiled: str | None = None) -> dict | None:
     """results.json `compile`: what compiling cost and whether measurement was compile-free."""
     if not plan.config.use_torch_compile:
         return None
@@ -239,6 +294,8 @@ def compile_report(plan: RunPlan, warmup_times: list[float], warmup_compiles: li
     return {
         "backend": plan.config.compile_backend,
         "mode": plan.config.compile_mode or "default",
+        "scope": compile_scope(plan.config),
+        "compiled": compiled,
         "compile_time_s": sum(s for _, s in warmup_compiles if s is not None)
         if all(s is not None for _, s in warmup_compiles) else None,
         "first_warmup_iteration_s": first,

@@ -126,6 +126,8 @@ def _run_dir_name(plan_values: dict, spec: ModelSpec, config: BenchmarkConfig) -
         parts.append(f"compilemode-{config.compile_mode}")
     if config.use_torch_compile and config.compile_backend != "inductor":
         parts.append(f"compilebackend-{config.compile_backend}")
+    if config.compile_scope not in (None, "transformer"):
+        parts.append(f"compilescope-{config.compile_scope}")
     if config.use_fp8_t5_encoder:
         parts.append("fp8t5-True")
     if config.use_teacache:

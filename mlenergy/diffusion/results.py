@@ -62,6 +62,7 @@ def configurations(plan: RunPlan) -> dict:
         "use_torch_compile": c.use_torch_compile,
         "compile_mode": (c.compile_mode or "default") if c.use_torch_compile else None,
         "compile_backend": c.compile_backend if c.use_torch_compile else None,
+        "compile_scope": (c.compile_scope or "transformer") if c.use_torch_compile else None,
         "use_fp8_t5_encoder": c.use_fp8_t5_encoder,
         "enable_sequential_cpu_offload": c.enable_sequential_cpu_offload,
         "use_teacache": c.use_teacache,

@@ -31,7 +31,7 @@ def engine_config(plan: RunPlan):
         guidance_scale=plan.guidance_scale,
         seed=plan.seed,
         batch_size=plan.batch_size,
-        use_torch_compile=config.use_torch_compile,
+        use_torch_compile=options.compiles_through_xdit(plan),
         use_teacache=config.use_teacache,
         use_fbcache=config.use_fbcache,
         use_fp8_t5_encoder=config.use_fp8_t5_encoder,
@@ -57,8 +57,9 @@ def denoiser_class(plan: RunPlan):
 
 def wrap_pipeline(plan: RunPlan, pipeline, engine):
     """xDiT's pipeline class around a built diffusers pipeline. xDiT applies the step cache and
-    then, with --use_torch_compile, wraps the denoiser's forward in torch.compile (compiled at the
-    first call)."""
+    then, with --use_torch_compile at transformer scope, wraps the denoiser's forward in
+    torch.compile (compiled at the first call); other compilation is `options.compile_denoiser`'s,
+    after this."""
     xfuser = import_xfuser()
     if plan.spec.family.xfuser_pipeline is None:
         # The denoiser is already xDiT's; it reads the parallel layout from the runtime state.
@@ -80,7 +81,7 @@ def wrap_pipeline(plan: RunPlan, pipeline, engine):
     with options.compile_arguments(plan) as compile_calls:
         wrapped = (wrapper_cls(pipeline, engine, cache_args) if cache_args
                    else wrapper_cls(pipeline, engine))
-    if plan.config.use_torch_compile and not compile_calls:
+    if options.compiles_through_xdit(plan) and not compile_calls:
         raise RuntimeError(f"--use_torch_compile: xDiT's {wrapper_cls.__name__} compiled nothing "
                            "(the installed xfuser does not compile this family)")
     wrapped.set_progress_bar_config(disable=True)

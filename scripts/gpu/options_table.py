@@ -34,7 +34,13 @@ def main(base: Path) -> None:
               f"{_fmt(compiled.get('compile_time_s'), '.1f'):>9} "
               f"{str(compiled.get('recompiled_during_measurement', '-')):>6} {psnr_text:>8} "
               f"{_fmt(quality.get('mean_ssim'), '.4f'):>6} {t5:>11}")
-        print(f"{'':<4}attention {doc.get('attention', {}).get('used')}, warm-up "
+        cache = compiled.get("kernel_cache") or {}
+        hits = (f", kernel cache {cache.get('fx_graph_cache_hits')} hit(s) / "
+                f"{cache.get('fx_graph_cache_misses')} miss(es)" if cache else "")
+        watts = (doc["energy_per_image"] / doc["avg_time_per_image"]
+                 if doc.get("energy_per_image") and doc.get("avg_time_per_image") else None)
+        print(f"{'':<4}attention {doc.get('attention', {}).get('used')}, "
+              f"{_fmt(watts, '.0f')} W, compiled {compiled.get('compiled', '-')}{hits}, warm-up "
               + ", ".join(f"{t:.2f}" for t in doc.get("warmup_iteration_times", [])) + " s")
 
 
