@@ -12,11 +12,19 @@ pack() {
      | tar --null -czf "$OUT/${PACK_NAME:-runs}.tgz" -T -)
 }
 trap pack EXIT
-# bench NAME NPROC ARGS...: one benchmark run, its log kept, never hanging past its timeout.
+# bench NAME NPROC ARGS...: one benchmark run, its log kept, never hanging past its timeout
+# (BENCH_TIMEOUT seconds), nor past DEADLINE seconds after the script started: a device call has
+# a hard limit, and runs skipped are better than results never packed.
 bench() {
   local name=$1 nproc=$2; shift 2
+  local limit=${BENCH_TIMEOUT:-600}
+  if [ -n "${DEADLINE:-}" ]; then
+    local left=$(( DEADLINE - SECONDS ))
+    if [ "$left" -lt 30 ]; then echo "--- $name skipped: the ${DEADLINE} s deadline is near"; return 0; fi
+    [ "$left" -lt "$limit" ] && limit=$left
+  fi
   echo "=== $name: torchrun --nproc_per_node=$nproc mlenergy/diffusion/benchmark.py $*"
-  timeout "${BENCH_TIMEOUT:-600}" torchrun --nproc_per_node="$nproc" \
+  timeout "$limit" torchrun --nproc_per_node="$nproc" \
     mlenergy/diffusion/benchmark.py "$@" > "$WORK/logs/$name.log" 2>&1
   local rc=$?
   sed -n '/Summary/,/Results written/p' "$WORK/logs/$name.log" | sed '1d;$d'
