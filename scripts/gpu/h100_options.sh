@@ -9,6 +9,8 @@
 #   bash scripts/gpu/h100_options.sh offload   # sequential CPU offload alone
 #   bash scripts/gpu/h100_options.sh attention # 1 GPU: attention kernels, compile scopes, and
 #                                             # the best combination (about 8 min)
+#   bash scripts/gpu/h100_options.sh compiled-caches  # 1 GPU: the last three rows of
+#                                             # `attention` alone (about 5 min)
 #   bash scripts/gpu/h100_options.sh ulysses4  # 4 GPUs, Ulysses 4: every option and the best
 #                                             # combination (about 8 min)
 cd "$(dirname "$0")/../.."
@@ -42,17 +44,6 @@ case "$1" in
     bench teacache 1 "${flux[@]}" "${eager[@]}" --use_teacache --reference_run "$ref"
     bench fbcache 1 "${flux[@]}" "${eager[@]}" --use_fbcache --reference_run "$ref"
     ;;
-  combined)  # the rest: on a fresh host the baseline above is made first
-    bench fbcache 1 "${flux[@]}" "${eager[@]}" --use_fbcache --reference_run "$ref"
-    # Random weights change a lot from step to step, so at xDiT's threshold the caches may never
-    # reuse anything; a high threshold shows what skipping costs and buys.
-    bench fbcache-t1 1 "${flux[@]}" "${eager[@]}" --use_fbcache --cache_threshold 1.0 \
-      --reference_run "$ref"
-    bench compile-fbcache-t1 1 "${flux[@]}" "${compiled[@]}" --use_fbcache \
-      --cache_threshold 1.0 --reference_run "$ref"
-    bench compile-cudagraphs 1 "${flux[@]}" "${compiled[@]}" --compile_mode reduce-overhead \
-      --reference_run "$ref"
-    ;&
   attention)
     # Which kernel runs attention (one GPU: diffusers' dispatcher picks torch's SDPA kernel).
     bench sdpa-flash 1 "${flux[@]}" "${eager[@]}" --attention_backend sdpa_flash \
@@ -65,10 +56,34 @@ case "$1" in
       --reference_run "$ref"
     bench compile-blocks-cudnn 1 "${flux[@]}" "${compiled[@]}" --compile_scope blocks \
       --attention_backend cudnn --reference_run "$ref"
+    ;;&
+  attention|compiled-caches)
+    # On one GPU torch's default SDPA kernel for these shapes is cuDNN's already, so the best
+    # combination leaves the attention backend alone.
     bench compile-blocks-fbcache-t1 1 "${flux[@]}" "${compiled[@]}" --compile_scope blocks \
-      --attention_backend cudnn --use_fbcache --cache_threshold 1.0 --reference_run "$ref"
-    bench best 1 "${flux[@]}" "${compiled[@]}" --compile_scope blocks --attention_backend cudnn \
-      --use_fp8_t5_encoder --use_fbcache --reference_run "$ref"
+      --use_fbcache --cache_threshold 1.0 --reference_run "$ref"
+    bench best 1 "${flux[@]}" "${compiled[@]}" --compile_scope blocks --use_fp8_t5_encoder \
+      --use_fbcache --reference_run "$ref"
+    # Inductor autotuning the blocks' matrix multiplies (compile time grows).
+    bench compile-blocks-autotune 1 "${flux[@]}" "${compiled[@]}" --compile_scope blocks \
+      --compile_mode max-autotune-no-cudagraphs --reference_run "$ref"
+    ;;
+  combined)  # the rest: on a fresh host the baseline above is made first
+    bench fbcache 1 "${flux[@]}" "${eager[@]}" --use_fbcache --reference_run "$ref"
+    # Random weights change a lot from step to step, so at xDiT's threshold the caches may never
+    # reuse anything; a high threshold shows what skipping costs and buys.
+    bench fbcache-t1 1 "${flux[@]}" "${eager[@]}" --use_fbcache --cache_threshold 1.0 \
+      --reference_run "$ref"
+    bench compile-fbcache-t1 1 "${flux[@]}" "${compiled[@]}" --use_fbcache \
+      --cache_threshold 1.0 --reference_run "$ref"
+    bench compile-cudagraphs 1 "${flux[@]}" "${compiled[@]}" --compile_mode reduce-overhead \
+      --reference_run "$ref"
+    ;&
+  offload)
+    # Sequential offload streams ~24 GB of weights per step over PCIe: one measured image, and
+    # no warm-up (its first call costs little next to a minute of transfers).
+    bench offload 1 "${flux[@]}" --warmup_iters 0 --benchmark_iters 1 \
+      --enable_sequential_cpu_offload --no_save_images
     ;;
   ulysses4)  # xDiT picks cuDNN attention by itself under sequence parallelism
     bench u4-compile 4 "${flux[@]}" "${compiled[@]}" --reference_run "$ref"
@@ -83,12 +98,6 @@ case "$1" in
       --reference_run "$ref"
     bench u4-sdpa-flash 4 "${flux[@]}" "${eager[@]}" --attention_backend sdpa_flash \
       --reference_run "$ref"
-    ;;
-  offload)
-    # Sequential offload streams ~24 GB of weights per step over PCIe: one measured image, and
-    # no warm-up (its first call costs little next to a minute of transfers).
-    bench offload 1 "${flux[@]}" --warmup_iters 0 --benchmark_iters 1 \
-      --enable_sequential_cpu_offload --no_save_images
     ;;
 esac
 python scripts/gpu/options_table.py "$base" | tee "$WORK/logs/options_table.txt"
