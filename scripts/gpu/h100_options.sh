@@ -12,7 +12,8 @@
 #   bash scripts/gpu/h100_options.sh compiled-caches  # 1 GPU: the last three rows of
 #                                             # `attention` alone (about 5 min)
 #   bash scripts/gpu/h100_options.sh ulysses4  # 4 GPUs, Ulysses 4: every option and the best
-#                                             # combination (about 8 min)
+#                                             # combination (about 12 min)
+#   bash scripts/gpu/h100_options.sh ulysses4-rest  # its step caches and attention rows alone
 cd "$(dirname "$0")/../.."
 PACK_NAME=options-$1
 source scripts/gpu/collect.sh
@@ -25,7 +26,7 @@ flux=(workload:text-to-image --workload.model_id black-forest-labs/FLUX.1-dev
       --workload.batch_size 1 --workload.height 1024 --workload.width 1024
       --workload.inference_steps 28)
 uly=1; nproc=1
-if [ "$1" = ulysses4 ]; then uly=4; nproc=4; flux+=(--ulysses_degree 4); fi
+case "$1" in ulysses4*) uly=4; nproc=4; flux+=(--ulysses_degree 4) ;; esac
 ref="$base/batch-1+size-1024x1024+steps-28+seed-48105+uly-$uly+ring-1+tc-False+weights-random"
 # Compiled runs share one kernel cache, as a sweep's points do: a run that compiles graphs an
 # earlier run compiled loads them (results.json compile.kernel_cache).
@@ -92,12 +93,17 @@ case "$1" in
     bench u4-best 4 "${flux[@]}" "${compiled[@]}" --compile_scope blocks --use_fp8_t5_encoder \
       --use_fbcache --reference_run "$ref"
     bench u4-fp8t5 4 "${flux[@]}" "${eager[@]}" --use_fp8_t5_encoder --reference_run "$ref"
+    ;;&
+  ulysses4|ulysses4-rest)
     bench u4-teacache 4 "${flux[@]}" "${eager[@]}" --use_teacache --reference_run "$ref"
     bench u4-fbcache 4 "${flux[@]}" "${eager[@]}" --use_fbcache --reference_run "$ref"
     bench u4-fbcache-t1 4 "${flux[@]}" "${eager[@]}" --use_fbcache --cache_threshold 1.0 \
       --reference_run "$ref"
     bench u4-sdpa-flash 4 "${flux[@]}" "${eager[@]}" --attention_backend sdpa_flash \
       --reference_run "$ref"
+    # Block-level against whole-forward compilation at Ulysses 4, with more iterations.
+    bench u4-compile-blocks-5 4 "${flux[@]}" --use_torch_compile --warmup_iters 2 \
+      --benchmark_iters 5 --compile_scope blocks --reference_run "$ref"
     ;;
 esac
 python scripts/gpu/options_table.py "$base" | tee "$WORK/logs/options_table.txt"
