@@ -101,9 +101,10 @@ case "$1" in
       --reference_run "$ref"
     bench u4-sdpa-flash 4 "${flux[@]}" "${eager[@]}" --attention_backend sdpa_flash \
       --reference_run "$ref"
-    # Block-level against whole-forward compilation at Ulysses 4, with more iterations.
+    # Block-level against whole-forward compilation at Ulysses 4, with more iterations (no
+    # --reference_run: the baseline measured 2 images, and the benchmark refuses to compare 5).
     bench u4-compile-blocks-5 4 "${flux[@]}" --use_torch_compile --warmup_iters 2 \
-      --benchmark_iters 5 --compile_scope blocks --reference_run "$ref"
+      --benchmark_iters 5 --compile_scope blocks
     ;;
 esac
 python scripts/gpu/options_table.py "$base" | tee "$WORK/logs/options_table.txt"
