@@ -118,3 +118,24 @@ def test_report_of_a_tree_without_results_is_one_line_and_exit_2(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == (f"error: no results.json under {tmp_path}; point the report "
                                    "at a run tree (e.g. run/ after a sweep)")
+
+
+@pytest.mark.parametrize("argv,label", [
+    ("workload:t2i", ""),
+    ("--use_torch_compile workload:t2i", "compile"),
+    ("--use_torch_compile --compile_scope blocks --use_fbcache workload:t2i",
+     "compile(blocks)+fbcache"),
+    ("--use_torch_compile --compile_mode max-autotune-no-cudagraphs --use_fbcache "
+     "--cache_threshold 1.0 --use_fp8_t5_encoder --attention_backend cudnn workload:t2i",
+     "compile(max-autotune-no-cudagraphs)+fp8-t5+fbcache(1)+attn-cudnn"),
+])
+def test_runs_that_differ_in_an_option_setting_get_different_labels(argv, label):
+    import shlex
+
+    from mlenergy.diffusion import results
+    from mlenergy.diffusion.config import parse_cli
+    from mlenergy.diffusion.plan import make_plan
+
+    plan = make_plan(parse_cli(shlex.split(argv)), world_size=1, device_type="cuda",
+                     visible_gpus=1)
+    assert report.options_label(results.configurations(plan)) == label

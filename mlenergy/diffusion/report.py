@@ -59,12 +59,32 @@ def _task(doc: dict, path: Path) -> str:
     return "text-to-video" if doc.get("num_frames") is not None else "text-to-image"
 
 
+def _settings(configurations: dict, key: str) -> list[str]:
+    """The settings that qualify an option when they are off their defaults (runs that differ in
+    them must not share a label)."""
+    c = configurations
+    if key == "use_torch_compile":
+        return [str(v) for v, default in ((c.get("compile_scope"), "transformer"),
+                                          (c.get("compile_mode"), "default"),
+                                          (c.get("compile_backend"), "inductor"))
+                if v not in (None, default)]
+    if key in ("use_teacache", "use_fbcache"):
+        threshold = c.get("cache_threshold")
+        return [] if threshold in (None, 0.12) else [f"{threshold:g}"]
+    return []
+
+
 def options_label(configurations: dict) -> str:
-    """The performance options a run had on, short: `compile+teacache`; '' for none."""
+    """The performance options a run had on, short, with their non-default settings:
+    `compile(blocks)+fbcache(1)+attn-cudnn`; '' for none."""
     on = []
     for key, value in configurations.items():
         if value is True and (key in OPTION_NAMES or key.startswith(("use_", "enable_"))):
-            on.append(OPTION_NAMES.get(key, key))
+            settings = _settings(configurations, key)
+            on.append(OPTION_NAMES.get(key, key)
+                      + (f"({','.join(settings)})" if settings else ""))
+    if configurations.get("attention_backend"):
+        on.append(f"attn-{configurations['attention_backend']}")
     return "+".join(on)
 
 
