@@ -4,6 +4,8 @@
 #                                         # takes many minutes) and Wan2.1-1.3B at its defaults
 #   bash scripts/gpu/h100_video.sh two    # two GPUs: Wan2.1-1.3B at its defaults, 1 GPU and
 #                                         # Ulysses 2 on the same host
+#   bash scripts/gpu/h100_video.sh compile  # one GPU: Wan2.1-1.3B (33 frames, 10 steps) eager,
+#                                         # compiled whole and compiled block by block
 cd "$(dirname "$0")/../.."
 PACK_NAME=video-$1
 source scripts/gpu/collect.sh
@@ -26,5 +28,13 @@ case "$1" in
   two)
     CUDA_VISIBLE_DEVICES=0 t2v wan-1.3b-1gpu 1 Wan-AI/Wan2.1-T2V-1.3B-Diffusers --benchmark_iters 1
     t2v wan-1.3b-u2 2 Wan-AI/Wan2.1-T2V-1.3B-Diffusers --ulysses_degree 2 --benchmark_iters 1
+    ;;
+  compile)
+    short=(--workload.num_frames 33 --workload.inference_steps 10 --benchmark_iters 2)
+    t2v wan-1.3b-short 1 Wan-AI/Wan2.1-T2V-1.3B-Diffusers "${short[@]}"
+    t2v wan-1.3b-short-compile-blocks 1 Wan-AI/Wan2.1-T2V-1.3B-Diffusers "${short[@]}" \
+      --use_torch_compile --compile_scope blocks
+    t2v wan-1.3b-short-compile 1 Wan-AI/Wan2.1-T2V-1.3B-Diffusers "${short[@]}" \
+      --use_torch_compile
     ;;
 esac
