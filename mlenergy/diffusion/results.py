@@ -221,17 +221,17 @@ def summary_table(doc: dict) -> str:
         from mlenergy.diffusion.quality import summary_text
 
         rows.append(("vs reference", summary_text(doc["quality"])))
-    rows += _measurement_rows(doc, fmt)
+    rows += _measurement_rows(doc, fmt, unit)
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
 
 
-def _measurement_rows(doc: dict, fmt) -> list[tuple[str, str]]:
+def _measurement_rows(doc: dict, fmt, unit: str) -> list[tuple[str, str]]:
     rows = []
     latency = doc.get("latency_per_image_stats")
     if latency:
         ci = latency["ci95"]
-        rows.append(("time / image p90", fmt(latency["p90"], ".3f", " s")
+        rows.append((f"time / {unit} p90", fmt(latency["p90"], ".3f", " s")
                      + (f"  (95% CI of mean {ci[0]:.3f}-{ci[1]:.3f} s)" if ci else "")))
     steadiness = doc.get("steadiness")
     if steadiness and steadiness["latency_cv"] is not None:
