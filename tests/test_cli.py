@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import REPO
 from mlenergy.diffusion.config import BenchmarkConfig, TextToImage, normalize_argv, parse_cli
 from mlenergy.diffusion.plan import ConfigError, make_plan
 
@@ -172,3 +173,17 @@ def test_help_documents_every_field():
     for field in dataclasses.fields(TextToImage):
         assert f"--workload.{field.name}" in sub
     assert "workload:text-to-video" in top
+
+
+def test_the_readme_documents_every_flag():
+    import dataclasses
+
+    from mlenergy.diffusion.config import BenchmarkConfig, TextToVideo
+
+    readme = (REPO / "README.md").read_text()
+    flags = [f"--{f.name}" for f in dataclasses.fields(BenchmarkConfig) if f.name != "workload"]
+    flags += [f"--workload.{f.name}" for f in dataclasses.fields(TextToVideo)]
+    # Booleans are documented by their on (or off) spelling.
+    missing = [flag for flag in flags
+               if f"`{flag}" not in readme and f"`{flag.replace('--', '--no_', 1)}" not in readme]
+    assert not missing, f"README.md does not document {missing}"
