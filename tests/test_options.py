@@ -190,6 +190,7 @@ def test_fbcache_with_compile_costs_measurable_quality(tmp_path, reference):
     assert 0 < q["mean_psnr_db"] < 80 and 0 < q["mean_ssim"] < 1
     assert q["mean_psnr_db"] == pytest.approx(sum(m["psnr_db"] for m in q["images"]) / 4)
     assert "RECOMPILED" not in proc.stderr
+    assert "--compile_scope blocks compiles far faster" in proc.stderr
     # The same comparison made afterwards, as for runs made where scikit-image is missing.
     from mlenergy.diffusion import quality
 

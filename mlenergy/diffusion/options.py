@@ -200,6 +200,10 @@ def compile_denoiser(plan: RunPlan, denoiser) -> str | None:
     if not plan.config.use_torch_compile:
         return None
     if compiles_through_xdit(plan):
+        if plan.config.use_teacache or plan.config.use_fbcache:
+            # Measured on FLUX.1-dev (docs/benchmarks.md): minutes of compiling against seconds.
+            logger.warning("The step cache's data-dependent branch breaks xDiT's whole-forward "
+                           "graph into many; --compile_scope blocks compiles far faster")
         return "forward of the denoiser, by xDiT"
     kwargs = _torch_compile_kwargs(plan.config)
     if compile_scope(plan.config) == "blocks":
