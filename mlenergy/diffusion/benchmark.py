@@ -121,12 +121,13 @@ def _load_pipeline(plan: RunPlan, ranks) -> _Loaded:
         denoiser = getattr(built, plan.spec.family.denoiser_slot)
         options.select_attention_backend(plan, denoiser)
         pipeline = xdit.wrap_pipeline(plan, built, engine)
-        compiled = options.compile_denoiser(plan, getattr(built, plan.spec.family.denoiser_slot))
+        # After wrapping: xDiT may have replaced the denoiser with its parallel wrapper.
+        denoiser = getattr(built, plan.spec.family.denoiser_slot)
+        compiled = options.compile_denoiser(plan, denoiser)
         options.enable_offload(plan, built, ranks.device)
     logger.info("Pipeline ready in %.1f s: %.3f B denoiser parameters, %.2f GB of weights",
                 loading.seconds, denoiser_parameters / 1e9, parameter_gb)
-    # After wrapping: xDiT may have replaced the denoiser with its parallel wrapper.
-    attention = options.attention_report(plan, getattr(built, plan.spec.family.denoiser_slot))
+    attention = options.attention_report(plan, denoiser)
     logger.info("Attention: %s", attention["used"])
     if compiled:
         logger.info("Compiling at the first call: %s", compiled)

@@ -13,6 +13,8 @@ from typing import Annotated, Literal, Optional, Sequence, Union
 import tyro
 
 DEFAULT_SEED = 48105
+# xDiT's default TeaCache / FBCache threshold.
+DEFAULT_CACHE_THRESHOLD = 0.12
 PROMPT_DATASET = "data-is-better-together/open-image-preferences-v1"
 VIDEO_PROMPT_DATASET = "RaphaelLiu/EvalCrafter_T2V_Dataset"
 

@@ -13,13 +13,10 @@ from pathlib import Path
 import torch
 
 from mlenergy.diffusion import prompts
-from mlenergy.diffusion.config import BenchmarkConfig, TextToVideo
+from mlenergy.diffusion.config import DEFAULT_CACHE_THRESHOLD, BenchmarkConfig, TextToVideo
 from mlenergy.diffusion.families import FAMILIES
 from mlenergy.diffusion.registry import MODELS, ModelSpec, known_model_ids, models_of_family
 
-
-# xDiT's default TeaCache / FBCache threshold.
-DEFAULT_CACHE_THRESHOLD = 0.12
 
 
 class ConfigError(ValueError):

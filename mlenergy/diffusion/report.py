@@ -19,6 +19,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from mlenergy.diffusion.config import DEFAULT_CACHE_THRESHOLD
 from mlenergy.diffusion.files import RESULTS
 STAGES = ("text_encoding", "denoising", "decoding", "remainder")
 STAGE_SHORT = {"text_encoding": "text", "denoising": "denoise", "decoding": "decode",
@@ -70,7 +71,7 @@ def _settings(configurations: dict, key: str) -> list[str]:
                 if v not in (None, default)]
     if key in ("use_teacache", "use_fbcache"):
         threshold = c.get("cache_threshold")
-        return [] if threshold in (None, 0.12) else [f"{threshold:g}"]
+        return [] if threshold in (None, DEFAULT_CACHE_THRESHOLD) else [f"{threshold:g}"]
     return []
 
 
