@@ -20,7 +20,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from mlenergy.diffusion import measurement, pipelines, runtime, xdit  # noqa: E402
+from mlenergy.diffusion import pipelines, runtime, xdit  # noqa: E402
+from mlenergy.diffusion.probes.energy import EnergyMeter  # noqa: E402
+from mlenergy.diffusion.probes.gpus import RunGpus  # noqa: E402
 from mlenergy.diffusion.config import parse_cli  # noqa: E402
 from mlenergy.diffusion.plan import make_plan  # noqa: E402
 from mlenergy.diffusion.prompts import fallback_prompts  # noqa: E402
@@ -50,7 +52,7 @@ def main() -> None:
     pipe.set_progress_bar_config(disable=True)
     kwargs = xdit.call_kwargs(plan)
     prompts = fallback_prompts()
-    meter = measurement.EnergyMeter(ranks)
+    meter = EnergyMeter(RunGpus.for_ranks(ranks))
 
     def bare(i):
         generator = torch.Generator(device=ranks.device).manual_seed(plan.seed + i)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mlenergy.diffusion import timeline  # noqa: E402
+from mlenergy.diffusion.probes import timeline  # noqa: E402
 
 
 def main(argv: list[str]) -> int:

@@ -9,7 +9,9 @@ import pytest
 
 from conftest import REPO
 from mlenergy.diffusion.config import BenchmarkConfig, TextToImage, normalize_argv, parse_cli
-from mlenergy.diffusion.plan import ConfigError, make_plan
+from mlenergy.diffusion.config import ConfigError
+from mlenergy.diffusion.launch import Launch
+from mlenergy.diffusion.plan import make_plan
 
 # The original README's commands, minus the launcher; each with the processes it launched.
 README_COMMANDS = [
@@ -31,8 +33,9 @@ README_COMMANDS = [
 
 
 def plan_for(argv: str, world_size: int = 1, device_type: str = "cuda", visible_gpus: int = 8):
-    return make_plan(parse_cli(shlex.split(argv)), world_size=world_size,
-                     device_type=device_type, visible_gpus=visible_gpus)
+    launch = Launch(world_size=world_size, local_world_size=1, device_type=device_type,
+                    visible_gpus=visible_gpus)
+    return make_plan(parse_cli(shlex.split(argv)), launch)
 
 
 @pytest.mark.parametrize("nproc,argv", README_COMMANDS)
@@ -60,7 +63,7 @@ def test_optimized_reference_command_plans_every_option():
     plan = plan_for(README_COMMANDS[2][1], world_size=4)
     assert plan.run_dir.name == ("batch-100+size-512x512+steps-28+seed-48105+uly-2+ring-2+tc-True"
                                  "+fp8t5-True+cache-teacache")
-    assert plan.warmup_iters == 2 and plan.cache_threshold == 0.12
+    assert plan.warmup_iters == 2 and plan.options.cache_threshold == 0.12
 
 
 def test_sdxl_with_sequence_parallelism_is_impossible():
@@ -131,14 +134,17 @@ def test_ring_attention_needs_cuda():
 
 
 def test_more_processes_than_gpus():
-    import os
+    launch = Launch(world_size=4, local_world_size=4, device_type="cuda", visible_gpus=2)
+    with pytest.raises(ConfigError, match="only 2 visible GPU"):
+        make_plan(parse_cli(shlex.split("--ulysses_degree 4 workload:t2i")), launch)
 
-    os.environ["LOCAL_WORLD_SIZE"] = "4"
-    try:
-        with pytest.raises(ConfigError, match="only 2 visible GPU"):
-            plan_for("--ulysses_degree 4 workload:t2i", world_size=4, visible_gpus=2)
-    finally:
-        del os.environ["LOCAL_WORLD_SIZE"]
+
+def test_launch_facts_come_from_the_environment_once(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    launch = Launch.from_environment()
+    assert (launch.world_size, launch.local_world_size, launch.hub_offline) == (4, 2, True)
 
 
 def test_local_directory_needs_its_family(tmp_path):
@@ -153,8 +159,9 @@ def test_local_directory_needs_its_family(tmp_path):
 def test_missing_weights_offline_suggest_random(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))
+    launch = Launch(device_type="cuda", visible_gpus=1, hub_offline=True)
     with pytest.raises(ConfigError, match="--workload.weights random"):
-        plan_for("workload:t2i")
+        make_plan(parse_cli(["workload:t2i"]), launch)
 
 
 def test_help_documents_every_field():

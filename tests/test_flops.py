@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from mlenergy.diffusion import flops
+from mlenergy.diffusion.probes import flops
 from mlenergy.diffusion.families import FAMILIES
 from mlenergy.diffusion.registry import MODELS
 

@@ -14,14 +14,18 @@ import pytest
 import torch
 
 from conftest import REPO, TINY_FLUX, load_results, only_run_dir, run_benchmark
-from mlenergy.diffusion import options
+from mlenergy.diffusion import options, options_apply
+from mlenergy.diffusion.probes.compile import CompileTracker
 from mlenergy.diffusion.config import parse_cli
-from mlenergy.diffusion.plan import ConfigError, make_plan
+from mlenergy.diffusion.config import ConfigError
+from mlenergy.diffusion.launch import Launch
+from mlenergy.diffusion.plan import make_plan
 
 
 def plan_for(argv: str, world_size: int = 1, device_type: str = "cuda"):
-    return make_plan(parse_cli(shlex.split(argv)), world_size=world_size,
-                     device_type=device_type, visible_gpus=8)
+    launch = Launch(world_size=world_size, local_world_size=1, device_type=device_type,
+                    visible_gpus=8)
+    return make_plan(parse_cli(shlex.split(argv)), launch)
 
 
 # ---------------------------------------------------------------- planning
@@ -34,11 +38,11 @@ def test_options_name_the_run_directory_and_resolve_their_defaults():
         "batch-1+size-1024x1024+steps-28+seed-48105+uly-1+ring-1+tc-True"
         "+compilemode-max-autotune-no-cudagraphs+fp8t5-True+cache-fbcache+cachethresh-0.2"
         "+attn-cudnn")
-    assert plan.warmup_iters == 2 and plan.cache_threshold == 0.2
+    assert plan.warmup_iters == 2 and plan.options.cache_threshold == 0.2
     default = plan_for("workload:t2i --use_teacache --cache_threshold 0.12")
     assert default.run_dir.name.endswith("+tc-False+cache-teacache")
-    assert default.warmup_iters == 1 and default.cache_threshold == 0.12
-    assert plan_for("workload:t2i").cache_threshold is None
+    assert default.warmup_iters == 1 and default.options.cache_threshold == 0.12
+    assert plan_for("workload:t2i").options.cache_threshold is None
     blocks = plan_for("workload:t2i --use_torch_compile --compile_scope blocks")
     assert blocks.run_dir.name.endswith("+tc-True+compilescope-blocks")
     # The default scope is not named.
@@ -97,7 +101,7 @@ def test_inductor_on_cpu_needs_a_cpp_compiler(monkeypatch):
 # ---------------------------------------------------------------- compile accounting
 
 def test_compile_tracker_sees_a_recompilation_and_the_report_flags_it():
-    tracker = options.CompileTracker()
+    tracker = CompileTracker()
     double = torch.compile(lambda x: x * 2, backend="eager")
     double(torch.ones(3))
     before = tracker.snapshot()
@@ -111,7 +115,7 @@ def test_compile_tracker_sees_a_recompilation_and_the_report_flags_it():
 
     plan = plan_for("--use_torch_compile --compile_backend eager workload:t2i "
                     "--workload.weights tiny", device_type="cpu")
-    report = options.compile_report(plan, [5.0, 1.1], [(3, 4.0), (0, 0.0)], changed, [1.0, 1.2])
+    report = options_apply.compile_report(plan, [5.0, 1.1], [(3, 4.0), (0, 0.0)], changed, [1.0, 1.2])
     assert report["recompiled_during_measurement"] is True
     assert report["compile_time_s"] == 4.0
     assert report["first_warmup_minus_fastest_measured_s"] == pytest.approx(4.0)
@@ -121,11 +125,11 @@ def test_quantized_bytes_count_the_fp8_payload_not_the_reported_dtype():
     from optimum.quanto import freeze, qfloat8, quantize
 
     layer = torch.nn.Linear(64, 64, bias=False)
-    assert options.module_bytes(layer) == 64 * 64 * 4
+    assert options_apply.module_bytes(layer) == 64 * 64 * 4
     quantize(layer, weights=qfloat8)
     freeze(layer)
     # One byte per weight plus a float32 scale per output row (and nothing else).
-    assert 64 * 64 <= options.module_bytes(layer) <= 64 * 64 + 64 * 4 + 16
+    assert 64 * 64 <= options_apply.module_bytes(layer) <= 64 * 64 + 64 * 4 + 16
 
 
 # ---------------------------------------------------------------- real runs
@@ -297,7 +301,7 @@ def test_a_second_process_finds_the_first_ones_compiled_kernels(tmp_path):
     that compiles a graph and hit by the next one (as in a sweep)."""
     script = (
         "import json, torch\n"
-        "from mlenergy.diffusion.options import kernel_cache_report\n"
+        "from mlenergy.diffusion.probes.compile import kernel_cache_report\n"
         "torch.compile(lambda x: torch.sin(x) * 2 + 1)(torch.randn(8))\n"
         "print(json.dumps(kernel_cache_report()))\n"
     )

@@ -134,8 +134,9 @@ def test_runs_that_differ_in_an_option_setting_get_different_labels(argv, label)
 
     from mlenergy.diffusion import results
     from mlenergy.diffusion.config import parse_cli
+    from mlenergy.diffusion.launch import Launch
     from mlenergy.diffusion.plan import make_plan
 
-    plan = make_plan(parse_cli(shlex.split(argv)), world_size=1, device_type="cuda",
-                     visible_gpus=1)
+    plan = make_plan(parse_cli(shlex.split(argv)),
+                     Launch(world_size=1, device_type="cuda", visible_gpus=1))
     assert report.options_label(results.configurations(plan)) == label

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mlenergy.diffusion import stages
+from mlenergy.diffusion.probes import stages
 
 
 def rank_record(text, denoise, decode, energy=None, node_gpu="0"):
@@ -85,11 +85,25 @@ class _FakeGPUs:
         return 350_000  # mW
 
 
+def _counters(count: int) -> stages.EnergyCounters:
+    """Counters of the third node's GPUs (node rank 2, 2 GPUs a node: global keys 4 and 5),
+    read through Zeus's device layer (here a stand-in with Zeus's units, mJ and mW)."""
+    import torch
+
+    from mlenergy.diffusion.probes.gpus import NvidiaAccess, RunGpus
+    from mlenergy.diffusion.runtime import Ranks
+
+    access = NvidiaAccess(count)
+    access._zeus_gpus = _FakeGPUs()
+    ranks = Ranks(rank=4, world_size=6, local_rank=0, local_world_size=2,
+                  device=torch.device("cpu"))
+    gpus = RunGpus(ranks, access)
+    gpus.count = count
+    return stages.EnergyCounters(gpus)
+
+
 def test_counters_read_joules_and_watts_of_every_node_gpu_under_global_keys():
-    counters = object.__new__(stages.EnergyCounters)
-    counters._gpus, counters._count, counters._offset = _FakeGPUs(), 2, 4
-    energy, power = counters.read()
+    energy, power = _counters(2).read()
     assert energy == {"4": 1000.0, "5": 1001.0}
     assert power is None  # one GPU's power is unreadable: no fallback rather than half of one
-    counters._count = 1
-    assert counters.read() == ({"4": 1000.0}, {"4": 350.0})
+    assert _counters(1).read() == ({"4": 1000.0}, {"4": 350.0})

@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from conftest import REPO
-from mlenergy.diffusion import gpu_checks, timeline
+from mlenergy.diffusion.probes import checks as gpu_checks
+from mlenergy.diffusion.probes import timeline
 
 
 def synthetic_block(start=1000.0, seconds=12.0, gpus=("0", "1")):

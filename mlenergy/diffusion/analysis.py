@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import logging
 
-from mlenergy.diffusion import flops, gpu_checks, stages, stats, timeline
+from typing import TYPE_CHECKING
+
+from mlenergy.diffusion import stats
+from mlenergy.diffusion.probes import checks, flops, stages, timeline
+from mlenergy.diffusion.record import Analysis
+
+if TYPE_CHECKING:
+    from mlenergy.diffusion.record import RunRecord
 
 logger = logging.getLogger("mlenergy.diffusion")
 
@@ -74,51 +81,45 @@ def idle_baseline(block: dict | None, start: float, end: float) -> dict:
             "total_power_w": sum(power.values()) if power else None}
 
 
-def measurement_sections(plan, *, records, whole_run, gpu_model: str, flop_counts, denoiser,
-                         fence_mode: str, timeline_block, idle_window, exclusivity, nvml_reads,
-                         benchmark_window) -> dict:
-    """Every measurement key of results.json beyond the headline numbers, in reading order."""
-    stage_records = [r.stages for r in records]
+def analyze(record: RunRecord, denoiser) -> Analysis:
+    """Every measurement section of results.json beyond the headline numbers."""
+    plan, seen = record.plan, record.observations
+    stage_records = [r.stages for r in record.iterations]
     breakdown = stages.stage_breakdown(stage_records)
-    times = [r.measurement.time for r in records]
-    energies = [r.measurement.total_gpu_energy for r in records]
-    sections = {"stage_breakdown": breakdown, "stage_fence": fence_mode,
-                "steps": stages.step_summary(stage_records)}
-    sections.update(per_image_statistics(times, energies, plan.batch_size))
-    sections["physical_floor"] = None
-    if flop_counts:
+    times, energies = record.times, record.energies
+    per_image = per_image_statistics(times, energies, plan.batch_size)
+    floor = None
+    if seen.flop_counts:
         analytic = flops.analytic_forward_flops(plan.spec.family.name, denoiser, plan.height,
                                                 plan.width, plan.max_sequence_length,
                                                 plan.batch_size)
-        sections["physical_floor"] = physical_floor(
-            per_rank_counts=flop_counts, analytic=analytic,
-            forwards_per_iteration=sum(r["denoiser_forwards"] for r in stage_records) / len(records),
+        floor = physical_floor(
+            per_rank_counts=seen.flop_counts, analytic=analytic,
+            forwards_per_iteration=sum(r["denoiser_forwards"] for r in stage_records)
+            / len(stage_records),
             breakdown=breakdown, iteration_time_s=sum(times) / len(times),
             iteration_energy_j=None if None in energies else sum(energies) / len(energies),
-            num_gpus=plan.num_gpus, gpu_model=gpu_model, dtype=plan.dtype)
-    sections["idle_baseline"] = idle_baseline(timeline_block, *idle_window) if idle_window else None
-    sections["energy_cross_check"] = {
-        "nvml": gpu_checks.nvml_cross_check(_merged(r[0] for r in nvml_reads),
-                                            _merged(r[1] for r in nvml_reads),
-                                            whole_run.gpu_energy),
-        "timeline": gpu_checks.timeline_self_check(
-            whole_run.gpu_energy,
-            timeline.energy_between(timeline_block, *benchmark_window) if timeline_block else None),
-    }
-    sections["gpu_exclusivity"] = exclusivity
-    sections["host_energy"] = {
-        "source": "RAPL through Zeus; never added into the GPU figures",
-        "cpu_energy_j": _total(whole_run.cpu_energy), "dram_energy_j": _total(whole_run.dram_energy),
-    }
-    return sections
-
-
-def _merged(parts) -> dict | None:
-    merged: dict = {}
-    for part in parts:
-        if part:
-            merged.update(part)
-    return merged or None
+            num_gpus=record.num_gpus, gpu_model=record.gpu_model, dtype=plan.dtype)
+    whole, block = record.whole, seen.timeline
+    before, after = seen.nvml_reads
+    return Analysis(
+        stage_breakdown=breakdown, stage_fence=seen.fence_mode,
+        steps=stages.step_summary(stage_records),
+        physical_floor=floor,
+        idle_baseline=idle_baseline(block, *seen.idle_window) if seen.idle_window else None,
+        energy_cross_check={
+            "nvml": checks.nvml_cross_check(before, after, whole.gpu_energy),
+            "timeline": checks.timeline_self_check(
+                whole.gpu_energy,
+                timeline.energy_between(block, *record.window) if block else None),
+        },
+        gpu_exclusivity=seen.exclusivity,
+        host_energy={
+            "source": "RAPL through Zeus; never added into the GPU figures",
+            "cpu_energy_j": _total(whole.cpu_energy), "dram_energy_j": _total(whole.dram_energy),
+        },
+        **per_image,
+    )
 
 
 def _total(energy: dict | None) -> float | None:

@@ -28,8 +28,15 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from mlenergy.diffusion import files, results, runtime
 from mlenergy.diffusion import prompts as prompt_source
-from mlenergy.diffusion.config import parse_cli
-from mlenergy.diffusion.plan import ConfigError, RunPlan, make_plan
+from mlenergy.diffusion.config import ConfigError, parse_cli
+from mlenergy.diffusion.plan import RunPlan, make_plan
+from mlenergy.diffusion.record import (
+    IterationRecord,
+    LoadRecord,
+    Observations,
+    RunRecord,
+    WarmupRecord,
+)
 
 logger = logging.getLogger("mlenergy.diffusion")
 
@@ -41,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if (plan.run_dir / results.RESULTS).exists() and not config.overwrite_results:
-        print(f"{plan.run_dir / results.RESULTS} already exists; skipping this run "
+    if (plan.run_dir / files.RESULTS).exists() and not config.overwrite_results:
+        print(f"{plan.run_dir / files.RESULTS} already exists; skipping this run "
               "(pass --overwrite_results to measure it again)")
         return 0
     rank = runtime.launched_ranks()[0]
@@ -61,136 +68,85 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(plan: RunPlan) -> None:
-    from mlenergy.diffusion import environment, quality
+    """One run: prompts, the pipeline, the probes, warm-up, the measured iterations, results."""
+    from mlenergy.diffusion import environment, quality, testing
+    from mlenergy.diffusion.probes import Probes, RunGpus
 
     started = datetime.now()
     ranks = runtime.init_process_group(plan.device_type)
+    gpus = RunGpus.for_ranks(ranks)
     schedule, source, prompts_note = _prompts(plan, ranks)
     if plan.reference is not None:
         quality.check_prompts(plan.config.reference_run, plan.reference, schedule.measured)
     _setup_logging(plan, ranks)
-    env = environment.describe(plan.device_type, ranks.local_world_size)
+    env = environment.describe(gpus)
     logger.info("Run directory: %s", plan.run_dir)
     logger.info("Plan: %s", _describe_plan(plan))
     logger.info("Environment: %s", env)
     logger.info("%s", prompts_note)
     if ranks.is_main:
         files.write_json_atomically(
-            plan.run_dir / results.REQUESTS,
+            plan.run_dir / files.REQUESTS,
             results.requests_document(plan, schedule.warmup, schedule.measured),
         )
 
-    loaded = _load_pipeline(plan, ranks)
-    probes = _Probes.start(plan, ranks, loaded.pipeline)
-    warmup = _warm_up(plan, ranks, loaded.pipeline, schedule.warmup, probes)
-    measured = _measure(plan, ranks, loaded.pipeline, schedule.measured, probes)
-    _write_results(plan, ranks, started=started, env=env, prompt_source=source, loaded=loaded,
-                   probes=probes, warmup=warmup, measured=measured)
+    pipeline, loaded, denoiser = _load_pipeline(plan, ranks)
+    probes = Probes.start(plan, gpus, pipeline)
+    pipeline = testing.with_injected_failure(pipeline, ranks.rank, len(schedule.warmup))
+    warmup = _warm_up(plan, ranks, pipeline, schedule.warmup, probes)
+    measured = _measure(plan, ranks, pipeline, schedule.measured, probes)
+    record = _gather(plan, probes, measured, started=started, env=env, prompt_source=source,
+                     loaded=loaded, warmup=warmup)
+    if record is not None:
+        _write_results(record, denoiser)
     runtime.barrier()
     runtime.shutdown()
 
 
-@dataclasses.dataclass
-class _Loaded:
-    pipeline: Any
-    seconds: float
-    denoiser_parameters: int
-    parameter_gb: float
-    fp8_t5: dict | None
-    attention: dict
-    compiled: str | None
-
-
-def _load_pipeline(plan: RunPlan, ranks) -> _Loaded:
+def _load_pipeline(plan: RunPlan, ranks) -> tuple[Any, LoadRecord, Any]:
     """Build the pipeline (with the options that change its weights or placement) and hand it to
-    xDiT."""
+    xDiT. Returns the pipeline, what loading it took, and its denoiser."""
     import torch
 
-    from mlenergy.diffusion import measurement, options, pipelines, xdit
+    from mlenergy.diffusion import options_apply, pipelines, xdit
 
     engine = xdit.engine_config(plan)
-    with measurement.Stopwatch() as loading:
-        dtype = getattr(torch, plan.dtype)
-        built = pipelines.build_pipeline(plan.spec, plan.weights, dtype=dtype,
+    with runtime.Stopwatch() as loading:
+        built = pipelines.build_pipeline(plan.spec, plan.weights, dtype=getattr(torch, plan.dtype),
                                          device=ranks.device,
                                          max_sequence_length=plan.max_sequence_length,
                                          denoiser_cls=xdit.denoiser_class(plan))
+        slot = plan.spec.family.denoiser_slot
         denoiser_parameters = pipelines.denoiser_parameter_count(built, plan.spec.family)
-        fp8_t5 = options.quantize_t5_to_fp8(plan, built)
+        effects = options_apply.prepare_weights(plan, built, getattr(built, slot))
         parameter_gb = pipelines.parameter_bytes(built) / 1e9
-        denoiser = getattr(built, plan.spec.family.denoiser_slot)
-        options.select_attention_backend(plan, denoiser)
         pipeline = xdit.wrap_pipeline(plan, built, engine)
         # After wrapping: xDiT may have replaced the denoiser with its parallel wrapper.
-        denoiser = getattr(built, plan.spec.family.denoiser_slot)
-        compiled = options.compile_denoiser(plan, denoiser)
-        options.enable_offload(plan, built, ranks.device)
+        denoiser = getattr(built, slot)
+        compiled = options_apply.finish_pipeline(plan, built, denoiser, ranks.device)
     logger.info("Pipeline ready in %.1f s: %.3f B denoiser parameters, %.2f GB of weights",
                 loading.seconds, denoiser_parameters / 1e9, parameter_gb)
-    attention = options.attention_report(plan, denoiser)
-    logger.info("Attention: %s", attention["used"])
+    effects["attention"] = options_apply.attention_report(plan, denoiser)
+    logger.info("Attention: %s", effects["attention"]["used"])
     if compiled:
         logger.info("Compiling at the first call: %s", compiled)
-    return _Loaded(pipeline=pipeline, seconds=loading.seconds,
-                   denoiser_parameters=denoiser_parameters, parameter_gb=parameter_gb,
-                   fp8_t5=fp8_t5, attention=attention, compiled=compiled)
+    return pipeline, LoadRecord(seconds=loading.seconds, denoiser_parameters=denoiser_parameters,
+                                parameter_gb=parameter_gb, option_effects=effects,
+                                compiled=compiled), denoiser
 
 
-@dataclasses.dataclass
-class _Probes:
-    """Everything that watches the run: energy windows, power and temperature timelines, the
-    GPUs' exclusivity and idle power, the stage and step hooks, and compilation counters."""
-
-    meter: Any
-    monitor: Any
-    exclusivity: dict | None
-    idle_window: Any
-    recorder: Any
-    compiles: Any
-
-    @classmethod
-    def start(cls, plan: RunPlan, ranks, pipeline) -> _Probes:
-        from mlenergy.diffusion import (
-            gpu_checks,
-            measurement,
-            options,
-            stages,
-            timeline,
-        )
-
-        meter = measurement.EnergyMeter(ranks)
-        monitor = timeline.TimelineMonitor(ranks)
-        exclusivity = gpu_checks.check_run_gpus(ranks, plan.config.require_exclusive_gpus)
-        # Before the hooks go in, with nothing running on the run's GPUs.
-        idle_window = timeline.idle_baseline_window(plan.config.idle_baseline_s, ranks)
-        recorder = stages.StageRecorder(pipeline, ranks, plan.inference_steps)
-        logger.info("Stage hooks: %s; step-end callback %s", recorder.describe(),
-                    "passed to the pipeline" if recorder.accepts_step_callback else "not taken")
-        return cls(meter=meter, monitor=monitor, exclusivity=exclusivity,
-                   idle_window=idle_window, recorder=recorder,
-                   compiles=options.CompileTracker())
-
-
-@dataclasses.dataclass
-class _WarmUp:
-    seconds: float
-    iteration_times: list[float]
-    compiles: list[tuple]
-
-
-def _warm_up(plan: RunPlan, ranks, pipeline, batches: list[list[str]],
-             probes: _Probes) -> _WarmUp:
+def _warm_up(plan: RunPlan, ranks, pipeline, batches: list[list[str]], probes) -> WarmupRecord:
     """Unmeasured calls at the measured shapes (compilation happens here), with other prompts
     and seeds than the measured ones."""
-    from mlenergy.diffusion import measurement, xdit
+    from mlenergy.diffusion import xdit
 
     recorder, compiles = probes.recorder, probes.compiles
     times: list[float] = []
     compiled: list[tuple] = []
-    with measurement.Stopwatch() as warming:
+    with runtime.Stopwatch() as warming:
         for i, batch in enumerate(batches):
             before = compiles.snapshot()
-            with measurement.Stopwatch() as one:
+            with runtime.Stopwatch() as one:
                 recorder.begin_iteration()
                 xdit.generate(pipeline, plan, batch, seed=plan.seed - 1 - i, device=ranks.device,
                               steps=plan.warmup_steps, extra_kwargs=recorder.call_kwargs())
@@ -200,17 +156,17 @@ def _warm_up(plan: RunPlan, ranks, pipeline, batches: list[list[str]],
             compiled.append(compiles.difference(before, compiles.snapshot()))
     logger.info("Warm-up: %d iteration(s) of %d step(s) in %.1f s (%s)", len(batches),
                 plan.warmup_steps, warming.seconds, ", ".join(f"{t:.2f} s" for t in times))
-    if plan.config.use_torch_compile and compiled and compiled[-1][0]:
+    if plan.options.use_torch_compile and compiled and compiled[-1][0]:
         logger.warning("The last warm-up iteration still compiled %d graph(s): measured "
                        "iterations may compile too; raise --warmup_iters", compiled[-1][0])
     # The warm-up showed which stage boundaries every rank crosses.
     logger.info("Stage boundaries fenced with %s", recorder.settle_fencing())
-    return _WarmUp(seconds=warming.seconds, iteration_times=times, compiles=compiled)
+    return WarmupRecord(seconds=warming.seconds, iteration_times=times, compiles=compiled)
 
 
 @dataclasses.dataclass
 class _Measured:
-    records: list
+    records: list[IterationRecord]
     stage_records: list[dict]
     whole: Any
     window: tuple[float, float]
@@ -218,24 +174,23 @@ class _Measured:
     compiles: tuple
 
 
-def _measure(plan: RunPlan, ranks, pipeline, batches: list[list[str]],
-             probes: _Probes) -> _Measured:
+def _measure(plan: RunPlan, ranks, pipeline, batches: list[list[str]], probes) -> _Measured:
     """The measured iterations, each in its own energy window inside one for them all; outputs
     are saved between windows."""
     from tqdm import tqdm
 
-    from mlenergy.diffusion import gpu_checks, measurement, xdit
+    from mlenergy.diffusion import xdit
+    from mlenergy.diffusion.probes import checks, memory
 
     meter, recorder, compiles = probes.meter, probes.recorder, probes.compiles
-    measurement.reset_peak_memory(ranks.device)
-    records: list[results.IterationRecord] = []
+    memory.reset_peak_memory(ranks.device)
+    records: list[IterationRecord] = []
     stage_records: list[dict] = []
     before_measuring = compiles.snapshot()
     meter.begin("benchmark")
     window_start = time.time()
-    nvml_before = gpu_checks.read_nvml_energy(ranks)
+    nvml_before = checks.read_nvml_energy(probes.gpus)
     for i, batch in enumerate(tqdm(batches, desc="iterations", disable=not ranks.is_main)):
-        _inject_failure_for_tests(ranks.rank, i)
         meter.begin(f"iteration-{i}")
         started_at = time.time()
         recorder.begin_iteration()
@@ -245,17 +200,17 @@ def _measure(plan: RunPlan, ranks, pipeline, batches: list[list[str]],
         ended_at = time.time()
         stage_records.append(recorder.record(recorder.end_iteration()))
         saved = _save_outputs(plan, ranks, i, batch, outputs)
-        records.append(results.IterationRecord(index=i, measurement=window, prompts=batch,
-                                               images=saved, window=(started_at, ended_at)))
+        records.append(IterationRecord(index=i, measurement=window, prompts=batch,
+                                       outputs=saved, window=(started_at, ended_at)))
         if ranks.is_main:
             logger.info("iteration %d: %.3f s, %s", i, window.time,
                         _energy_text(window.total_gpu_energy))
     whole = meter.end("benchmark")
     window_end = time.time()
-    nvml_after = gpu_checks.read_nvml_energy(ranks)
+    nvml_after = checks.read_nvml_energy(probes.gpus)
     recorder.remove()
     measured_compiles = compiles.difference(before_measuring, compiles.snapshot())
-    if plan.config.use_torch_compile and measured_compiles[0]:
+    if plan.options.use_torch_compile and measured_compiles[0]:
         logger.warning("torch.compile compiled %d graph(s) during measured iterations: their "
                        "times include compilation; raise --warmup_iters", measured_compiles[0])
     return _Measured(records=records, stage_records=stage_records, whole=whole,
@@ -263,83 +218,61 @@ def _measure(plan: RunPlan, ranks, pipeline, batches: list[list[str]],
                      compiles=measured_compiles)
 
 
-def _write_results(plan: RunPlan, ranks, *, started: datetime, env: dict, prompt_source: str,
-                   loaded: _Loaded, probes: _Probes, warmup: _WarmUp,
-                   measured: _Measured) -> None:
-    """Gather what every rank saw, and write results.json, model_info.json and the plot on
-    rank 0. FLOPs are counted here, after the measured windows."""
-    from mlenergy.diffusion import (
-        analysis,
-        environment,
-        flops,
-        measurement,
-        options,
-        quality,
-        stages,
-        timeline,
-    )
+def _gather(plan: RunPlan, probes, measured: _Measured, *, started: datetime, env: dict,
+            prompt_source: str, loaded: LoadRecord, warmup: WarmupRecord) -> RunRecord | None:
+    """What every rank saw, in one record on rank 0 (None on the others). FLOPs are counted
+    here, after the measured windows."""
+    from mlenergy.diffusion import environment, options_apply, quality
+    from mlenergy.diffusion.probes import stages, timeline
 
-    records, recorder = measured.records, probes.recorder
-    window_start, window_end = measured.window
-    flop_counts = None
-    if plan.config.count_flops:
-        flop_counts = flops.count_on_every_rank(recorder.first_denoiser_call, ranks,
-                                                fail_softly=plan.world_size == 1)
-    timeline_block = timeline.merge_blocks(
-        # Every sample from the monitor's start: a value holds until the next sample, so the
-        # one before a window's start is needed to know the power there.
-        runtime.all_gather_object(probes.monitor.block(None, window_end)),
-        window_start, window_end)
-    probes.monitor.stop()
-    stage_records = stages.combine_ranks(runtime.all_gather_object(measured.stage_records),
-                                         ranks.local_world_size)
-    nvml_reads = runtime.all_gather_object(measured.nvml_reads)
-    peaks = runtime.all_gather_object(measurement.peak_memory_gb(ranks.device))
-    saved_by_rank = runtime.all_gather_object([r.images for r in records])
-    if not ranks.is_main:
-        return
+    flop_counts = probes.count_flops(plan)
+    gathered = probes.gather(measured.window[1], {"stage_records": measured.stage_records,
+                                                  "nvml_reads": measured.nvml_reads})
+    saved_by_rank = runtime.all_gather_object([r.outputs for r in measured.records])
+    if gathered is None:
+        return None
+    records = measured.records
     for record in records:
-        record.images = next((names[record.index] for names in saved_by_rank
-                              if names[record.index]), [])
-    option_results = {
-        "warmup_iteration_times": warmup.iteration_times,
-        "compile": options.compile_report(plan, warmup.iteration_times, warmup.compiles,
-                                          measured.compiles,
-                                          [r.measurement.time for r in records],
-                                          loaded.compiled),
-        "fp8_t5_encoder": loaded.fp8_t5,
-        "attention": loaded.attention,
-    }
-    if plan.reference is not None:
-        option_results["quality"] = quality.quality_report(
-            plan.run_dir, plan.config.reference_run, plan.reference, [r.images for r in records])
-    for record, stage_record in zip(records, stage_records):
+        record.outputs = next((names[record.index] for names in saved_by_rank
+                               if names[record.index]), [])
+    for record, stage_record in zip(records, gathered["stage_records"]):
         stages.add_remainder(stage_record, record.measurement.total_gpu_energy)
         record.stages = stage_record
-    sections = analysis.measurement_sections(
-        plan, records=records, whole_run=measured.whole,
-        gpu_model=environment.device_model(env), flop_counts=flop_counts,
-        denoiser=recorder.parts["denoising"][0], fence_mode=recorder.fence_mode,
-        timeline_block=timeline_block, idle_window=probes.idle_window,
-        exclusivity=probes.exclusivity, nvml_reads=nvml_reads,
-        benchmark_window=measured.window)
-    doc = results.results_document(
-        plan, started=started, iterations=records, whole_run=measured.whole, environment=env,
-        gpu_model=environment.device_model(env), prompt_source=prompt_source,
-        peak_memory_gb=peaks, parameter_memory_gb=loaded.parameter_gb,
-        load_time_s=loaded.seconds, warmup_time_s=warmup.seconds,
-        benchmark_window=measured.window, timeline=timeline_block,
-        measurement_sections=sections, extra=option_results,
-    )
-    files.write_json_atomically(plan.base_dir / results.MODEL_INFO,
-                                results.model_info(plan, loaded.denoiser_parameters))
-    files.write_json_atomically(plan.run_dir / results.RESULTS, doc)
-    plot = timeline.plot_run(doc, plan.run_dir / timeline.PLOT)
+    observations = Observations(
+        timeline=timeline.merge_blocks(gathered["timeline_blocks"], *measured.window),
+        fence_mode=probes.recorder.fence_mode, flop_counts=flop_counts,
+        nvml_reads=gathered["nvml_reads"], peak_memory_gb=gathered["peak_memory_gb"],
+        exclusivity=probes.exclusivity, idle_window=probes.idle_window,
+        measured_compiles=measured.compiles)
+    record = RunRecord(
+        plan=plan, started=started, environment=env, gpu_model=environment.device_model(env),
+        num_gpus=probes.gpus.total, prompt_source=prompt_source, load=loaded, warmup=warmup,
+        iterations=records, whole=measured.whole, window=measured.window,
+        observations=observations,
+        compile=options_apply.compile_report(plan, warmup.iteration_times, warmup.compiles,
+                                             measured.compiles, [r.measurement.time for r in records],
+                                             loaded.compiled))
+    if plan.reference is not None:
+        record.quality = quality.quality_report(plan.run_dir, plan.config.reference_run,
+                                                plan.reference, [r.outputs for r in records])
+    return record
+
+
+def _write_results(record: RunRecord, denoiser) -> None:
+    """The record's analysis, then results.json, model_info.json, the plot and the summary."""
+    from mlenergy.diffusion import analysis, summary
+    from mlenergy.diffusion.probes import timeline
+
+    plan = record.plan
+    record.analysis = analysis.analyze(record, denoiser)
+    files.write_json_atomically(plan.base_dir / files.MODEL_INFO,
+                                results.model_info(plan, record.load.denoiser_parameters))
+    files.write_json_atomically(plan.run_dir / files.RESULTS, results.results_document(record))
+    plot = timeline.plot_run(record, plan.run_dir / timeline.PLOT)
     if plot is not None:
         logger.info("Power plot: %s", plot)
-    logger.info("Summary\n%s", results.summary_table(doc))
-    logger.info("Results written to %s", plan.run_dir / results.RESULTS)
-
+    logger.info("Summary\n%s", summary.summary_table(record))
+    logger.info("Results written to %s", plan.run_dir / files.RESULTS)
 
 def _prompts(plan: RunPlan, ranks):
     """Rank 0 reads the prompt pool; every rank gets the same schedule from it. Runs before
@@ -353,7 +286,7 @@ def _prompts(plan: RunPlan, ranks):
                                             f"file:{workload.prompts_file}")
         else:
             pool = prompt_source.load_pool(workload.prompt_dataset, workload.prompt_cache_dir,
-                                             task=plan.task)
+                                             task=plan.task.name)
         payload = (pool.prompts, pool.source)
     pool_prompts, source = runtime.broadcast_object(payload)
     schedule = prompt_source.schedule(pool_prompts, plan.seed, plan.batch_size,
@@ -369,28 +302,20 @@ def _save_outputs(plan: RunPlan, ranks, iteration: int, batch: list[str], output
     holders = runtime.all_gather_object(outputs is not None)
     if not plan.config.save_images or True not in holders or holders.index(True) != ranks.rank:
         return []
-    video = plan.task == "text-to-video"
-    folder = results.VIDEO_DIR if video else results.IMAGE_DIR
-    out_dir = plan.run_dir / folder
+    task = plan.task
+    out_dir = plan.run_dir / task.output_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     names = []
     for index, (prompt, output) in enumerate(zip(batch, outputs)):
-        name = results.output_name(iteration, index, prompt, "mp4" if video else "png")
-        if video:
+        name = results.output_name(iteration, index, prompt, task.file_suffix)
+        if task.is_video:
             from diffusers.utils import export_to_video
 
             export_to_video(list(output), str(out_dir / name), fps=plan.fps)
         else:
             output.save(out_dir / name)
-        names.append(f"{folder}/{name}")
+        names.append(f"{task.output_dir}/{name}")
     return names
-
-
-def _inject_failure_for_tests(rank: int, iteration: int) -> None:
-    """MLENERGY_FAIL_RANK=R makes rank R raise at its first measured iteration. The test suite
-    uses it to check that one failing rank ends the whole run promptly."""
-    if iteration == 0 and os.environ.get("MLENERGY_FAIL_RANK") == str(rank):
-        raise RuntimeError(f"failure injected on rank {rank} by MLENERGY_FAIL_RANK")
 
 
 def _energy_text(joules: float | None) -> str:
@@ -398,7 +323,7 @@ def _energy_text(joules: float | None) -> str:
 
 
 def _describe_plan(plan: RunPlan) -> str:
-    return (f"{plan.spec.model_id} [{plan.weights}, {plan.dtype}] {plan.task} batch "
+    return (f"{plan.spec.model_id} [{plan.weights}, {plan.dtype}] {plan.task.name} batch "
             f"{plan.batch_size} {plan.height}x{plan.width} steps {plan.inference_steps} "
             f"guidance {plan.guidance_scale} seed {plan.seed}; ulysses {plan.ulysses_degree} "
             f"x ring {plan.ring_degree} on {plan.world_size} process(es) ({plan.device_type}); "
@@ -418,7 +343,7 @@ def _setup_logging(plan: RunPlan, ranks) -> None:
     logger.addHandler(console)
     if ranks.is_main:
         plan.run_dir.mkdir(parents=True, exist_ok=True)
-        log_file = logging.FileHandler(plan.run_dir / results.DRIVER_LOG, mode="w")
+        log_file = logging.FileHandler(plan.run_dir / files.DRIVER_LOG, mode="w")
         log_file.setFormatter(fmt)
         logger.addHandler(log_file)
 

@@ -12,6 +12,13 @@ from typing import Annotated, Literal, Optional, Sequence, Union
 
 import tyro
 
+from mlenergy.diffusion.task import TEXT_TO_IMAGE, TEXT_TO_VIDEO, Task
+
+
+class ConfigError(ValueError):
+    """Bad input: the message is one line that says what is wrong and how to fix it."""
+
+
 DEFAULT_SEED = 48105
 # xDiT's default TeaCache / FBCache threshold.
 DEFAULT_CACHE_THRESHOLD = 0.12
@@ -74,8 +81,8 @@ class TextToImage:
     ~/.cache/mlenergy/prompts."""
 
     @property
-    def task(self) -> str:
-        return "text-to-image"
+    def task(self) -> Task:
+        return TEXT_TO_IMAGE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,8 +103,8 @@ class TextToVideo(TextToImage):
     """Frames per second of the saved video. Default: the model's."""
 
     @property
-    def task(self) -> str:
-        return "text-to-video"
+    def task(self) -> Task:
+        return TEXT_TO_VIDEO
 
 
 Workload = Union[

@@ -11,6 +11,8 @@ from pathlib import Path
 # Names every writer and reader of a run directory shares.
 RESULTS = "results.json"
 REQUESTS = "requests.json"
+MODEL_INFO = "model_info.json"
+DRIVER_LOG = "driver_log.txt"
 
 
 def write_json_atomically(path: Path, data) -> None:

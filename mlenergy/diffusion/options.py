@@ -1,29 +1,26 @@
-"""Performance options: checking them before anything loads, applying them, and reporting what
-they did (compilation, FP8 T5, sequential CPU offload, step caches, attention backend).
+"""Performance options, decided once: every default is resolved and every combination checked
+here, before anything loads, into one frozen `Options` value. Everything downstream (xDiT's
+engine, what gets compiled, the run directory's name, results.json `configurations`, report
+labels) reads that value; `options_apply.py` applies it to a built pipeline.
 
-The checks run inside `plan.make_plan`, so a bad combination ends the run with one line and
-exit 2. Everything else runs after the pipeline is built, on every rank.
+An option is a field of `Options`. Its metadata says how it shows in the run directory's name
+(`dir`: the token, and the values that leave the name unchanged), so adding an option touches
+config.py (the flag), this module (field, default, check) and options_apply.py (its effect).
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import importlib.util
-import logging
 import shutil
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
-
-from mlenergy.diffusion.plan import ConfigError
+from mlenergy.diffusion.config import DEFAULT_CACHE_THRESHOLD, BenchmarkConfig, ConfigError
 
 if TYPE_CHECKING:
-    from mlenergy.diffusion.config import BenchmarkConfig
-    from mlenergy.diffusion.plan import RunPlan
+    from mlenergy.diffusion.launch import Launch
     from mlenergy.diffusion.registry import ModelSpec
-
-logger = logging.getLogger("mlenergy.diffusion")
 
 COMPILE_BACKENDS = ("inductor", "eager", "aot_eager")
 # torch.compile's modes (torch._inductor.list_modes()); "default" is what xDiT uses.
@@ -53,15 +50,103 @@ ATTENTION_BACKENDS: dict[str, AttentionBackend] = {
 }
 
 
-# ---------------------------------------------------------------- checks (before loading)
+def _in_dir(token: str, *unchanged, text: str | None = None) -> dict:
+    """Field metadata: `+token-value` in the run directory's name unless the value is one of
+    `unchanged` (None always is); `text` replaces the value (for flags such as cache-fbcache)."""
+    return {"dir": (token, (None, *unchanged), text)}
 
-def check(config: BenchmarkConfig, spec: ModelSpec, device_type: str) -> None:
-    _check_compile(config, spec, device_type)
+
+@dataclass(frozen=True)
+class Options:
+    """Resolved performance options. Field names and order are results.json `configurations`
+    keys; None means "does not apply" (a compile mode without compiling, say)."""
+
+    use_torch_compile: bool = False
+    compile_mode: str | None = field(default=None, metadata=_in_dir("compilemode", "default"))
+    compile_backend: str | None = field(default=None,
+                                        metadata=_in_dir("compilebackend", "inductor"))
+    compile_scope: str | None = field(default=None,
+                                      metadata=_in_dir("compilescope", "transformer"))
+    use_fp8_t5_encoder: bool = field(default=False, metadata=_in_dir("fp8t5", False))
+    enable_sequential_cpu_offload: bool = field(default=False,
+                                                metadata=_in_dir("offload", False))
+    use_teacache: bool = field(default=False, metadata=_in_dir("cache", False, text="teacache"))
+    use_fbcache: bool = field(default=False, metadata=_in_dir("cache", False, text="fbcache"))
+    cache_threshold: float | None = field(
+        default=None, metadata=_in_dir("cachethresh", DEFAULT_CACHE_THRESHOLD))
+    attention_backend: str | None = field(default=None, metadata=_in_dir("attn"))
+    # Not in `configurations`: derived, for the code that applies the options.
+    compile_through_xdit: bool = field(default=False, metadata={"derived": True})
+
+    @property
+    def step_cache(self) -> str | None:
+        return "teacache" if self.use_teacache else "fbcache" if self.use_fbcache else None
+
+    def configurations(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if not f.metadata.get("derived")}
+
+    def dir_tokens(self) -> list[str]:
+        """`token-value` parts of the run directory's name, for options off their defaults."""
+        tokens = []
+        for f in dataclasses.fields(self):
+            if "dir" not in f.metadata:
+                continue
+            token, unchanged, text = f.metadata["dir"]
+            value = getattr(self, f.name)
+            if value in unchanged:
+                continue
+            tokens.append(f"{token}-{text or format_value(value)}")
+        return tokens
+
+
+def format_value(value) -> str:
+    """A value as it appears in a run directory's name."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def resolve(config: BenchmarkConfig, spec: ModelSpec, launch: Launch) -> Options:
+    """Check the options against the model and the launch, and decide every default."""
+    _check_compile(config, spec, launch.device_type)
     _check_caches(config, spec)
     _check_fp8_t5(config, spec)
-    _check_offload(config, device_type)
-    _check_attention(config, device_type)
+    _check_offload(config, launch.device_type)
+    _check_attention(config, launch.device_type)
+    compiling = config.use_torch_compile
+    scope = (config.compile_scope or "transformer") if compiling else None
+    cached = config.use_teacache or config.use_fbcache
+    return Options(
+        use_torch_compile=compiling,
+        compile_mode=(config.compile_mode or "default") if compiling else None,
+        compile_backend=config.compile_backend if compiling else None,
+        compile_scope=scope,
+        use_fp8_t5_encoder=config.use_fp8_t5_encoder,
+        enable_sequential_cpu_offload=config.enable_sequential_cpu_offload,
+        use_teacache=config.use_teacache,
+        use_fbcache=config.use_fbcache,
+        cache_threshold=(config.cache_threshold if config.cache_threshold is not None
+                         else DEFAULT_CACHE_THRESHOLD) if cached else None,
+        attention_backend=config.attention_backend,
+        # xDiT compiles the whole denoiser forward itself, in the pipeline classes it has.
+        compile_through_xdit=scope == "transformer" and spec.family.xfuser_pipeline is not None,
+    )
 
+
+def default_warmup_iters(config: BenchmarkConfig) -> int:
+    """One warm-up iteration; two when compiling (the first compiles, the second must not)."""
+    return 2 if config.use_torch_compile else 1
+
+
+def repeated_blocks(spec: ModelSpec) -> tuple[str, ...]:
+    """Class names of the denoiser's repeated blocks, as diffusers declares them for regional
+    compilation; empty where it declares none."""
+    import diffusers
+
+    cls = getattr(diffusers, spec.family.components[spec.family.denoiser_slot].cls, None)
+    return tuple(getattr(cls, "_repeated_blocks", None) or ())
+
+
+# ---------------------------------------------------------------- checks (before loading)
 
 def _check_compile(config: BenchmarkConfig, spec: ModelSpec, device_type: str) -> None:
     if not config.use_torch_compile:
@@ -84,16 +169,7 @@ def _check_compile(config: BenchmarkConfig, spec: ModelSpec, device_type: str) -
     if config.compile_backend not in COMPILE_BACKENDS:
         raise ConfigError(f"unknown --compile_backend {config.compile_backend!r}; choose one of: "
                           + ", ".join(COMPILE_BACKENDS))
-    if config.compile_mode is not None:
-        if config.compile_mode not in COMPILE_MODES:
-            raise ConfigError(f"unknown --compile_mode {config.compile_mode!r}; choose one of: "
-                              + ", ".join(COMPILE_MODES))
-        if config.compile_backend != "inductor":
-            raise ConfigError(f"--compile_mode is an inductor setting; drop it or use "
-                              f"--compile_backend inductor (not {config.compile_backend})")
-        if config.compile_mode in _CUDA_GRAPH_MODES and device_type != "cuda":
-            raise ConfigError(f"--compile_mode {config.compile_mode} captures CUDA graphs and "
-                              "needs a GPU; use max-autotune-no-cudagraphs or default")
+    _check_compile_mode(config, device_type)
     if config.warmup_iters is not None and config.warmup_iters < 2:
         raise ConfigError(
             f"--use_torch_compile needs --warmup_iters 2 or more (got {config.warmup_iters}): "
@@ -103,6 +179,20 @@ def _check_compile(config: BenchmarkConfig, spec: ModelSpec, device_type: str) -
             and not (shutil.which("g++") or shutil.which("c++") or shutil.which("clang++"))):
         raise ConfigError("inductor on CPU compiles C++ and no C++ compiler is on PATH; install "
                           "g++ or use --compile_backend aot_eager")
+
+
+def _check_compile_mode(config: BenchmarkConfig, device_type: str) -> None:
+    if config.compile_mode is None:
+        return
+    if config.compile_mode not in COMPILE_MODES:
+        raise ConfigError(f"unknown --compile_mode {config.compile_mode!r}; choose one of: "
+                          + ", ".join(COMPILE_MODES))
+    if config.compile_backend != "inductor":
+        raise ConfigError(f"--compile_mode is an inductor setting; drop it or use "
+                          f"--compile_backend inductor (not {config.compile_backend})")
+    if config.compile_mode in _CUDA_GRAPH_MODES and device_type != "cuda":
+        raise ConfigError(f"--compile_mode {config.compile_mode} captures CUDA graphs and "
+                          "needs a GPU; use max-autotune-no-cudagraphs or default")
 
 
 def _check_caches(config: BenchmarkConfig, spec: ModelSpec) -> None:
@@ -162,238 +252,3 @@ def _check_attention(config: BenchmarkConfig, device_type: str) -> None:
     if backend.needs_module and importlib.util.find_spec(backend.needs_module) is None:
         raise ConfigError(f"--attention_backend {name} needs the {backend.needs_module} package, "
                           "which is not installed; install it or choose another backend")
-
-
-# ---------------------------------------------------------------- compilation
-
-def repeated_blocks(spec: ModelSpec) -> tuple[str, ...]:
-    """Class names of the denoiser's repeated blocks, as diffusers declares them for regional
-    compilation; empty where it declares none."""
-    import diffusers
-
-    cls = getattr(diffusers, spec.family.components[spec.family.denoiser_slot].cls, None)
-    return tuple(getattr(cls, "_repeated_blocks", None) or ())
-
-
-def compile_scope(config: BenchmarkConfig) -> str:
-    return config.compile_scope or "transformer"
-
-
-def compiles_through_xdit(plan: RunPlan) -> bool:
-    """xDiT compiles the whole denoiser forward itself, in pipeline classes it has."""
-    return (plan.config.use_torch_compile and compile_scope(plan.config) == "transformer"
-            and plan.spec.family.xfuser_pipeline is not None)
-
-
-def _torch_compile_kwargs(config: BenchmarkConfig) -> dict:
-    kwargs = {"backend": config.compile_backend}
-    if config.compile_mode not in (None, "default"):
-        kwargs["mode"] = config.compile_mode
-    return kwargs
-
-
-def compile_denoiser(plan: RunPlan, denoiser) -> str | None:
-    """Compile what xDiT does not: repeated blocks, or the forward of a denoiser whose family
-    runs through the diffusers pipeline. Call after xDiT has wrapped the pipeline (its step
-    cache and attention processors must be inside what gets compiled). Returns what was
-    compiled, for the results."""
-    if not plan.config.use_torch_compile:
-        return None
-    if compiles_through_xdit(plan):
-        if plan.config.use_teacache or plan.config.use_fbcache:
-            # Measured on FLUX.1-dev (docs/benchmarks.md): minutes of compiling against seconds.
-            logger.warning("The step cache's data-dependent branch breaks xDiT's whole-forward "
-                           "graph into many; --compile_scope blocks compiles far faster")
-        return "forward of the denoiser, by xDiT"
-    kwargs = _torch_compile_kwargs(plan.config)
-    if compile_scope(plan.config) == "blocks":
-        names = set(getattr(denoiser, "_repeated_blocks", None) or ())
-        count = sum(type(m).__name__ in names for m in denoiser.modules())
-        denoiser.compile_repeated_blocks(**kwargs)
-        return f"{count} repeated blocks ({', '.join(sorted(names))}), by diffusers"
-    # The forward alone, as xDiT does it: hooks on the module stay outside the compiled code.
-    denoiser.forward = torch.compile(denoiser.forward, **kwargs)
-    return "forward of the denoiser"
-
-
-@contextlib.contextmanager
-def compile_arguments(plan: RunPlan) -> Iterator[list]:
-    """While xDiT wraps the pipeline, give its `torch.compile` call our backend and mode.
-
-    xDiT decides what to compile (the denoiser's forward, after any step cache) and compiles
-    lazily, at the first call; it calls torch.compile with no arguments. Yields the list of
-    calls seen, so the caller can check that xDiT really compiled something.
-    """
-    calls: list = []
-    if not compiles_through_xdit(plan):
-        yield calls
-        return
-    original = torch.compile
-    extra = _torch_compile_kwargs(plan.config)
-
-    def compile_with_our_arguments(model=None, **kwargs):
-        calls.append(getattr(model, "__qualname__", type(model).__name__))
-        return original(model, **{**extra, **kwargs})
-
-    torch.compile = compile_with_our_arguments
-    try:
-        yield calls
-    finally:
-        torch.compile = original
-
-
-class CompileTracker:
-    """Counts graphs dynamo compiles and the seconds it spends, between snapshots.
-
-    These are torch._dynamo's own counters; reading them costs nothing and works whatever the
-    backend. If this torch lacks them, the numbers are None.
-    """
-
-    def snapshot(self) -> tuple[int | None, float | None]:
-        try:
-            from torch._dynamo.utils import compilation_time_metrics, counters
-        except ImportError:
-            return None, None
-        graphs = counters["stats"]["unique_graphs"]
-        seconds = sum(compilation_time_metrics.get("_compile.compile_inner", []))
-        return int(graphs), float(seconds)
-
-    @staticmethod
-    def difference(before, after) -> tuple[int | None, float | None]:
-        graphs = None if None in (before[0], after[0]) else after[0] - before[0]
-        seconds = None if None in (before[1], after[1]) else after[1] - before[1]
-        return graphs, seconds
-
-
-def kernel_cache_report() -> dict | None:
-    """Where inductor keeps compiled kernels, and how often this process found them there.
-
-    Inductor's FX-graph and AOTAutograd caches live on disk (TORCHINDUCTOR_CACHE_DIR), so a run
-    that compiles the shapes an earlier run compiled loads them instead: hits here mean compile
-    time was saved, which `compile_time_s` then shows.
-    """
-    try:
-        from torch._dynamo.utils import counters
-        from torch._inductor.runtime.cache_dir_utils import cache_dir
-    except ImportError:
-        return None
-    return {
-        "dir": cache_dir(),
-        "fx_graph_cache_hits": int(counters["inductor"]["fxgraph_cache_hit"]),
-        "fx_graph_cache_misses": int(counters["inductor"]["fxgraph_cache_miss"]),
-        "aot_autograd_cache_hits": int(counters["aot_autograd"]["autograd_cache_hit"]),
-        "aot_autograd_cache_misses": int(counters["aot_autograd"]["autograd_cache_miss"]),
-    }
-
-
-def compile_report(plan: RunPlan, warmup_times: list[float], warmup_compiles: list,
-                   measured_compiles: tuple, measured_times: list[float],
-                   compiled: str | None = None) -> dict | None:
-    """results.json `compile`: what compiling cost and whether measurement was compile-free."""
-    if not plan.config.use_torch_compile:
-        return None
-    graphs_measured, seconds_measured = measured_compiles
-    steady = min(measured_times) if measured_times else None
-    first = warmup_times[0] if warmup_times else None
-    return {
-        "backend": plan.config.compile_backend,
-        "mode": plan.config.compile_mode or "default",
-        "scope": compile_scope(plan.config),
-        "compiled": compiled,
-        "compile_time_s": sum(s for _, s in warmup_compiles if s is not None)
-        if all(s is not None for _, s in warmup_compiles) else None,
-        "first_warmup_iteration_s": first,
-        "first_warmup_minus_fastest_measured_s": (first - steady)
-        if first is not None and steady is not None else None,
-        "graphs_compiled_per_warmup_iteration": [g for g, _ in warmup_compiles],
-        "graphs_compiled_during_measurement": graphs_measured,
-        "compile_seconds_during_measurement": seconds_measured,
-        "recompiled_during_measurement": None if graphs_measured is None else graphs_measured > 0,
-        "kernel_cache": kernel_cache_report() if plan.config.compile_backend == "inductor"
-        else None,
-    }
-
-
-# ---------------------------------------------------------------- FP8 T5
-
-def tensor_bytes(tensor: torch.Tensor) -> int:
-    """Bytes a tensor really holds, looking inside tensor subclasses (quantized weights keep an
-    FP8 payload and a scale, while reporting the original dtype and shape)."""
-    flatten = getattr(tensor, "__tensor_flatten__", None)
-    if flatten is not None and type(tensor) not in (torch.Tensor, torch.nn.Parameter):
-        names, _ = flatten()
-        return sum(tensor_bytes(getattr(tensor, n)) for n in names)
-    return tensor.numel() * tensor.element_size()
-
-
-def module_bytes(module: torch.nn.Module) -> int:
-    return sum(tensor_bytes(t) for t in (*module.parameters(), *module.buffers()))
-
-
-def quantize_t5_to_fp8(plan: RunPlan, pipeline) -> dict | None:
-    """FP8 (qfloat8) weights for the T5 encoder's linear layers, as xDiT's own examples do it.
-    Returns results.json `fp8_t5_encoder`: the encoder's bytes before and after."""
-    if not plan.config.use_fp8_t5_encoder:
-        return None
-    from optimum.quanto import freeze, qfloat8, quantize
-
-    slot = plan.spec.t5_slot
-    encoder = getattr(pipeline, slot)
-    before = module_bytes(encoder)
-    quantize(encoder, weights=qfloat8)
-    freeze(encoder)
-    after = module_bytes(encoder)
-    logger.info("T5 encoder (%s) in FP8: %.3f GB -> %.3f GB", slot, before / 1e9, after / 1e9)
-    return {"slot": slot, "weights": "qfloat8", "library": "optimum-quanto",
-            "bytes_before": before, "bytes_after": after}
-
-
-# ---------------------------------------------------------------- offload, attention
-
-def enable_offload(plan: RunPlan, pipeline, device: torch.device) -> None:
-    """diffusers' sequential offload: weights go back to CPU memory and each submodule is
-    moved to the GPU only while it runs."""
-    if plan.config.enable_sequential_cpu_offload:
-        pipeline.to("cpu")
-        pipeline.enable_sequential_cpu_offload(device=device)
-
-
-def select_attention_backend(plan: RunPlan, denoiser) -> None:
-    """One process: xDiT leaves attention to diffusers, so the backend is set there. With
-    sequence parallelism xDiT's processors use the backend given in its engine config."""
-    name = plan.config.attention_backend
-    if name is None or plan.ulysses_degree * plan.ring_degree > 1:
-        return
-    denoiser.set_attention_backend(ATTENTION_BACKENDS[name].diffusers_name)
-
-
-def xfuser_backend_name(plan: RunPlan) -> str | None:
-    name = plan.config.attention_backend
-    return None if name is None else ATTENTION_BACKENDS[name].xfuser_name
-
-
-def attention_report(plan: RunPlan, denoiser) -> dict:
-    """results.json `attention`: who runs the denoiser's attention and with which kernel."""
-    from xfuser.core.distributed import get_runtime_state
-
-    # With sequence parallelism xDiT wraps each attention module; the wrapper's processor is
-    # xDiT's and the wrapped module keeps diffusers' (unused) one, so look at every module.
-    found = {getattr(m, "processor", None) for m in denoiser.modules()}
-    processors = sorted({type(p).__name__ for p in found if p is not None})
-    via_xfuser = any(name.startswith("xFuser") for name in processors)
-    xfuser_backend = get_runtime_state().attention_backend.name
-    if via_xfuser:
-        used = f"xfuser:{xfuser_backend}"
-    else:
-        from diffusers.models.attention_dispatch import _AttentionBackendRegistry
-
-        default = _AttentionBackendRegistry.get_active_backend()[0]
-        chosen = {getattr(m.processor, "_attention_backend", None) or default
-                  for m in denoiser.modules() if getattr(m, "processor", None) is not None}
-        used = "diffusers:" + ",".join(sorted(getattr(b, "value", str(b)) for b in chosen))
-    return {
-        "requested": plan.config.attention_backend,
-        "used": used,
-        "xfuser_selected": xfuser_backend,
-        "processors": processors,
-    }

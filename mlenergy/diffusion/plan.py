@@ -7,27 +7,25 @@ run with one clear line and leaves nothing behind.
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
-import torch
-
+from mlenergy.diffusion import options as run_options
 from mlenergy.diffusion import prompts
-from mlenergy.diffusion.config import DEFAULT_CACHE_THRESHOLD, BenchmarkConfig, TextToVideo
+from mlenergy.diffusion.config import BenchmarkConfig, ConfigError, TextToVideo
 from mlenergy.diffusion.families import FAMILIES
+from mlenergy.diffusion.launch import Launch
+from mlenergy.diffusion.options import Options
 from mlenergy.diffusion.registry import MODELS, ModelSpec, known_model_ids, models_of_family
+from mlenergy.diffusion.task import Task
 
-
-
-class ConfigError(ValueError):
-    """Bad input: the message is one line that says what is wrong and how to fix it."""
+__all__ = ["ConfigError", "Launch", "RunPlan", "make_plan", "default_base_dir"]
 
 
 @dataclasses.dataclass(frozen=True)
 class RunPlan:
     config: BenchmarkConfig
     spec: ModelSpec
-    task: str
+    task: Task
     weights: str
     batch_size: int
     height: int
@@ -42,18 +40,25 @@ class RunPlan:
     benchmark_iters: int
     ulysses_degree: int
     ring_degree: int
-    world_size: int
-    device_type: str
+    launch: Launch
+    options: Options
     run_dir: Path
     num_frames: int | None = None
     fps: int | None = None
-    cache_threshold: float | None = None
     # The --reference_run's results.json, checked to be comparable.
     reference: dict | None = None
 
     @property
     def base_dir(self) -> Path:
         return self.run_dir.parent
+
+    @property
+    def world_size(self) -> int:
+        return self.launch.world_size
+
+    @property
+    def device_type(self) -> str:
+        return self.launch.device_type
 
     @property
     def num_gpus(self) -> int:
@@ -97,9 +102,8 @@ def default_base_dir(task: str, model_id: str, root: Path = Path("run")) -> Path
     return Path(root) / "diffusion" / task / model_dir
 
 
-def _run_dir_name(plan_values: dict, spec: ModelSpec, config: BenchmarkConfig) -> str:
+def _run_dir_name(v: dict, spec: ModelSpec, options: Options) -> str:
     """The ML.ENERGY directory name, plus `+key-value` only for settings off their defaults."""
-    v = plan_values
     parts = [
         f"batch-{v['batch_size']}",
         f"size-{v['height']}x{v['width']}",
@@ -107,43 +111,17 @@ def _run_dir_name(plan_values: dict, spec: ModelSpec, config: BenchmarkConfig) -
         f"seed-{v['seed']}",
         f"uly-{v['ulysses_degree']}",
         f"ring-{v['ring_degree']}",
-        f"tc-{config.use_torch_compile}",
+        f"tc-{options.use_torch_compile}",
     ]
-    if v["num_frames"] is not None and v["num_frames"] != spec.num_frames:
-        parts.append(f"frames-{v['num_frames']}")
-    if v["fps"] is not None and v["fps"] != spec.fps:
-        parts.append(f"fps-{v['fps']}")
-    if v["guidance_scale"] != spec.guidance_scale:
-        parts.append(f"guidance-{v['guidance_scale']:g}")
-    if v["weights"] != "pretrained":
-        parts.append(f"weights-{v['weights']}")
-    if v["dtype"] != spec.dtype:
-        parts.append(f"dtype-{v['dtype']}")
-    if config.compile_mode not in (None, "default"):
-        parts.append(f"compilemode-{config.compile_mode}")
-    if config.use_torch_compile and config.compile_backend != "inductor":
-        parts.append(f"compilebackend-{config.compile_backend}")
-    if config.compile_scope not in (None, "transformer"):
-        parts.append(f"compilescope-{config.compile_scope}")
-    if config.use_fp8_t5_encoder:
-        parts.append("fp8t5-True")
-    if config.use_teacache:
-        parts.append("cache-teacache")
-    if config.use_fbcache:
-        parts.append("cache-fbcache")
-    if config.cache_threshold is not None and config.cache_threshold != DEFAULT_CACHE_THRESHOLD:
-        parts.append(f"cachethresh-{config.cache_threshold:g}")
-    if config.enable_sequential_cpu_offload:
-        parts.append("offload-True")
-    if config.attention_backend is not None:
-        parts.append(f"attn-{config.attention_backend}")
+    defaults = {"num_frames": ("frames", spec.num_frames), "fps": ("fps", spec.fps),
+                "guidance_scale": ("guidance", spec.guidance_scale),
+                "weights": ("weights", "pretrained"), "dtype": ("dtype", spec.dtype)}
+    for key, (token, default) in defaults.items():
+        if v[key] is not None and v[key] != default:
+            parts.append(f"{token}-{run_options.format_value(v[key])}")
+    # Options come after the shape, in their own order.
+    parts += [t for t in options.dir_tokens()]
     return "+".join(parts)
-
-
-def _cache_threshold(config: BenchmarkConfig) -> float | None:
-    if not (config.use_teacache or config.use_fbcache):
-        return None
-    return DEFAULT_CACHE_THRESHOLD if config.cache_threshold is None else config.cache_threshold
 
 
 def _positive(name: str, value: int | float | None) -> None:
@@ -151,8 +129,9 @@ def _positive(name: str, value: int | float | None) -> None:
         raise ConfigError(f"{name} must be at least 1, got {value}")
 
 
-def _check_parallelism(config: BenchmarkConfig, spec: ModelSpec, arch: dict, world_size: int,
-                       device_type: str, visible_gpus: int) -> None:
+def _check_parallelism(config: BenchmarkConfig, spec: ModelSpec, arch: dict,
+                       launch: Launch) -> None:
+    world_size, device_type = launch.world_size, launch.device_type
     u, r = config.ulysses_degree, config.ring_degree
     _positive("--ulysses_degree", u)
     _positive("--ring_degree", r)
@@ -179,20 +158,11 @@ def _check_parallelism(config: BenchmarkConfig, spec: ModelSpec, arch: dict, wor
                 f"{spec.model_id} has {heads} attention heads, not divisible by "
                 f"--ulysses_degree {u}; pick a degree that divides {heads}"
             )
-    if device_type == "cuda":
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        if local > visible_gpus:
-            raise ConfigError(
-                f"{local} processes on this node but only {visible_gpus} visible GPU(s); "
-                "lower --nproc_per_node or set CUDA_VISIBLE_DEVICES"
-            )
-
-
-def _check_options(config: BenchmarkConfig, spec: ModelSpec, device_type: str) -> None:
-    # Imported here: options.py raises this module's ConfigError.
-    from mlenergy.diffusion import options
-
-    options.check(config, spec, device_type)
+    if device_type == "cuda" and launch.local_world_size > launch.visible_gpus:
+        raise ConfigError(
+            f"{launch.local_world_size} processes on this node but only {launch.visible_gpus} "
+            "visible GPU(s); lower --nproc_per_node or set CUDA_VISIBLE_DEVICES"
+        )
 
 
 def _video_shape(workload: TextToVideo, spec: ModelSpec, arch: dict) -> tuple[int, int]:
@@ -220,7 +190,7 @@ def _video_shape(workload: TextToVideo, spec: ModelSpec, arch: dict) -> tuple[in
     return frames, fps
 
 
-def _check_pretrained_available(spec: ModelSpec) -> None:
+def _check_pretrained_available(spec: ModelSpec, hub_offline: bool) -> None:
     if Path(spec.model_id).is_dir():
         if not (Path(spec.model_id) / "model_index.json").is_file():
             raise ConfigError(
@@ -228,7 +198,7 @@ def _check_pretrained_available(spec: ModelSpec) -> None:
                 "diffusers pipeline directory"
             )
         return
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+    if hub_offline:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -242,43 +212,51 @@ def _check_pretrained_available(spec: ModelSpec) -> None:
             ) from None
 
 
-def make_plan(config: BenchmarkConfig, world_size: int | None = None,
-              device_type: str | None = None, visible_gpus: int | None = None) -> RunPlan:
-    """Resolve defaults and validate. The keyword arguments stand in for the launch
-    environment (WORLD_SIZE, the visible devices), so a configuration can be checked for a
-    machine other than this one."""
+def make_plan(config: BenchmarkConfig, launch: Launch | None = None) -> RunPlan:
+    """Resolve every default and validate, before anything loads. `launch` holds the launch's
+    facts (process counts, devices); by default this process's, so a configuration can also be
+    checked for another machine."""
+    launch = launch or Launch.from_environment()
     workload = config.workload
-    world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
-    device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
-    if visible_gpus is None:
-        visible_gpus = torch.cuda.device_count() if device_type == "cuda" else 0
-
     spec = _resolve_spec(workload)
-    if spec.task != workload.task:
-        other = "text-to-video" if workload.task == "text-to-image" else "text-to-image"
-        sub = "workload:t2v" if other == "text-to-video" else "workload:t2i"
-        raise ConfigError(
-            f"{spec.model_id} is a {spec.task} model; use the {sub} subcommand, or choose a "
-            f"{workload.task} model ({', '.join(known_model_ids(workload.task)) or 'none yet'})"
-        )
+    _check_task(spec, workload.task)
     arch = spec.family.tiny if workload.weights == "tiny" else spec.architecture
     # What the model can generate first: it does not depend on how the run is launched.
     num_frames, fps = _video_shape(workload, spec, arch) if isinstance(workload, TextToVideo) \
         else (None, None)
-    _check_parallelism(config, spec, arch, world_size, device_type, visible_gpus)
-    _check_options(config, spec, device_type)
+    _check_parallelism(config, spec, arch, launch)
+    options = run_options.resolve(config, spec, launch)
+    shape = _shape(config, spec, launch)
+    counts = _iteration_counts(config, shape["inference_steps"], video=num_frames is not None)
+    _check_inputs(config, spec, launch)
+    values = dict(shape, seed=workload.seed, weights=workload.weights,
+                  ulysses_degree=config.ulysses_degree, ring_degree=config.ring_degree,
+                  num_frames=num_frames, fps=fps)
+    reference = _reference(config, spec, shape, counts["benchmark_iters"], num_frames)
+    base_dir = workload.base_dir or default_base_dir(workload.task.name, spec.model_id)
+    max_seq = (spec.family.tiny_max_sequence_length if workload.weights == "tiny"
+               else spec.max_sequence_length)
+    return RunPlan(
+        config=config, spec=spec, task=workload.task, max_sequence_length=max_seq,
+        options=options, reference=reference, launch=launch,
+        run_dir=Path(base_dir) / _run_dir_name(values, spec, options), **counts, **values,
+    )
 
+
+def _check_task(spec: ModelSpec, task: Task) -> None:
+    if spec.task != task.name:
+        sub = "workload:t2v" if task.name == "text-to-image" else "workload:t2i"
+        raise ConfigError(
+            f"{spec.model_id} is a {spec.task} model; use the {sub} subcommand, or choose a "
+            f"{task.name} model ({', '.join(known_model_ids(task.name)) or 'none yet'})"
+        )
+
+
+def _shape(config: BenchmarkConfig, spec: ModelSpec, launch: Launch) -> dict:
+    """Size, steps, guidance and dtype: the user's, else the model's."""
+    workload = config.workload
     _positive("--workload.batch_size", workload.batch_size)
     _positive("--workload.inference_steps", workload.inference_steps)
-    _positive("--benchmark_iters", config.benchmark_iters)
-    if not 0 <= config.idle_baseline_s <= 600:
-        raise ConfigError(f"--idle_baseline_s must be between 0 and 600 seconds, got "
-                          f"{config.idle_baseline_s}")
-    warmup_iters = config.warmup_iters
-    if warmup_iters is None:
-        warmup_iters = 2 if config.use_torch_compile else 1
-    if warmup_iters < 0:
-        raise ConfigError(f"--warmup_iters must be 0 or more, got {warmup_iters}")
     height = workload.height if workload.height is not None else spec.height
     width = workload.width if workload.width is not None else spec.width
     factor = spec.family.spatial_factor
@@ -288,49 +266,58 @@ def make_plan(config: BenchmarkConfig, world_size: int | None = None,
                 f"--workload.{name} {value} must be a positive multiple of {factor} for "
                 f"{spec.model_id} (VAE downsampling x patch size)"
             )
-    steps = workload.inference_steps or spec.steps
-    guidance = workload.guidance_scale if workload.guidance_scale is not None else spec.guidance_scale
-    dtype = workload.dtype or (spec.dtype if device_type == "cuda" else "float32")
+    guidance = workload.guidance_scale if workload.guidance_scale is not None \
+        else spec.guidance_scale
+    dtype = workload.dtype or (spec.dtype if launch.device_type == "cuda" else "float32")
+    return dict(batch_size=workload.batch_size, height=height, width=width,
+                inference_steps=workload.inference_steps or spec.steps,
+                guidance_scale=guidance, dtype=dtype)
+
+
+def _check_inputs(config: BenchmarkConfig, spec: ModelSpec, launch: Launch) -> None:
+    """Inputs read before loading: the prompts file, the pretrained weights, the idle window."""
+    workload = config.workload
+    if not 0 <= config.idle_baseline_s <= 600:
+        raise ConfigError(f"--idle_baseline_s must be between 0 and 600 seconds, got "
+                          f"{config.idle_baseline_s}")
     if workload.prompts_file is not None:
         try:
             prompts.read_prompts_file(workload.prompts_file)
         except prompts.PromptsError as err:
             raise ConfigError(str(err)) from None
     if workload.weights == "pretrained":
-        _check_pretrained_available(spec)
+        _check_pretrained_available(spec, launch.hub_offline)
+
+
+def _iteration_counts(config: BenchmarkConfig, steps: int, video: bool) -> dict:
+    """Warm-up and measured iterations. Measured: 8 when steps <= 30, else 4 (images); 2
+    (videos), as the ML.ENERGY benchmark did. Warm-up steps: all of them (images), 1 (videos:
+    one step already runs every measured shape)."""
+    _positive("--benchmark_iters", config.benchmark_iters)
+    _positive("--warmup_steps", config.warmup_steps)
+    warmup_iters = config.warmup_iters
+    if warmup_iters is None:
+        warmup_iters = run_options.default_warmup_iters(config)
+    if warmup_iters < 0:
+        raise ConfigError(f"--warmup_iters must be 0 or more, got {warmup_iters}")
+    default_iters = 2 if video else (8 if steps <= 30 else 4)
+    return dict(warmup_iters=warmup_iters,
+                warmup_steps=config.warmup_steps or (1 if video else steps),
+                benchmark_iters=config.benchmark_iters or default_iters)
+
+
+def _reference(config: BenchmarkConfig, spec: ModelSpec, shape: dict, benchmark_iters: int,
+               num_frames: int | None) -> dict | None:
+    """The --reference_run's results.json, checked to be comparable with this run."""
+    if config.reference_run is None:
+        return None
+    from mlenergy.diffusion import quality
 
     if num_frames is not None:
-        default_iters = 2
-    else:
-        default_iters = 8 if steps <= 30 else 4
-    benchmark_iters = config.benchmark_iters or default_iters
-    _positive("--warmup_steps", config.warmup_steps)
-    warmup_steps = config.warmup_steps or (1 if num_frames is not None else steps)
-    max_seq = spec.family.tiny_max_sequence_length if workload.weights == "tiny" else spec.max_sequence_length
-    values = dict(
-        batch_size=workload.batch_size, height=height, width=width, inference_steps=steps,
-        guidance_scale=guidance, seed=workload.seed, weights=workload.weights, dtype=dtype,
-        ulysses_degree=config.ulysses_degree, ring_degree=config.ring_degree,
-        num_frames=num_frames, fps=fps,
-    )
-    reference = None
-    if config.reference_run is not None:
-        from mlenergy.diffusion import quality
-
-        if num_frames is not None:
-            raise ConfigError("--reference_run compares images; it does not handle videos yet, "
-                              "drop it for text-to-video")
-
-        reference = quality.load_reference(
-            config.reference_run, model_id=spec.model_id, seed=workload.seed, height=height,
-            width=width, batch_size=workload.batch_size, inference_steps=steps,
-            benchmark_iters=benchmark_iters, save_images=config.save_images)
-    base_dir = workload.base_dir or default_base_dir(workload.task, spec.model_id)
-    run_dir = Path(base_dir) / _run_dir_name(values, spec, config)
-    return RunPlan(
-        config=config, spec=spec, task=workload.task, max_sequence_length=max_seq,
-        warmup_iters=warmup_iters, warmup_steps=warmup_steps,
-        benchmark_iters=benchmark_iters,
-        cache_threshold=_cache_threshold(config), reference=reference,
-        world_size=world_size, device_type=device_type, run_dir=run_dir, **values,
-    )
+        raise ConfigError("--reference_run compares images; it does not handle videos yet, "
+                          "drop it for text-to-video")
+    return quality.load_reference(
+        config.reference_run, model_id=spec.model_id, seed=config.workload.seed,
+        height=shape["height"], width=shape["width"], batch_size=shape["batch_size"],
+        inference_steps=shape["inference_steps"], benchmark_iters=benchmark_iters,
+        save_images=config.save_images)

@@ -14,7 +14,7 @@ import statistics
 from pathlib import Path
 from typing import Sequence
 
-from mlenergy.diffusion.plan import ConfigError
+from mlenergy.diffusion.config import ConfigError
 
 from mlenergy.diffusion.files import REQUESTS, RESULTS
 ABSENT_METRICS = {

@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import sys
+import time
 import traceback
 from dataclasses import dataclass
 
@@ -126,3 +127,14 @@ def die(rank: int, err: BaseException) -> None:
     logging.shutdown()
     sys.stdout.flush()
     os._exit(1)
+
+
+class Stopwatch:
+    """Wall time of a region on this rank (for model loading and other unmetered phases)."""
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.start

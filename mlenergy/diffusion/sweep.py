@@ -29,7 +29,9 @@ from pathlib import Path
 
 from mlenergy.diffusion import files
 from mlenergy.diffusion.config import parse_cli
-from mlenergy.diffusion.plan import ConfigError, default_base_dir, make_plan
+from mlenergy.diffusion.config import ConfigError
+from mlenergy.diffusion.launch import Launch
+from mlenergy.diffusion.plan import default_base_dir, make_plan
 from mlenergy.diffusion.registry import known_model_ids
 
 BENCHMARK = Path(__file__).with_name("benchmark.py")
@@ -224,8 +226,8 @@ def resolve(points: list[Point], gpus: int, device_type: str, gpus_per_node: int
                             f"{gpus_per_node} GPUs")
             continue
         try:
-            plan = make_plan(config, world_size=point.nproc, device_type=device_type,
-                             visible_gpus=max(gpus, point.nproc))
+            plan = make_plan(config, Launch.for_machine(point.nproc, device_type,
+                                                        gpus_per_node))
         except ConfigError as err:
             point.status, point.reason = "skipped", str(err)
             continue

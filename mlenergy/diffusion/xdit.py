@@ -11,7 +11,7 @@ import importlib
 
 import torch
 
-from mlenergy.diffusion import options
+from mlenergy.diffusion import options_apply
 from mlenergy.diffusion.plan import RunPlan
 from mlenergy.diffusion.xfuser_compat import import_xfuser
 
@@ -20,23 +20,23 @@ def engine_config(plan: RunPlan):
     import_xfuser()
     from xfuser import xFuserArgs
 
-    config = plan.config
+    options = plan.options
     args = xFuserArgs(
         model=plan.spec.model_id,
-        ulysses_degree=config.ulysses_degree,
-        ring_degree=config.ring_degree,
+        ulysses_degree=plan.ulysses_degree,
+        ring_degree=plan.ring_degree,
         height=plan.height,
         width=plan.width,
         num_inference_steps=plan.inference_steps,
         guidance_scale=plan.guidance_scale,
         seed=plan.seed,
         batch_size=plan.batch_size,
-        use_torch_compile=options.compiles_through_xdit(plan),
-        use_teacache=config.use_teacache,
-        use_fbcache=config.use_fbcache,
-        use_fp8_t5_encoder=config.use_fp8_t5_encoder,
-        enable_sequential_cpu_offload=config.enable_sequential_cpu_offload,
-        attention_backend=options.xfuser_backend_name(plan),
+        use_torch_compile=options.compile_through_xdit,
+        use_teacache=options.use_teacache,
+        use_fbcache=options.use_fbcache,
+        use_fp8_t5_encoder=options.use_fp8_t5_encoder,
+        enable_sequential_cpu_offload=options.enable_sequential_cpu_offload,
+        attention_backend=options_apply.xfuser_backend_name(plan),
         max_sequence_length=plan.max_sequence_length or 256,
         **({"num_frames": plan.num_frames} if plan.num_frames is not None else {}),
     )
@@ -58,7 +58,8 @@ def denoiser_class(plan: RunPlan):
 def wrap_pipeline(plan: RunPlan, pipeline, engine):
     """xDiT's pipeline class around a built diffusers pipeline. xDiT applies the step cache and
     then, with --use_torch_compile at transformer scope, wraps the denoiser's forward in
-    torch.compile (compiled at the first call); other compilation is `options.compile_denoiser`'s,
+    torch.compile (compiled at the first call); other compilation is
+    `options_apply.compile_denoiser`'s,
     after this."""
     xfuser = import_xfuser()
     if plan.spec.family.xfuser_pipeline is None:
@@ -70,18 +71,18 @@ def wrap_pipeline(plan: RunPlan, pipeline, engine):
         return pipeline
     wrapper_cls = getattr(xfuser, plan.spec.family.xfuser_pipeline)
     cache_args = None
-    if plan.config.use_teacache or plan.config.use_fbcache:
+    if plan.options.step_cache:
         cache_args = {
-            "use_teacache": plan.config.use_teacache,
-            "use_fbcache": plan.config.use_fbcache,
-            "rel_l1_thresh": plan.cache_threshold,
+            "use_teacache": plan.options.use_teacache,
+            "use_fbcache": plan.options.use_fbcache,
+            "rel_l1_thresh": plan.options.cache_threshold,
             "return_hidden_states_first": False,
             "num_steps": plan.inference_steps,
         }
-    with options.compile_arguments(plan) as compile_calls:
+    with options_apply.compile_arguments(plan) as compile_calls:
         wrapped = (wrapper_cls(pipeline, engine, cache_args) if cache_args
                    else wrapper_cls(pipeline, engine))
-    if options.compiles_through_xdit(plan) and not compile_calls:
+    if plan.options.compile_through_xdit and not compile_calls:
         raise RuntimeError(f"--use_torch_compile: xDiT's {wrapper_cls.__name__} compiled nothing "
                            "(the installed xfuser does not compile this family)")
     wrapped.set_progress_bar_config(disable=True)
@@ -114,7 +115,7 @@ def generate(pipeline, plan: RunPlan, prompts: list[str], seed: int, device: tor
                       **(extra_kwargs or {}))
     if output is None:
         return None
-    outputs = getattr(output, "frames" if plan.task == "text-to-video" else "images", None)
+    outputs = getattr(output, plan.task.output_attribute, None)
     # Ranks that do not decode get None, or a list of None (xDiT's video pipelines).
     if outputs is None or all(o is None for o in outputs):
         return None

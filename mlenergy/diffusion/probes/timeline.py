@@ -16,8 +16,6 @@ from mlenergy.diffusion import runtime, stats
 
 logger = logging.getLogger("mlenergy.diffusion")
 
-POWER_PERIOD_S = 0.1
-TEMPERATURE_PERIOD_S = 0.5
 PLOT = "power_timeline.png"
 # Preferred power domain for integrals and the plot: the instantaneous reading, then the
 # one-second average.
@@ -25,57 +23,43 @@ DOMAINS = ("device_instant", "device_average")
 
 
 class TimelineMonitor:
-    def __init__(self, ranks):
-        self._power = self._temperature = None
-        self._offset = ranks.node_rank * ranks.local_world_size
-        if ranks.is_local_main and ranks.device.type == "cuda":
-            from zeus.monitor.power import PowerMonitor
-            from zeus.monitor.temperature import TemperatureMonitor
-
-            gpus = list(range(ranks.local_world_size))
+    def __init__(self, gpus):
+        self._gpus = gpus
+        self._monitors = None
+        if gpus.ranks.is_local_main and gpus.measures_energy:
             try:
-                self._power = PowerMonitor(gpu_indices=gpus, update_period=POWER_PERIOD_S)
-                self._temperature = TemperatureMonitor(gpu_indices=gpus,
-                                                       update_period=TEMPERATURE_PERIOD_S)
+                self._monitors = gpus.access.timeline_monitors()
             except Exception as err:  # noqa: BLE001 - timelines are a cross-check, not the result
                 logger.warning("Power/temperature timelines unavailable (%s: %s); the run goes "
                                "on without them", type(err).__name__, err)
-                self.stop()
-                self._power = self._temperature = None
 
     @property
     def active(self) -> bool:
-        return self._power is not None
+        return self._monitors is not None
 
     def block(self, start: float | None, end: float) -> dict | None:
         """This node's samples up to `end` (wall time) from `start` (None: from the first), GPU
         keys global."""
-        if self._power is None:
+        if self._monitors is None:
             return None
-        power = {
-            domain: {str(self._offset + g): [[t, w] for t, w in series]
-                     for g, series in per_gpu.items()}
-            for domain, per_gpu in self._power.get_all_power_timelines(
-                start_time=start, end_time=end).items()
-        }
-        temperature = {str(self._offset + g): [[t, c] for t, c in series]
-                       for g, series in self._temperature.get_temperature_timeline(
-                           start_time=start, end_time=end).items()}
+        keyed = self._gpus.keyed
+        power = {domain: keyed({g: [[t, w] for t, w in series] for g, series in per_gpu.items()})
+                 for domain, per_gpu in self._monitors.power(start, end).items()}
+        temperature = keyed({g: [[t, c] for t, c in series]
+                             for g, series in self._monitors.temperature(start, end).items()})
         return {"power": power, "temperature": temperature}
 
     def stop(self) -> None:
-        for monitor in (self._power, self._temperature):
-            if monitor is not None:
-                monitor.stop()
+        if self._monitors is not None:
+            self._monitors.stop()
 
 
-def idle_baseline_window(seconds: float, ranks) -> tuple[float, float] | None:
+def idle_baseline_window(seconds: float, gpus) -> tuple[float, float] | None:
     """Every rank sleeps the same time (a barrier would keep the GPUs spinning in NCCL) while
     local rank 0's monitor samples the idle GPUs. Nothing to sample without GPUs."""
-    if seconds <= 0 or ranks.device.type != "cuda":
+    if seconds <= 0 or not gpus.measures_energy:
         return None
-    runtime.synchronize(ranks.device)
-    runtime.barrier()
+    gpus.fence()
     start = time.time()
     time.sleep(seconds)
     end = time.time()
@@ -131,18 +115,18 @@ def mean_power(timeline: dict, start: float, end: float) -> dict[str, float] | N
 STAGE_COLOURS = {"text_encoding": "tab:green", "denoising": "tab:blue", "decoding": "tab:orange"}
 
 
-def plot_run(doc: dict, path: Path) -> Path | None:
-    """The power plot of a results.json document (timeline, iteration windows, stage
-    boundaries); None when the run has no power timeline or matplotlib is missing."""
-    block = doc.get("timeline") or {}
+def plot_run(record, path: Path) -> Path | None:
+    """The power plot of a run's record (timeline, iteration windows, stage boundaries); None
+    when the run has no power timeline or matplotlib is missing."""
+    block = record.observations.timeline or {}
     if not block.get("power"):
         return None
-    iterations = [(it["start_time"], it["end_time"]) for it in doc["iterations"]
-                  if "start_time" in it]
-    stages = [tuple(b) for it in doc["iterations"] for b in it.get("stage_boundaries", [])]
-    title = (f"{doc['model_id']} [{doc.get('weights')}], batch {doc['batch_size']}, "
-             f"{doc['height']}x{doc['width']}, {doc['inference_steps']} steps, "
-             f"{doc.get('gpu_model')} x{doc.get('num_gpus')}")
+    iterations = [r.window for r in record.iterations if r.window]
+    stages = [tuple(b) for r in record.iterations if r.stages for b in r.stages["boundaries"]]
+    plan = record.plan
+    title = (f"{plan.spec.model_id} [{plan.weights}], batch {plan.batch_size}, "
+             f"{plan.height}x{plan.width}, {plan.inference_steps} steps, "
+             f"{record.gpu_model} x{record.num_gpus}")
     try:
         return plot_power(block, iterations, stages, path, title=title)
     except ImportError:

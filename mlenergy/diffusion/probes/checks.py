@@ -1,8 +1,8 @@
 """Checks that make a GPU measurement trustworthy: nobody else on the GPUs, an independent read of
 NVML's energy counter, and agreement between the counter and the power timeline.
 
-All NVML access goes through `environment.nvml_handle`, which finds torch's device by PCI bus id,
-so CUDA_VISIBLE_DEVICES is respected.
+Devices are read through the run's `RunGpus` (probes/gpus.py), which respects
+CUDA_VISIBLE_DEVICES.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 
-from mlenergy.diffusion import environment, runtime
+from mlenergy.diffusion import runtime
 
 logger = logging.getLogger("mlenergy.diffusion")
 
@@ -20,40 +20,6 @@ SELF_CHECK_TOLERANCE = 0.03
 
 class ForeignProcessesError(RuntimeError):
     pass
-
-
-def nvml_energy(local_gpus: int, offset: int = 0) -> dict[str, float] | None:
-    """NVML's total-energy counter (J) of this node's run GPUs, read directly (not via Zeus)."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-    except Exception:  # noqa: BLE001 - no NVML: nothing to cross-check
-        return None
-    try:
-        return {str(offset + i): pynvml.nvmlDeviceGetTotalEnergyConsumption(
-                    environment.nvml_handle(pynvml, i)) / 1000.0
-                for i in range(local_gpus)}
-    except pynvml.NVMLError as err:
-        logger.warning("NVML energy counter unreadable (%s): no independent cross-check", err)
-        return None
-    finally:
-        pynvml.nvmlShutdown()
-
-
-def compute_processes(local_gpus: int, offset: int = 0) -> dict[str, list[int]]:
-    """PIDs with a compute context on each of this node's run GPUs."""
-    import pynvml
-
-    pynvml.nvmlInit()
-    try:
-        out = {}
-        for i in range(local_gpus):
-            handle = environment.nvml_handle(pynvml, i)
-            out[str(offset + i)] = [p.pid for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle)]
-        return out
-    finally:
-        pynvml.nvmlShutdown()
 
 
 def foreign_processes(per_gpu: dict[str, list[int]], own_pids: set[int],
@@ -77,8 +43,8 @@ def foreign_processes(per_gpu: dict[str, list[int]], own_pids: set[int],
             "pid_namespace_matches": namespaces_match, "processes": per_gpu}
 
 
-def check_exclusive(local_gpus: int, offset: int, own_pids: set[int], require: bool) -> dict:
-    report = foreign_processes(compute_processes(local_gpus, offset), own_pids)
+def check_exclusive(gpus, own_pids: set[int], require: bool) -> dict:
+    report = foreign_processes(gpus.keyed(gpus.access.compute_processes()), own_pids)
     if not report["exclusive"]:
         text = ", ".join(f"GPU {g}: {p}" for g, p in report["foreign_pids"].items())
         if require:
@@ -123,24 +89,25 @@ def timeline_self_check(counter_energy: dict | None, timeline_energy: dict | Non
             "within_tolerance": ok, "tolerance": SELF_CHECK_TOLERANCE}
 
 
-def check_run_gpus(ranks, require_exclusive: bool) -> dict | None:
+def check_run_gpus(gpus, require_exclusive: bool) -> dict | None:
     """Other processes on the run's GPUs, every node's; checked once the model is loaded, so that
     every rank holds its own context. None without GPUs."""
-    if ranks.device.type != "cuda":
+    if not gpus.measures_energy:
         return None
     own = set(runtime.all_gather_object(os.getpid()))
     report = None
-    if ranks.is_local_main:
-        report = check_exclusive(ranks.local_world_size, ranks.node_rank * ranks.local_world_size,
-                                 own, require_exclusive)
+    if gpus.ranks.is_local_main:
+        report = check_exclusive(gpus, own, require_exclusive)
     reports = [r for r in runtime.all_gather_object(report) if r is not None]
     return {"exclusive": all(r["exclusive"] for r in reports),
             "foreign_pids": {g: p for r in reports for g, p in r["foreign_pids"].items()},
             "pid_namespace_matches": all(r["pid_namespace_matches"] for r in reports)}
 
 
-def read_nvml_energy(ranks) -> dict | None:
-    """NVML's energy counters of this node's run GPUs, on local rank 0 (None elsewhere)."""
-    if ranks.device.type != "cuda" or not ranks.is_local_main:
+def read_nvml_energy(gpus) -> dict | None:
+    """NVML's energy counters of this node's run GPUs, read directly, on local rank 0 (None
+    elsewhere)."""
+    if not gpus.measures_energy or not gpus.ranks.is_local_main:
         return None
-    return nvml_energy(ranks.local_world_size, ranks.node_rank * ranks.local_world_size)
+    energy = gpus.access.nvml_energy()
+    return gpus.keyed(energy) if energy is not None else None

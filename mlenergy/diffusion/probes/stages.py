@@ -63,32 +63,18 @@ def pipeline_parts(pipeline) -> dict[str, list[torch.nn.Module]]:
 class EnergyCounters:
     """Cumulative energy counters (J) of all of this node's run GPUs, readable from any rank.
 
-    The same NVML counter Zeus reads for its windows, through Zeus's device layer (which maps
-    CUDA_VISIBLE_DEVICES). Every rank reads them, because a stage may run on some ranks only
-    (xDiT decodes on the last rank): the rank that runs a stage reads its boundaries. None on
-    machines without GPUs."""
+    Every rank reads them, because a stage may run on some ranks only (xDiT decodes on the last
+    rank): the rank that runs a stage reads its boundaries. None on machines without GPUs."""
 
-    def __init__(self, ranks):
-        self._gpus = None
-        self._count = ranks.local_world_size
-        self._offset = ranks.node_rank * ranks.local_world_size
-        if ranks.device.type == "cuda":
-            from zeus.device import get_gpus
+    def __init__(self, gpus):
+        self._gpus = gpus
 
-            self._gpus = get_gpus()
-
-    def read(self) -> tuple[dict[str, float], dict[str, float]] | tuple[None, None]:
+    def read(self) -> tuple[dict[str, float], dict[str, float] | None] | tuple[None, None]:
         """(cumulative energy in J, instantaneous power in W) per GPU."""
-        if self._gpus is None:
+        if not self._gpus.measures_energy:
             return None, None
-        energy, power = {}, {}
-        for i in range(self._count):
-            energy[str(self._offset + i)] = self._gpus.get_total_energy_consumption(i) / 1000.0
-            try:
-                power[str(self._offset + i)] = self._gpus.get_instant_power_usage(i) / 1000.0
-            except Exception:  # noqa: BLE001 - only the short-window fallback needs it
-                pass
-        return energy, power if len(power) == self._count else None
+        energy, power = self._gpus.access.read_counters()
+        return self._gpus.keyed(energy), (self._gpus.keyed(power) if power else None)
 
 
 def energy_between(before: dict[str, float] | None, after: dict[str, float] | None):
@@ -164,11 +150,11 @@ class _Clock:
 class StageRecorder:
     """Hooks a pipeline's parts and turns each measured iteration into a stage record."""
 
-    def __init__(self, pipeline, ranks, inference_steps: int):
-        self.ranks = ranks
+    def __init__(self, pipeline, gpus, inference_steps: int):
+        self.ranks = ranks = gpus.ranks
         self.inference_steps = inference_steps
         self.parts = pipeline_parts(pipeline)
-        self.counters = EnergyCounters(ranks)
+        self.counters = EnergyCounters(gpus)
         self.fence_mode = FENCE_LOCAL
         self.active = False
         self.first_denoiser_call: tuple[tuple, dict] | None = None

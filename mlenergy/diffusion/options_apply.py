@@ -1,0 +1,209 @@
+"""Applying the resolved performance options to a built pipeline, on every rank, and reporting
+what they did: compilation, FP8 T5, sequential CPU offload, attention backend. What the options
+are, and whether they are allowed, is decided in options.py before anything loads."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Iterator
+
+import torch
+
+from mlenergy.diffusion.options import ATTENTION_BACKENDS
+from mlenergy.diffusion.probes.compile import kernel_cache_report
+
+if TYPE_CHECKING:
+    from mlenergy.diffusion.plan import RunPlan
+
+logger = logging.getLogger("mlenergy.diffusion")
+
+
+def prepare_weights(plan: RunPlan, pipeline, denoiser) -> dict:
+    """Options that change weights or kernels, before xDiT wraps the pipeline. Returns their
+    results.json entries."""
+    fp8_t5 = quantize_t5_to_fp8(plan, pipeline)
+    select_attention_backend(plan, denoiser)
+    return {"fp8_t5_encoder": fp8_t5}
+
+
+def finish_pipeline(plan: RunPlan, pipeline, denoiser, device: torch.device) -> str | None:
+    """Options applied after xDiT has wrapped the pipeline (its step cache and attention
+    processors must be inside what gets compiled). Returns what was compiled."""
+    compiled = compile_denoiser(plan, denoiser)
+    enable_offload(plan, pipeline, device)
+    return compiled
+
+
+# ---------------------------------------------------------------- compilation
+
+def _torch_compile_kwargs(plan: RunPlan) -> dict:
+    kwargs = {"backend": plan.options.compile_backend}
+    if plan.options.compile_mode != "default":
+        kwargs["mode"] = plan.options.compile_mode
+    return kwargs
+
+
+def compile_denoiser(plan: RunPlan, denoiser) -> str | None:
+    """Compile what xDiT does not: repeated blocks, or the forward of a denoiser whose family
+    runs through the diffusers pipeline. Call after xDiT has wrapped the pipeline (its step
+    cache and attention processors must be inside what gets compiled). Returns what was
+    compiled, for the results."""
+    options = plan.options
+    if not options.use_torch_compile:
+        return None
+    if options.compile_through_xdit:
+        if options.step_cache:
+            # Measured on FLUX.1-dev (docs/benchmarks.md): minutes of compiling against seconds.
+            logger.warning("The step cache's data-dependent branch breaks xDiT's whole-forward "
+                           "graph into many; --compile_scope blocks compiles far faster")
+        return "forward of the denoiser, by xDiT"
+    kwargs = _torch_compile_kwargs(plan)
+    if options.compile_scope == "blocks":
+        names = set(getattr(denoiser, "_repeated_blocks", None) or ())
+        count = sum(type(m).__name__ in names for m in denoiser.modules())
+        denoiser.compile_repeated_blocks(**kwargs)
+        return f"{count} repeated blocks ({', '.join(sorted(names))}), by diffusers"
+    # The forward alone, as xDiT does it: hooks on the module stay outside the compiled code.
+    denoiser.forward = torch.compile(denoiser.forward, **kwargs)
+    return "forward of the denoiser"
+
+
+@contextlib.contextmanager
+def compile_arguments(plan: RunPlan) -> Iterator[list]:
+    """While xDiT wraps the pipeline, give its `torch.compile` call our backend and mode.
+
+    xDiT decides what to compile (the denoiser's forward, after any step cache) and compiles
+    lazily, at the first call; it calls torch.compile with no arguments. Yields the list of
+    calls seen, so the caller can check that xDiT really compiled something.
+    """
+    calls: list = []
+    if not plan.options.compile_through_xdit:
+        yield calls
+        return
+    original = torch.compile
+    extra = _torch_compile_kwargs(plan)
+
+    def compile_with_our_arguments(model=None, **kwargs):
+        calls.append(getattr(model, "__qualname__", type(model).__name__))
+        return original(model, **{**extra, **kwargs})
+
+    torch.compile = compile_with_our_arguments
+    try:
+        yield calls
+    finally:
+        torch.compile = original
+
+
+def compile_report(plan: RunPlan, warmup_times: list[float], warmup_compiles: list,
+                   measured_compiles: tuple, measured_times: list[float],
+                   compiled: str | None = None) -> dict | None:
+    """results.json `compile`: what compiling cost and whether measurement was compile-free."""
+    options = plan.options
+    if not options.use_torch_compile:
+        return None
+    graphs_measured, seconds_measured = measured_compiles
+    steady = min(measured_times) if measured_times else None
+    first = warmup_times[0] if warmup_times else None
+    return {
+        "backend": options.compile_backend,
+        "mode": options.compile_mode,
+        "scope": options.compile_scope,
+        "compiled": compiled,
+        "compile_time_s": sum(s for _, s in warmup_compiles if s is not None)
+        if all(s is not None for _, s in warmup_compiles) else None,
+        "first_warmup_iteration_s": first,
+        "first_warmup_minus_fastest_measured_s": (first - steady)
+        if first is not None and steady is not None else None,
+        "graphs_compiled_per_warmup_iteration": [g for g, _ in warmup_compiles],
+        "graphs_compiled_during_measurement": graphs_measured,
+        "compile_seconds_during_measurement": seconds_measured,
+        "recompiled_during_measurement": None if graphs_measured is None else graphs_measured > 0,
+        "kernel_cache": kernel_cache_report() if options.compile_backend == "inductor"
+        else None,
+    }
+
+
+# ---------------------------------------------------------------- FP8 T5
+
+def tensor_bytes(tensor: torch.Tensor) -> int:
+    """Bytes a tensor really holds, looking inside tensor subclasses (quantized weights keep an
+    FP8 payload and a scale, while reporting the original dtype and shape)."""
+    flatten = getattr(tensor, "__tensor_flatten__", None)
+    if flatten is not None and type(tensor) not in (torch.Tensor, torch.nn.Parameter):
+        names, _ = flatten()
+        return sum(tensor_bytes(getattr(tensor, n)) for n in names)
+    return tensor.numel() * tensor.element_size()
+
+
+def module_bytes(module: torch.nn.Module) -> int:
+    return sum(tensor_bytes(t) for t in (*module.parameters(), *module.buffers()))
+
+
+def quantize_t5_to_fp8(plan: RunPlan, pipeline) -> dict | None:
+    """FP8 (qfloat8) weights for the T5 encoder's linear layers, as xDiT's own examples do it.
+    Returns results.json `fp8_t5_encoder`: the encoder's bytes before and after."""
+    if not plan.options.use_fp8_t5_encoder:
+        return None
+    from optimum.quanto import freeze, qfloat8, quantize
+
+    slot = plan.spec.t5_slot
+    encoder = getattr(pipeline, slot)
+    before = module_bytes(encoder)
+    quantize(encoder, weights=qfloat8)
+    freeze(encoder)
+    after = module_bytes(encoder)
+    logger.info("T5 encoder (%s) in FP8: %.3f GB -> %.3f GB", slot, before / 1e9, after / 1e9)
+    return {"slot": slot, "weights": "qfloat8", "library": "optimum-quanto",
+            "bytes_before": before, "bytes_after": after}
+
+
+# ---------------------------------------------------------------- offload, attention
+
+def enable_offload(plan: RunPlan, pipeline, device: torch.device) -> None:
+    """diffusers' sequential offload: weights go back to CPU memory and each submodule is
+    moved to the GPU only while it runs."""
+    if plan.options.enable_sequential_cpu_offload:
+        pipeline.to("cpu")
+        pipeline.enable_sequential_cpu_offload(device=device)
+
+
+def select_attention_backend(plan: RunPlan, denoiser) -> None:
+    """One process: xDiT leaves attention to diffusers, so the backend is set there. With
+    sequence parallelism xDiT's processors use the backend given in its engine config."""
+    name = plan.options.attention_backend
+    if name is None or plan.ulysses_degree * plan.ring_degree > 1:
+        return
+    denoiser.set_attention_backend(ATTENTION_BACKENDS[name].diffusers_name)
+
+
+def xfuser_backend_name(plan: RunPlan) -> str | None:
+    name = plan.options.attention_backend
+    return None if name is None else ATTENTION_BACKENDS[name].xfuser_name
+
+
+def attention_report(plan: RunPlan, denoiser) -> dict:
+    """results.json `attention`: who runs the denoiser's attention and with which kernel."""
+    from xfuser.core.distributed import get_runtime_state
+
+    # With sequence parallelism xDiT wraps each attention module; the wrapper's processor is
+    # xDiT's and the wrapped module keeps diffusers' (unused) one, so look at every module.
+    found = {getattr(m, "processor", None) for m in denoiser.modules()}
+    processors = sorted({type(p).__name__ for p in found if p is not None})
+    via_xfuser = any(name.startswith("xFuser") for name in processors)
+    xfuser_backend = get_runtime_state().attention_backend.name
+    if via_xfuser:
+        used = f"xfuser:{xfuser_backend}"
+    else:
+        from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+        default = _AttentionBackendRegistry.get_active_backend()[0]
+        chosen = {getattr(m.processor, "_attention_backend", None) or default
+                  for m in denoiser.modules() if getattr(m, "processor", None) is not None}
+        used = "diffusers:" + ",".join(sorted(getattr(b, "value", str(b)) for b in chosen))
+    return {
+        "requested": plan.options.attention_backend,
+        "used": used,
+        "xfuser_selected": xfuser_backend,
+        "processors": processors,
+    }

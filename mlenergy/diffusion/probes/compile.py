@@ -1,0 +1,47 @@
+"""What torch.compile did: graphs compiled and seconds spent, and the kernel cache's hits."""
+
+from __future__ import annotations
+
+
+class CompileTracker:
+    """Counts graphs dynamo compiles and the seconds it spends, between snapshots.
+
+    These are torch._dynamo's own counters; reading them costs nothing and works whatever the
+    backend. If this torch lacks them, the numbers are None.
+    """
+
+    def snapshot(self) -> tuple[int | None, float | None]:
+        try:
+            from torch._dynamo.utils import compilation_time_metrics, counters
+        except ImportError:
+            return None, None
+        graphs = counters["stats"]["unique_graphs"]
+        seconds = sum(compilation_time_metrics.get("_compile.compile_inner", []))
+        return int(graphs), float(seconds)
+
+    @staticmethod
+    def difference(before, after) -> tuple[int | None, float | None]:
+        graphs = None if None in (before[0], after[0]) else after[0] - before[0]
+        seconds = None if None in (before[1], after[1]) else after[1] - before[1]
+        return graphs, seconds
+
+
+def kernel_cache_report() -> dict | None:
+    """Where inductor keeps compiled kernels, and how often this process found them there.
+
+    Inductor's FX-graph and AOTAutograd caches live on disk (TORCHINDUCTOR_CACHE_DIR), so a run
+    that compiles the shapes an earlier run compiled loads them instead: hits here mean compile
+    time was saved, which `compile_time_s` then shows.
+    """
+    try:
+        from torch._dynamo.utils import counters
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+    except ImportError:
+        return None
+    return {
+        "dir": cache_dir(),
+        "fx_graph_cache_hits": int(counters["inductor"]["fxgraph_cache_hit"]),
+        "fx_graph_cache_misses": int(counters["inductor"]["fxgraph_cache_miss"]),
+        "aot_autograd_cache_hits": int(counters["aot_autograd"]["autograd_cache_hit"]),
+        "aot_autograd_cache_misses": int(counters["aot_autograd"]["autograd_cache_miss"]),
+    }
