@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mlenergy.diffusion.probes import stages
+from mlenergy.diffusion.probes import stage_records, stages
 
 
 def rank_record(text, denoise, decode, energy=None, node_gpu="0"):
@@ -25,11 +25,11 @@ def test_stages_come_from_the_rank_that_ran_the_most():
     # Rank 1 decodes; its denoising window is the one that ends where decoding starts.
     rank0 = rank_record(0.1, 2.5, 0.0)
     rank1 = rank_record(0.1, 2.0, 0.3)
-    [combined] = stages.combine_ranks([[rank0], [rank1]], ranks_per_node=2)
+    [combined] = stage_records.combine_ranks([[rank0], [rank1]], ranks_per_node=2)
     assert {s: v["rank"] for s, v in combined["stages"].items()} == {
         "text_encoding": 1, "denoising": 1, "decoding": 1}
     assert combined["stages"]["denoising"]["time_s"] == 2.0
-    stages.add_remainder(combined, None)
+    stage_records.add_remainder(combined, None)
     assert combined["stages"]["remainder"] == {"time_s": pytest.approx(0.05), "energy_j": None}
     assert combined["window"] == rank1["window"] and combined["rank"] == 1
 
@@ -37,7 +37,7 @@ def test_stages_come_from_the_rank_that_ran_the_most():
 def test_energy_across_two_nodes_adds_each_nodes_gpus():
     node0 = rank_record(0.1, 2.0, 0.3, energy=100.0, node_gpu="0")
     node1 = rank_record(0.1, 2.0, 0.0, energy=100.0, node_gpu="1")
-    [combined] = stages.combine_ranks([[node0], [node1]], ranks_per_node=1)
+    [combined] = stage_records.combine_ranks([[node0], [node1]], ranks_per_node=1)
     assert combined["stages"]["denoising"]["gpu_energy_j"] == {"0": 200.0, "1": 200.0}
     assert combined["stages"]["denoising"]["energy_j"] == 400.0
     # Node 1 did not decode: decoding energy of the whole run is unknown, not node 0's alone.
@@ -49,8 +49,8 @@ def test_breakdown_means_and_unmeasured_energy():
     b = rank_record(0.3, 2.2, 0.3, energy=100.0)
     b["stages"]["decoding"]["energy_j"] = None
     for record, energy in ((a, 300.0), (b, 300.0)):
-        stages.add_remainder(record, energy)
-    breakdown = stages.stage_breakdown([a, b])
+        stage_records.add_remainder(record, energy)
+    breakdown = stage_records.stage_breakdown([a, b])
     assert breakdown["text_encoding"] == {"time_s": pytest.approx(0.2), "energy_j": pytest.approx(20.0)}
     assert breakdown["decoding"]["energy_j"] is None  # one iteration did not measure it
     assert a["stages"]["remainder"]["energy_j"] == pytest.approx(300.0 - 10.0 - 200.0 - 30.0)

@@ -8,7 +8,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from mlenergy.diffusion import stats
-from mlenergy.diffusion.probes import checks, flops, stages, timeline
+from mlenergy.diffusion.probes import checks, flops, stage_records, timeline
 from mlenergy.diffusion.record import Analysis
 
 if TYPE_CHECKING:
@@ -84,8 +84,8 @@ def idle_baseline(block: dict | None, start: float, end: float) -> dict:
 def analyze(record: RunRecord, denoiser) -> Analysis:
     """Every measurement section of results.json beyond the headline numbers."""
     plan, seen = record.plan, record.observations
-    stage_records = [r.stages for r in record.iterations]
-    breakdown = stages.stage_breakdown(stage_records)
+    per_iteration = [r.stages for r in record.iterations]
+    breakdown = stage_records.stage_breakdown(per_iteration)
     times, energies = record.times, record.energies
     per_image = per_image_statistics(times, energies, plan.batch_size)
     floor = None
@@ -95,8 +95,8 @@ def analyze(record: RunRecord, denoiser) -> Analysis:
                                                 plan.batch_size)
         floor = physical_floor(
             per_rank_counts=seen.flop_counts, analytic=analytic,
-            forwards_per_iteration=sum(r["denoiser_forwards"] for r in stage_records)
-            / len(stage_records),
+            forwards_per_iteration=sum(r["denoiser_forwards"] for r in per_iteration)
+            / len(per_iteration),
             breakdown=breakdown, iteration_time_s=sum(times) / len(times),
             iteration_energy_j=None if None in energies else sum(energies) / len(energies),
             num_gpus=record.num_gpus, gpu_model=record.gpu_model, dtype=plan.dtype)
@@ -104,7 +104,7 @@ def analyze(record: RunRecord, denoiser) -> Analysis:
     before, after = seen.nvml_reads
     return Analysis(
         stage_breakdown=breakdown, stage_fence=seen.fence_mode,
-        steps=stages.step_summary(stage_records),
+        steps=stage_records.step_summary(per_iteration),
         physical_floor=floor,
         idle_baseline=idle_baseline(block, *seen.idle_window) if seen.idle_window else None,
         energy_cross_check={

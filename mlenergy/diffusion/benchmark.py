@@ -223,7 +223,7 @@ def _gather(plan: RunPlan, probes, measured: _Measured, *, started: datetime, en
     """What every rank saw, in one record on rank 0 (None on the others). FLOPs are counted
     here, after the measured windows."""
     from mlenergy.diffusion import environment, options_apply, quality
-    from mlenergy.diffusion.probes import stages, timeline
+    from mlenergy.diffusion.probes import stage_records, timeline
 
     flop_counts = probes.count_flops(plan)
     gathered = probes.gather(measured.window[1], {"stage_records": measured.stage_records,
@@ -236,7 +236,7 @@ def _gather(plan: RunPlan, probes, measured: _Measured, *, started: datetime, en
         record.outputs = next((names[record.index] for names in saved_by_rank
                                if names[record.index]), [])
     for record, stage_record in zip(records, gathered["stage_records"]):
-        stages.add_remainder(stage_record, record.measurement.total_gpu_energy)
+        stage_records.add_remainder(stage_record, record.measurement.total_gpu_energy)
         record.stages = stage_record
     observations = Observations(
         timeline=timeline.merge_blocks(gathered["timeline_blocks"], *measured.window),

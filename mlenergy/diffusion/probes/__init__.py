@@ -9,7 +9,7 @@ import logging
 from dataclasses import dataclass
 
 from mlenergy.diffusion import runtime
-from mlenergy.diffusion.probes import checks, flops, memory, stages, timeline
+from mlenergy.diffusion.probes import checks, flops, memory, stage_records, stages, timeline
 from mlenergy.diffusion.probes.compile import CompileTracker
 from mlenergy.diffusion.probes.energy import EnergyMeter
 from mlenergy.diffusion.probes.gpus import RunGpus
@@ -57,14 +57,14 @@ class Probes:
         # one before a window's start is needed to know the power there.
         blocks = runtime.all_gather_object(self.monitor.block(None, window_end))
         self.monitor.stop()
-        stage_records = runtime.all_gather_object(per_rank["stage_records"])
+        rank_stages = runtime.all_gather_object(per_rank["stage_records"])
         nvml_reads = runtime.all_gather_object(per_rank["nvml_reads"])
         peaks = runtime.all_gather_object(memory.peak_memory_gb(ranks.device))
         if not ranks.is_main:
             return None
         return {
             "timeline_blocks": blocks,
-            "stage_records": stages.combine_ranks(stage_records, ranks.local_world_size),
+            "stage_records": stage_records.combine_ranks(rank_stages, ranks.local_world_size),
             "nvml_reads": (_merged(r[0] for r in nvml_reads), _merged(r[1] for r in nvml_reads)),
             "peak_memory_gb": peaks,
         }

@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from mlenergy.diffusion import runtime
-from mlenergy.diffusion.probes.gpus import RunGpus, WindowReading
+from mlenergy.diffusion.probes.gpus import RunGpus
+from mlenergy.diffusion.probes.readings import WindowReading
 
 logger = logging.getLogger("mlenergy.diffusion")
 

@@ -24,7 +24,7 @@ import os
 import time
 from pathlib import Path
 
-from mlenergy.diffusion.probes.gpus import (
+from mlenergy.diffusion.probes.readings import (
     POWER_PERIOD_S,
     TEMPERATURE_PERIOD_S,
     WindowReading,

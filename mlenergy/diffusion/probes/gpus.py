@@ -17,28 +17,16 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from mlenergy.diffusion import runtime
+from mlenergy.diffusion.probes.readings import POWER_PERIOD_S, TEMPERATURE_PERIOD_S, WindowReading
 
 logger = logging.getLogger("mlenergy.diffusion")
 
-POWER_PERIOD_S = 0.1
-TEMPERATURE_PERIOD_S = 0.5
 FAKE_GPUS_ENV = "MLENERGY_FAKE_GPUS"
-
-
-@dataclass
-class WindowReading:
-    """What an energy window read on one node: seconds, joules per local GPU, host energy."""
-
-    time: float
-    gpu_energy: dict[int, float]
-    cpu_energy: dict | None = None
-    dram_energy: dict | None = None
 
 
 class RunGpus:

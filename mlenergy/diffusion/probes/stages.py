@@ -308,22 +308,6 @@ class StageRecorder:
                 "median": summary["median"], "p90": summary["p90"]}
 
 
-def add_remainder(record: dict, iteration_energy: float | None) -> None:
-    """What the stages leave of the iteration: time against the iteration's window as the
-    stages' own rank saw it (ranks leave a barrier microseconds to milliseconds apart, so another
-    rank's window need not contain them); energy against the iteration's counter window, when
-    every stage that ran was measured."""
-    stages = record["stages"]
-    ran = [s for s in STAGES if stages[s]["time_s"] > 0]
-    energies = [stages[s]["energy_j"] for s in ran]
-    energy = None
-    if iteration_energy is not None and ran and None not in energies:
-        energy = iteration_energy - sum(energies)
-    start, end = record["window"]
-    stages["remainder"] = {"time_s": end - start - sum(stages[s]["time_s"] for s in STAGES),
-                           "energy_j": energy}
-
-
 def _stage(time_s: float, energy: tuple[dict | None, str | None], calls: int) -> dict:
     gpu_energy, method = energy
     return {"time_s": time_s,
@@ -336,66 +320,3 @@ def _accepts(pipeline, name: str) -> bool:
         return name in inspect.signature(type(pipeline).__call__).parameters
     except (TypeError, ValueError):
         return False
-
-
-def stage_breakdown(records: list[dict]) -> dict:
-    """Mean per iteration of each stage and the remainder: {stage: {time_s, energy_j}}.
-    energy_j is None unless every iteration measured that stage."""
-    out = {}
-    for stage in (*STAGES, "remainder"):
-        times = [r["stages"][stage]["time_s"] for r in records]
-        energies = [r["stages"][stage]["energy_j"] for r in records]
-        out[stage] = {
-            "time_s": sum(times) / len(times),
-            "energy_j": None if None in energies else sum(energies) / len(energies),
-        }
-    return out
-
-
-def step_summary(records: list[dict]) -> dict | None:
-    """Statistics of every measured step over all iterations."""
-    steps = [s for r in records if r["steps"] for s in r["steps"]["latency_s"]]
-    if not steps:
-        return None
-    summary = stats.summarize(steps)
-    return {k: summary[k] for k in ("n", "mean", "median", "p90", "p99", "stdev")}
-
-
-def combine_ranks(per_rank: list[list[dict]], ranks_per_node: int) -> list[dict]:
-    """One record per iteration from every rank's records, seen from the lowest rank that ran the
-    most stages (xDiT decodes on the last rank only; only a rank that decodes knows where its
-    denoising ended); a stage that rank did not run comes from the lowest rank that did.
-
-    Across nodes each node's GPUs were read by its own ranks: a stage's energy adds the first
-    runner of every node, and is unmeasured when some node did not run the stage."""
-    world = len(per_rank)
-    combined = []
-    for i, base in enumerate(per_rank[0]):
-        ran = lambda r, stage: per_rank[r][i]["stages"][stage]["calls"] > 0  # noqa: E731
-        # One rank's view where possible: boundaries of different ranks need not nest.
-        order = sorted(range(world), key=lambda r: (-sum(ran(r, s) for s in STAGES), r))
-        record = {"stages": {}, "boundaries": [], "steps": base["steps"],
-                  "denoiser_forwards": base["denoiser_forwards"],
-                  "window": per_rank[order[0]][i]["window"], "rank": order[0]}
-        for stage in STAGES:
-            runners = [r for r in order if ran(r, stage)]
-            pick = runners[0] if runners else 0
-            chosen = dict(per_rank[pick][i]["stages"][stage], rank=pick)
-            nodes = world // ranks_per_node
-            if nodes > 1 and runners:
-                firsts = [next((r for r in runners if r // ranks_per_node == n), None)
-                          for n in range(nodes)]
-                parts = [per_rank[r][i]["stages"][stage]["gpu_energy_j"] if r is not None else None
-                         for r in firsts]
-                if None in parts:
-                    chosen["gpu_energy_j"], chosen["energy_j"] = None, None
-                else:
-                    merged = {k: v for part in parts for k, v in part.items()}
-                    chosen["gpu_energy_j"], chosen["energy_j"] = merged, sum(merged.values())
-            record["stages"][stage] = chosen
-            record["boundaries"] += [b for b in per_rank[pick][i]["boundaries"] if b[0] == stage]
-            if stage == "denoising":
-                record["steps"] = per_rank[pick][i]["steps"]
-                record["denoiser_forwards"] = per_rank[pick][i]["denoiser_forwards"]
-        combined.append(record)
-    return combined
