@@ -133,11 +133,23 @@ class _FakeTemperature:
 
 
 def test_monitor_block_keys_gpus_globally_and_filters_by_time():
-    monitor = object.__new__(timeline.TimelineMonitor)
-    monitor._power, monitor._temperature, monitor._offset = _FakePower(), _FakeTemperature(), 8
+    """Zeus's monitors (stand-ins with Zeus's method names) on the fifth node's GPU: key 8."""
+    import torch
+
+    from mlenergy.diffusion.probes.gpus import RunGpus, _ZeusTimelines
+    from mlenergy.diffusion.runtime import Ranks
+
+    class _Access:
+        def timeline_monitors(self):
+            return _ZeusTimelines(power, _FakeTemperature())
+
+    power = _FakePower()
+    ranks = Ranks(rank=8, world_size=10, local_rank=0, local_world_size=2,
+                  device=torch.device("cpu"))
+    monitor = timeline.TimelineMonitor(RunGpus(ranks, _Access()))
     block = monitor.block(1.0, 2.0)
     assert block == {"power": {"device_instant": {"8": [[1.0, 101.0], [1.1, 101.1], [1.2, 101.2]]}},
                      "temperature": {"8": [[1.0, 41], [1.5, 42]]}}
     assert monitor.active
     monitor.stop()
-    assert monitor._power.stopped
+    assert power.stopped
