@@ -21,12 +21,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-os.environ.setdefault("XDIT_LOGGING_LEVEL", "WARNING")
-# transformers warns about optional image backends when xfuser imports it; keep stderr for what
-# matters (an error found after the prompts are read must stay one line).
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-
-from mlenergy.diffusion import files, results, runtime
+from mlenergy.diffusion import console, files, provenance, results, runtime
 from mlenergy.diffusion import prompts as prompt_source
 from mlenergy.diffusion.config import parse_cli
 from mlenergy.diffusion.plan import ConfigError, RunPlan, make_plan
@@ -36,6 +31,7 @@ logger = logging.getLogger("mlenergy.diffusion")
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_cli(argv)
+    console.start(verbose=config.verbose)
     try:
         plan = make_plan(config)
     except ConfigError as err:
@@ -68,11 +64,12 @@ def run(plan: RunPlan) -> None:
     schedule, source, prompts_note = _prompts(plan, ranks)
     if plan.reference is not None:
         quality.check_prompts(plan.config.reference_run, plan.reference, schedule.measured)
-    _setup_logging(plan, ranks)
+    console.log_to_file(plan.run_dir / results.DRIVER_LOG, ranks.is_main)
     env = environment.describe(plan.device_type, ranks.local_world_size)
     logger.info("Run directory: %s", plan.run_dir)
     logger.info("Plan: %s", _describe_plan(plan))
     logger.info("Environment: %s", env)
+    logger.info("Provenance: %s", provenance.describe())
     logger.info("%s", prompts_note)
     if ranks.is_main:
         files.write_json_atomically(
@@ -109,6 +106,7 @@ def _load_pipeline(plan: RunPlan, ranks) -> _Loaded:
     from mlenergy.diffusion import measurement, options, pipelines, xdit
 
     engine = xdit.engine_config(plan)
+    logger.info("Loading %s (%s weights) ...", plan.spec.model_id, plan.weights)
     with measurement.Stopwatch() as loading:
         dtype = getattr(torch, plan.dtype)
         built = pipelines.build_pipeline(plan.spec, plan.weights, dtype=dtype,
@@ -125,8 +123,9 @@ def _load_pipeline(plan: RunPlan, ranks) -> _Loaded:
         denoiser = getattr(built, plan.spec.family.denoiser_slot)
         compiled = options.compile_denoiser(plan, denoiser)
         options.enable_offload(plan, built, ranks.device)
-    logger.info("Pipeline ready in %.1f s: %.3f B denoiser parameters, %.2f GB of weights",
-                loading.seconds, denoiser_parameters / 1e9, parameter_gb)
+    logger.info("Pipeline ready in %.1f s: denoiser of %s, %s of weights", loading.seconds,
+                console.count_text(denoiser_parameters, "parameters"),
+                console.bytes_text(parameter_gb * 1e9))
     attention = options.attention_report(plan, denoiser)
     logger.info("Attention: %s", attention["used"])
     if compiled:
@@ -189,6 +188,8 @@ def _warm_up(plan: RunPlan, ranks, pipeline, batches: list[list[str]],
     compiled: list[tuple] = []
     with measurement.Stopwatch() as warming:
         for i, batch in enumerate(batches):
+            if i == 0 and plan.config.use_torch_compile:
+                logger.info("Compiling the denoiser (first call; can take minutes) ...")
             before = compiles.snapshot()
             with measurement.Stopwatch() as one:
                 recorder.begin_iteration()
@@ -222,8 +223,6 @@ def _measure(plan: RunPlan, ranks, pipeline, batches: list[list[str]],
              probes: _Probes) -> _Measured:
     """The measured iterations, each in its own energy window inside one for them all; outputs
     are saved between windows."""
-    from tqdm import tqdm
-
     from mlenergy.diffusion import gpu_checks, measurement, xdit
 
     meter, recorder, compiles = probes.meter, probes.recorder, probes.compiles
@@ -234,7 +233,7 @@ def _measure(plan: RunPlan, ranks, pipeline, batches: list[list[str]],
     meter.begin("benchmark")
     window_start = time.time()
     nvml_before = gpu_checks.read_nvml_energy(ranks)
-    for i, batch in enumerate(tqdm(batches, desc="iterations", disable=not ranks.is_main)):
+    for i, batch in enumerate(console.progress(batches, "iterations", ranks.is_main)):
         _inject_failure_for_tests(ranks.rank, i)
         meter.begin(f"iteration-{i}")
         started_at = time.time()
@@ -337,7 +336,7 @@ def _write_results(plan: RunPlan, ranks, *, started: datetime, env: dict, prompt
     plot = timeline.plot_run(doc, plan.run_dir / timeline.PLOT)
     if plot is not None:
         logger.info("Power plot: %s", plot)
-    logger.info("Summary\n%s", results.summary_table(doc))
+    console.show_result("Summary", results.summary_table(doc))
     logger.info("Results written to %s", plan.run_dir / results.RESULTS)
 
 
@@ -404,23 +403,6 @@ def _describe_plan(plan: RunPlan) -> str:
             f"x ring {plan.ring_degree} on {plan.world_size} process(es) ({plan.device_type}); "
             f"warm-up {plan.warmup_iters}, measured {plan.benchmark_iters}; "
             f"options {results.configurations(plan)}")
-
-
-def _setup_logging(plan: RunPlan, ranks) -> None:
-    for name in ("diffusers", "transformers"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    fmt = logging.Formatter(f"%(asctime)s [rank {ranks.rank}] %(levelname)s %(message)s")
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    console = logging.StreamHandler(sys.stderr)
-    console.setFormatter(fmt)
-    console.setLevel(logging.INFO if ranks.is_main else logging.WARNING)
-    logger.addHandler(console)
-    if ranks.is_main:
-        plan.run_dir.mkdir(parents=True, exist_ok=True)
-        log_file = logging.FileHandler(plan.run_dir / results.DRIVER_LOG, mode="w")
-        log_file.setFormatter(fmt)
-        logger.addHandler(log_file)
 
 
 if __name__ == "__main__":
