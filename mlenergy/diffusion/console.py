@@ -151,7 +151,21 @@ def progress(iterable, description: str, show: bool):
         return iterable
     from tqdm import tqdm
 
+    _route_terminal_handlers_around_bars()
     return tqdm(iterable, desc=description, file=sys.stderr, leave=False)
+
+
+def _route_terminal_handlers_around_bars() -> None:
+    """Libraries imported by now (diffusers, transformers, ...) set up handlers of their own on
+    stderr or stdout; what they still say (with --verbose, or errors) must not cut the bar."""
+    loggers = [logging.getLogger()] + [
+        candidate for candidate in logging.Logger.manager.loggerDict.values()
+        if isinstance(candidate, logging.Logger)]
+    for each in loggers:
+        for handler in each.handlers:
+            if (type(handler) is logging.StreamHandler
+                    and handler.stream in (sys.stderr, sys.stdout)):
+                handler.setStream(_StderrAroundBars())
 
 
 def show_result(title: str, text: str) -> None:
