@@ -61,13 +61,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     command, rest = argv[0], argv[1:]
     if command in ("-h", "--help"):
-        print(usage())
-        return 0
+        return _print(usage())
     if command == "--version":
         from mlenergy.diffusion import provenance
 
-        print(provenance.version_text())
-        return 0
+        return _print(provenance.version_text())
     if command not in COMMANDS:
         print(f"error: unknown command {command!r}; choose one of {', '.join(COMMANDS)} "
               f"(`{PROG} --help`)", file=sys.stderr)
@@ -135,10 +133,14 @@ def list_models(argv: Sequence[str]) -> int:
     args = tyro.cli(ModelsArgs, args=argv, use_underscores=True, prog=f"{PROG} models",
                     description="List the registered models and their defaults.")
     rows = registered_models(args.task)
+    return _print(json.dumps(rows, indent=2) if args.json else models_table(rows))
+
+
+def _print(text: str) -> int:
     try:
-        print(json.dumps(rows, indent=2) if args.json else models_table(rows), flush=True)
+        print(text, flush=True)
     except BrokenPipeError:
-        # `models | head`: the reader has what it wanted; Python's flush at exit must not fail.
+        # `... | head`: the reader has what it wanted; Python's flush at exit must not fail.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 

@@ -140,8 +140,12 @@ def log_to_file(path: Path, this_rank_writes: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, mode="w")
     handler.setFormatter(_driver_log_format(_launched_rank()))
-    logger.addHandler(handler)
-    logging.getLogger("py.warnings").addHandler(handler)
+    for each in (logger, logging.getLogger("py.warnings")):
+        # A second run in the same process must not keep writing the first one's log.
+        for old in [h for h in each.handlers if isinstance(h, logging.FileHandler)]:
+            each.removeHandler(old)
+            old.close()
+        each.addHandler(handler)
 
 
 def progress(iterable, description: str, show: bool):
