@@ -170,6 +170,10 @@ def _route_terminal_handlers_around_bars() -> None:
             if (type(handler) is logging.StreamHandler
                     and handler.stream in (sys.stderr, sys.stdout)):
                 handler.setStream(_StderrAroundBars())
+    # Loggers without handlers (Zeus's) print their warnings through this one.
+    last_resort = logging.StreamHandler(_StderrAroundBars())
+    last_resort.setLevel(logging.WARNING)
+    logging.lastResort = last_resort
 
 
 def show_result(title: str, text: str) -> None:
