@@ -21,12 +21,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-os.environ.setdefault("XDIT_LOGGING_LEVEL", "WARNING")
-# transformers warns about optional image backends when xfuser imports it; keep stderr for what
-# matters (an error found after the prompts are read must stay one line).
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-
-from mlenergy.diffusion import files, results, runtime
+from mlenergy.diffusion import console, files, provenance, results, runtime
 from mlenergy.diffusion import prompts as prompt_source
 from mlenergy.diffusion.config import ConfigError, parse_cli
 from mlenergy.diffusion.plan import RunPlan, make_plan
@@ -43,6 +38,7 @@ logger = logging.getLogger("mlenergy.diffusion")
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_cli(argv)
+    console.start(verbose=config.verbose)
     try:
         plan = make_plan(config)
     except ConfigError as err:
@@ -78,11 +74,12 @@ def run(plan: RunPlan) -> None:
     schedule, source, prompts_note = _prompts(plan, ranks)
     if plan.reference is not None:
         quality.check_prompts(plan.config.reference_run, plan.reference, schedule.measured)
-    _setup_logging(plan, ranks)
+    console.log_to_file(plan.run_dir / files.DRIVER_LOG, ranks.is_main)
     env = environment.describe(gpus)
     logger.info("Run directory: %s", plan.run_dir)
     logger.info("Plan: %s", _describe_plan(plan))
     logger.info("Environment: %s", env)
+    logger.info("Provenance: %s", provenance.describe())
     logger.info("%s", prompts_note)
     if ranks.is_main:
         files.write_json_atomically(
@@ -111,6 +108,7 @@ def _load_pipeline(plan: RunPlan, ranks) -> tuple[Any, LoadRecord, Any]:
     from mlenergy.diffusion import options_apply, pipelines, xdit
 
     engine = xdit.engine_config(plan)
+    logger.info("Loading %s (%s weights) ...", plan.spec.model_id, plan.weights)
     with runtime.Stopwatch() as loading:
         built = pipelines.build_pipeline(plan.spec, plan.weights, dtype=getattr(torch, plan.dtype),
                                          device=ranks.device,
@@ -124,8 +122,9 @@ def _load_pipeline(plan: RunPlan, ranks) -> tuple[Any, LoadRecord, Any]:
         # After wrapping: xDiT may have replaced the denoiser with its parallel wrapper.
         denoiser = getattr(built, slot)
         compiled = options_apply.finish_pipeline(plan, built, denoiser, ranks.device)
-    logger.info("Pipeline ready in %.1f s: %.3f B denoiser parameters, %.2f GB of weights",
-                loading.seconds, denoiser_parameters / 1e9, parameter_gb)
+    logger.info("Pipeline ready in %.1f s: denoiser of %s, %s of weights", loading.seconds,
+                console.count_text(denoiser_parameters, "parameters"),
+                console.bytes_text(parameter_gb * 1e9))
     effects["attention"] = options_apply.attention_report(plan, denoiser)
     logger.info("Attention: %s", effects["attention"]["used"])
     if compiled:
@@ -145,6 +144,8 @@ def _warm_up(plan: RunPlan, ranks, pipeline, batches: list[list[str]], probes) -
     compiled: list[tuple] = []
     with runtime.Stopwatch() as warming:
         for i, batch in enumerate(batches):
+            if i == 0 and plan.options.use_torch_compile:
+                logger.info("Compiling the denoiser (first call; can take minutes) ...")
             before = compiles.snapshot()
             with runtime.Stopwatch() as one:
                 recorder.begin_iteration()
@@ -177,8 +178,6 @@ class _Measured:
 def _measure(plan: RunPlan, ranks, pipeline, batches: list[list[str]], probes) -> _Measured:
     """The measured iterations, each in its own energy window inside one for them all; outputs
     are saved between windows."""
-    from tqdm import tqdm
-
     from mlenergy.diffusion import xdit
     from mlenergy.diffusion.probes import checks, memory
 
@@ -190,7 +189,7 @@ def _measure(plan: RunPlan, ranks, pipeline, batches: list[list[str]], probes) -
     meter.begin("benchmark")
     window_start = time.time()
     nvml_before = checks.read_nvml_energy(probes.gpus)
-    for i, batch in enumerate(tqdm(batches, desc="iterations", disable=not ranks.is_main)):
+    for i, batch in enumerate(console.progress(batches, "iterations", ranks.is_main)):
         meter.begin(f"iteration-{i}")
         started_at = time.time()
         recorder.begin_iteration()
@@ -271,7 +270,7 @@ def _write_results(record: RunRecord, denoiser) -> None:
     plot = timeline.plot_run(record, plan.run_dir / timeline.PLOT)
     if plot is not None:
         logger.info("Power plot: %s", plot)
-    logger.info("Summary\n%s", summary.summary_table(record))
+    console.show_result("Summary", summary.summary_table(record))
     logger.info("Results written to %s", plan.run_dir / files.RESULTS)
 
 def _prompts(plan: RunPlan, ranks):
@@ -329,23 +328,6 @@ def _describe_plan(plan: RunPlan) -> str:
             f"x ring {plan.ring_degree} on {plan.world_size} process(es) ({plan.device_type}); "
             f"warm-up {plan.warmup_iters}, measured {plan.benchmark_iters}; "
             f"options {results.configurations(plan)}")
-
-
-def _setup_logging(plan: RunPlan, ranks) -> None:
-    for name in ("diffusers", "transformers"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    fmt = logging.Formatter(f"%(asctime)s [rank {ranks.rank}] %(levelname)s %(message)s")
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    console = logging.StreamHandler(sys.stderr)
-    console.setFormatter(fmt)
-    console.setLevel(logging.INFO if ranks.is_main else logging.WARNING)
-    logger.addHandler(console)
-    if ranks.is_main:
-        plan.run_dir.mkdir(parents=True, exist_ok=True)
-        log_file = logging.FileHandler(plan.run_dir / files.DRIVER_LOG, mode="w")
-        log_file.setFormatter(fmt)
-        logger.addHandler(log_file)
 
 
 if __name__ == "__main__":

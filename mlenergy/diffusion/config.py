@@ -5,8 +5,12 @@ Everything a run depends on is a field here; `plan.py` resolves model defaults a
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
 import sys
+import textwrap
+import typing
 from pathlib import Path
 from typing import Annotated, Literal, Optional, Sequence, Union
 
@@ -26,13 +30,53 @@ PROMPT_DATASET = "data-is-better-together/open-image-preferences-v1"
 VIDEO_PROMPT_DATASET = "RaphaelLiu/EvalCrafter_T2V_Dataset"
 
 
+def _field_docstrings(cls: type) -> dict[str, str]:
+    """The string below each field of `cls` and its bases, one paragraph per blank line."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__[:-1]):
+        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
+        for field, below in zip(body, body[1:]):
+            if (isinstance(field, ast.AnnAssign) and isinstance(field.target, ast.Name)
+                    and isinstance(below, ast.Expr) and isinstance(below.value, ast.Constant)):
+                docs[field.target.id] = one_paragraph(below.value.value)
+    return docs
+
+
+def one_paragraph(text: str) -> str:
+    """A docstring as tyro should show it: paragraphs (blank-line separated) joined into lines."""
+    return "\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(text).split("\n\n"))
+
+
+def help_from_docstrings(cls: type) -> type:
+    """Give tyro each field's docstring as its help, one paragraph re-wrapped to the terminal.
+
+    Left to itself tyro 1.0 keeps every line break of an indented docstring (the lines then
+    come out ragged), and shows a default decided later (None here) as `(default: None)` beside
+    the docstring's own "Default: ...". That closing sentence becomes the default shown instead.
+    """
+    hints = typing.get_type_hints(cls, include_extras=True)
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    for name, doc in _field_docstrings(cls).items():
+        if name not in cls.__dict__.get("__annotations__", {}):
+            continue
+        hint = None
+        if defaults.get(name) is None and "Default: " in doc:
+            doc, default = doc.rsplit("Default: ", 1)
+            doc, hint = doc.strip(), f"(default: {default.strip().rstrip('.')})"
+        cls.__annotations__[name] = Annotated[hints[name],
+                                              tyro.conf.arg(help=doc, help_behavior_hint=hint)]
+    return cls
+
+
+
+@help_from_docstrings
 @dataclasses.dataclass(frozen=True)
 class TextToImage:
     """Generate images from text prompts."""
 
     model_id: str = "black-forest-labs/FLUX.1-dev"
-    """Registered model id (see `--help` of the README), or a local directory of diffusers weights
-    together with `--workload.family`."""
+    """Registered model id (`mlenergy-diffusion models` lists them), or a local directory of
+    diffusers weights together with --workload.family."""
 
     family: Optional[str] = None
     """Pipeline family of a local model directory: flux, pixart-sigma, pixart-alpha, sd3,
@@ -52,10 +96,10 @@ class TextToImage:
     """Prompts per pipeline call."""
 
     height: Optional[int] = None
-    """Image height in pixels. Default: the model's."""
+    """Height in pixels. Default: the model's."""
 
     width: Optional[int] = None
-    """Image width in pixels. Default: the model's."""
+    """Width in pixels. Default: the model's."""
 
     inference_steps: Optional[int] = None
     """Denoising steps. Default: the model's."""
@@ -77,7 +121,7 @@ class TextToImage:
     """Hugging Face dataset id, or a local parquet file or directory with a `prompt` column."""
 
     prompt_cache_dir: Optional[Path] = None
-    """Where the dataset's prompts are cached. Default: $MLENERGY_CACHE_DIR, else
+    """Where the dataset's prompts are cached. Default: $MLENERGY_CACHE_DIR/prompts, else
     ~/.cache/mlenergy/prompts."""
 
     @property
@@ -85,19 +129,20 @@ class TextToImage:
         return TEXT_TO_IMAGE
 
 
+@help_from_docstrings
 @dataclasses.dataclass(frozen=True)
 class TextToVideo(TextToImage):
     """Generate videos from text prompts."""
 
     model_id: str = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
-    """Registered text-to-video model id, or a local directory with `--workload.family`."""
+    """Registered text-to-video model id, or a local directory with --workload.family."""
 
     prompt_dataset: str = VIDEO_PROMPT_DATASET
     """Hugging Face dataset id, or a local parquet file or directory with a `text` column."""
 
     num_frames: Optional[int] = None
-    """Frames per video. Default: the model's. CogVideoX, Wan and HunyuanVideo take 1 + 4k
-    frames; Latte-1 exactly 16."""
+    """Frames per video: 1 + 4k for CogVideoX, Wan and HunyuanVideo; exactly 16 for Latte-1.
+    Default: the model's."""
 
     fps: Optional[int] = None
     """Frames per second of the saved video. Default: the model's."""
@@ -113,6 +158,7 @@ Workload = Union[
 ]
 
 
+@help_from_docstrings
 @dataclasses.dataclass(frozen=True)
 class BenchmarkConfig:
     """Measure latency and GPU energy of a diffusion model through xDiT."""
@@ -132,7 +178,7 @@ class BenchmarkConfig:
 
     compile_mode: Optional[str] = None
     """torch.compile mode for --use_torch_compile: default, reduce-overhead (CUDA graphs),
-    max-autotune, max-autotune-no-cudagraphs. Default: xDiT's (torch's default mode)."""
+    max-autotune, max-autotune-no-cudagraphs. Default: torch's default mode, as xDiT uses."""
 
     compile_backend: str = "inductor"
     """torch.compile backend for --use_torch_compile: inductor (what xDiT uses), or eager /
@@ -140,9 +186,9 @@ class BenchmarkConfig:
 
     compile_scope: Optional[str] = None
     """What --use_torch_compile compiles: transformer (the denoiser's whole forward, through
-    xDiT where it has a pipeline class; default) or blocks (each repeated transformer block,
-    diffusers' regional compilation: one graph per block class, so a fraction of the compile
-    time, and it composes with the step caches)."""
+    xDiT where it has a pipeline class) or blocks (each repeated transformer block, diffusers'
+    regional compilation: one graph per block class, so a fraction of the compile time, and it
+    composes with the step caches). Default: transformer."""
 
     use_fp8_t5_encoder: bool = False
     """Store the T5 text encoder's weights in FP8 (optimum-quanto qfloat8; T5 families only)."""
@@ -159,28 +205,30 @@ class BenchmarkConfig:
 
     cache_threshold: Optional[float] = None
     """Relative-L1 threshold under which TeaCache / FBCache reuse the cached blocks (higher: more
-    reuse, faster, lossier). Default: 0.12, xDiT's."""
+    reuse, faster, lossier). Default: 0.12, as in xDiT."""
 
     attention_backend: Optional[str] = None
-    """Attention kernel: sdpa, sdpa_flash, sdpa_efficient, sdpa_math, cudnn, flash (flash-attn 2),
-    flash_3 (flash-attn 3). Default: xDiT's choice (cuDNN on Hopper) for sequence-parallel runs,
-    diffusers' (torch SDPA) on one process, where xDiT leaves attention to diffusers."""
+    """Attention kernel: sdpa, sdpa_flash, sdpa_efficient, sdpa_math, cudnn, flash (flash-attn
+    2), flash_3 (flash-attn 3). Sequence-parallel runs set xDiT's backend; on one process xDiT
+    leaves attention to diffusers, and it is set there. Default: xDiT's choice (cuDNN on
+    Hopper); on one process diffusers' (torch SDPA)."""
 
     reference_run: Optional[Path] = None
     """Run directory of an exact run (same model, prompts, seed, size, steps and batch) to compare
     this run's images with: PSNR and SSIM per image go into results.json `quality`."""
 
     warmup_iters: Optional[int] = None
-    """Unmeasured iterations before measuring, at the measured shapes. Default: 1; 2 with
-    --use_torch_compile (the first compiles, the second must not)."""
+    """Unmeasured iterations before measuring, at the measured shapes; with --use_torch_compile
+    at least 2 (the first compiles, the second shows that nothing compiles any more). Default: 1;
+    2 with --use_torch_compile."""
 
     warmup_steps: Optional[int] = None
-    """Denoising steps of each warm-up iteration. Default: the measured step count for images;
-    1 for videos (one step already runs every measured shape, and a full video can take
-    minutes)."""
+    """Denoising steps of each warm-up iteration. For a video one step already runs every
+    measured shape, and a whole video can take minutes. Default: the measured steps for images;
+    1 for videos."""
 
     benchmark_iters: Optional[int] = None
-    """Measured iterations. Default: 8 when steps <= 30, else 4 (images); 2 (videos)."""
+    """Measured iterations. Default: images 8 when steps <= 30, else 4; videos 2."""
 
     save_images: bool = True
     """Save generated images (or videos) into the run directory (outside measurement windows)."""
@@ -196,6 +244,10 @@ class BenchmarkConfig:
 
     count_flops: bool = True
     """Count the FLOPs of one denoiser forward after the measured phase (the physical floor)."""
+
+    verbose: bool = False
+    """Show third-party log lines (xDiT's DEBUG and INFO, diffusers, transformers, datasets) and
+    deprecation warnings. Otherwise only their errors show, and xDiT's warnings."""
 
 
 _SUBCOMMAND_ALIASES = {

@@ -7,14 +7,17 @@ benchmark does not download, so they are reported as absent, never guessed.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
 import statistics
 from pathlib import Path
-from typing import Sequence
+from typing import Annotated, Sequence
 
-from mlenergy.diffusion.config import ConfigError
+import tyro
+
+from mlenergy.diffusion.config import ConfigError, help_from_docstrings
 
 from mlenergy.diffusion.files import REQUESTS, RESULTS
 ABSENT_METRICS = {
@@ -141,21 +144,28 @@ def compare_finished_runs(run_dir: Path, reference_dir: Path) -> dict:
                           [it["images"] for it in run["iterations"]])
 
 
+@help_from_docstrings
+@dataclasses.dataclass(frozen=True)
+class QualityArgs:
+    """PSNR and SSIM of a finished run's images against those of an exact reference run."""
+
+    run_dir: tyro.conf.Positional[Annotated[Path, tyro.conf.arg(metavar="RUN_DIR")]]
+    """The run directory to judge (it holds results.json)."""
+
+    reference_dir: tyro.conf.Positional[Annotated[Path, tyro.conf.arg(metavar="REFERENCE_DIR")]]
+    """The exact run to compare with: same model, seed, size, steps, batch and prompts."""
+
+    write: bool = False
+    """Also store the result as `quality` in RUN_DIR/results.json."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    import argparse
     import sys
 
     from mlenergy.diffusion.files import write_json_atomically
 
-    parser = argparse.ArgumentParser(
-        prog="python -m mlenergy.diffusion.quality",
-        description="PSNR and SSIM of a finished run's images against a finished reference run "
-                    "(same model, seed, size, steps, batch and prompts).")
-    parser.add_argument("run_dir", type=Path)
-    parser.add_argument("reference_dir", type=Path)
-    parser.add_argument("--write", action="store_true",
-                        help="also store the result as `quality` in RUN_DIR/results.json")
-    args = parser.parse_args(argv)
+    args = tyro.cli(QualityArgs, args=argv, use_underscores=True,
+                    prog="mlenergy-diffusion quality", description=QualityArgs.__doc__)
     try:
         report = compare_finished_runs(args.run_dir, args.reference_dir)
     except (ConfigError, OSError, KeyError, ValueError) as err:

@@ -19,10 +19,23 @@ _done = False
 
 
 def import_xfuser():
-    """Import xfuser, made runnable on CPU when no CUDA device exists."""
+    """Import xfuser, made runnable on CPU when no CUDA device exists; its log lines then go
+    where ours go (it prints every level on stdout)."""
     global _done
-    if _done or torch.cuda.is_available():
-        _done = True
+    if _done:
+        import xfuser
+
+        return xfuser
+    xfuser = _import_xfuser_here()
+    from mlenergy.diffusion import console
+
+    console.route_xdit_logs()
+    _done = True
+    return xfuser
+
+
+def _import_xfuser_here():
+    if torch.cuda.is_available():
         import xfuser
 
         return xfuser
@@ -51,5 +64,4 @@ def import_xfuser():
     import yunchang.globals
 
     usp.PROCESS_GROUP = yunchang.globals.PROCESS_GROUP
-    _done = True
     return xfuser
