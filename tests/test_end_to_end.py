@@ -55,6 +55,11 @@ def test_every_family_runs_end_to_end_and_writes_every_file(tmp_path, model_id):
     assert doc["num_gpus"] == 0 and doc["gpu_model"]
     assert doc["prompt_source"] == "fallback" and doc["weights"] == "tiny"
     assert doc["environment"]["packages"]["xfuser"] == "0.7.0"
+    # What produced the numbers: the benchmark's version and the exact command line.
+    from mlenergy.diffusion import __version__
+
+    assert doc["provenance"]["benchmark_version"] == __version__
+    assert "--workload.weights tiny" in doc["provenance"]["command_line"]
     stats = doc["latency_per_iteration"]
     assert stats["min"] <= stats["median"] <= stats["max"] and stats["mean"] > 0
     assert doc["total_time"] == pytest.approx(sum(it["time"] for it in doc["iterations"]))

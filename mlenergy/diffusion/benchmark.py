@@ -79,7 +79,8 @@ def run(plan: RunPlan) -> None:
     logger.info("Run directory: %s", plan.run_dir)
     logger.info("Plan: %s", _describe_plan(plan))
     logger.info("Environment: %s", env)
-    logger.info("Provenance: %s", provenance.describe())
+    origin = provenance.describe()
+    logger.info("Provenance: %s", origin)
     logger.info("%s", prompts_note)
     if ranks.is_main:
         files.write_json_atomically(
@@ -95,6 +96,7 @@ def run(plan: RunPlan) -> None:
     record = _gather(plan, probes, measured, started=started, env=env, prompt_source=source,
                      loaded=loaded, warmup=warmup)
     if record is not None:
+        record.provenance = origin
         _write_results(record, denoiser)
     runtime.barrier()
     runtime.shutdown()

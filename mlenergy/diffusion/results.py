@@ -105,6 +105,7 @@ def results_document(record: RunRecord) -> dict:
         "model_load_time_s": record.load.seconds,
         "warmup_time_s": record.warmup.seconds,
         "environment": record.environment,
+        "provenance": record.provenance,
     })
     doc.update(record.option_results())
     return doc
