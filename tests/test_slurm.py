@@ -256,3 +256,21 @@ def test_resubmitting_runs_only_what_is_missing_then_nothing(campaign, cluster):
     nothing = campaign.sweep("--submit")
     assert nothing.returncode == 0 and "nothing to submit" in nothing.stdout
     assert cluster.jobs_in_queue() == []
+
+
+def test_a_multi_node_task_is_one_srun_of_torchrun_per_node_meeting_on_the_batch_node(
+        monkeypatch):
+    from mlenergy.diffusion.sweep.task import multinode_command
+
+    for key, value in (("SLURMD_NODENAME", "gpu-a"), ("SLURM_JOB_ID", "77"),
+                       ("SLURM_ARRAY_TASK_ID", "3"), ("SLURM_CPUS_PER_TASK", "64")):
+        monkeypatch.setenv(key, value)
+    bench = ["workload:text-to-image", "--ulysses_degree", "8", "--ring_degree", "2"]
+    command = multinode_command(Point(FLUX, 1, 8, 2, "", bench), nodes=2, per_node=8)
+    assert command[:6] == ["srun", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1",
+                           "--kill-on-bad-exit=1", "--cpus-per-task=64"]
+    launcher = command[command.index("torch.distributed.run") + 1:]
+    assert launcher[:3] == ["--nnodes=2", "--nproc_per_node=8", "--rdzv_backend=c10d"]
+    assert re.fullmatch(r"--rdzv_endpoint=gpu-a:\d+", launcher[3])
+    assert launcher[4:] == ["--rdzv_id=mlenergy-77-3", "-m", "mlenergy.diffusion.benchmark",
+                            *bench]

@@ -156,9 +156,18 @@ def test_a_failing_point_is_recorded_and_the_sweep_goes_on(tmp_path):
 
 
 def _processes_mentioning(text: str, but: int | None = None) -> list[str]:
-    ps = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [line for line in ps.splitlines()[1:] if text in line and "pytest" not in line
-            and int(line.split()[0]) != but]
+    """Processes (other than this test's and `but`) whose command line holds `text`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in (os.getpid(), but):
+            continue
+        try:
+            args = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in args:
+            found.append(f"{entry} {args}")
+    return found
 
 
 def test_a_hanging_point_is_killed_with_every_process_it_started(tmp_path):
