@@ -51,6 +51,41 @@ def _overlap(a: dict, b: dict) -> float:
     return min(a["finished"], b["finished"]) - max(a["started"], b["started"])
 
 
+def _check_packing(out: Path, done: list[dict]) -> None:
+    # Packed: points ran side by side on disjoint device slots, and each knows which did.
+    pairs = [(a, b) for a in done for b in done if a["run_dir"] < b["run_dir"]
+             and _overlap(a, b) > 0]
+    assert any(a["nproc"] == b["nproc"] == 1 for a, b in pairs), done
+    for a, b in pairs:
+        assert not set(a["devices"]) & set(b["devices"])
+        assert b["run_dir"] in a["shared_node_with"] and a["run_dir"] in b["shared_node_with"]
+    records = {json.loads(p.read_text())["run_dir"]: json.loads(p.read_text())
+               for p in (out / "shared_node_runs").rglob("*.json")}
+    assert set(records) == {str(Path(p["run_dir"]).resolve()) for p in done}
+    assert all(r["finished"] > r["started"] for r in records.values())
+
+
+def _check_the_report_of(out: Path) -> None:
+    report = subprocess.run([sys.executable, "-m", "mlenergy.diffusion.report", str(out)],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-2000:]
+    table = pd.read_csv(out / "report" / "runs.csv")
+    assert len(table) == 8 and pd.read_parquet(out / "report" / "runs.parquet").shape == table.shape
+    for _, row in table.iterrows():
+        results = json.loads((Path(row["run_dir"]) / "results.json").read_text())
+        assert row["batch_latency_s"] == results["latency_per_iteration"]["mean"]
+        assert row["throughput_per_s"] == results["throughput_images_per_sec"]
+        assert pd.isna(row["energy_per_output_j"])  # CPU: not measured, never 0
+        assert row["device"].startswith("CPU (") and row["weights"] == "tiny"
+    plots = {p.name for p in (out / "report").glob("*.png")}
+    for model in ("FLUX.1-dev", "PixArt-Sigma-XL-2-1024-MS"):
+        for kind in ("gpus", "throughput"):
+            assert sum(n.startswith(model) and n.endswith(f"-{kind}.png") for n in plots) == 1
+    # No energy on CPU: no energy Pareto plot.
+    assert not any(n.endswith("-pareto.png") for n in plots)
+    assert "| FLUX.1-dev | CPU (" in report.stdout and "| tiny | float32 |" in report.stdout
+
+
 def test_packed_sweep_completes_then_a_rerun_skips_every_done_point_and_the_report_reads_it(
         tmp_path):
     out = tmp_path / "run"
@@ -85,17 +120,7 @@ def test_packed_sweep_completes_then_a_rerun_skips_every_done_point_and_the_repo
     assert all("--nproc_per_node=2 -m mlenergy.diffusion.benchmark" in p["command"]
                for p in done if p["nproc"] == 2)
 
-    # Packed: points ran side by side on disjoint device slots, and each knows which did.
-    pairs = [(a, b) for a in done for b in done if a["run_dir"] < b["run_dir"]
-             and _overlap(a, b) > 0]
-    assert any(a["nproc"] == b["nproc"] == 1 for a, b in pairs), done
-    for a, b in pairs:
-        assert not set(a["devices"]) & set(b["devices"])
-        assert b["run_dir"] in a["shared_node_with"] and a["run_dir"] in b["shared_node_with"]
-    records = {json.loads(p.read_text())["run_dir"]: json.loads(p.read_text())
-               for p in (out / "shared_node_runs").rglob("*.json")}
-    assert set(records) == {str(Path(p["run_dir"]).resolve()) for p in done}
-    assert all(r["finished"] > r["started"] for r in records.values())
+    _check_packing(out, done)
 
     reasons = {(p["ulysses_degree"], p["ring_degree"]): p["reason"]
                for p in by_status(doc, "skipped")}
@@ -113,24 +138,7 @@ def test_packed_sweep_completes_then_a_rerun_skips_every_done_point_and_the_repo
     assert summary(out)["counts"] == counts(already_done=8, skipped=12)
     assert all(os.stat(Path(d) / "results.json").st_mtime_ns == t for d, t in stamps.items())
 
-    report = subprocess.run([sys.executable, "-m", "mlenergy.diffusion.report", str(out)],
-                            cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert report.returncode == 0, report.stderr[-2000:]
-    table = pd.read_csv(out / "report" / "runs.csv")
-    assert len(table) == 8 and pd.read_parquet(out / "report" / "runs.parquet").shape == table.shape
-    for _, row in table.iterrows():
-        results = json.loads((Path(row["run_dir"]) / "results.json").read_text())
-        assert row["batch_latency_s"] == results["latency_per_iteration"]["mean"]
-        assert row["throughput_per_s"] == results["throughput_images_per_sec"]
-        assert pd.isna(row["energy_per_output_j"])  # CPU: not measured, never 0
-        assert row["device"].startswith("CPU (") and row["weights"] == "tiny"
-    plots = {p.name for p in (out / "report").glob("*.png")}
-    for model in ("FLUX.1-dev", "PixArt-Sigma-XL-2-1024-MS"):
-        for kind in ("gpus", "throughput"):
-            assert sum(n.startswith(model) and n.endswith(f"-{kind}.png") for n in plots) == 1
-    # No energy on CPU: no energy Pareto plot.
-    assert not any(n.endswith("-pareto.png") for n in plots)
-    assert "| FLUX.1-dev | CPU (" in report.stdout and "| tiny | float32 |" in report.stdout
+    _check_the_report_of(out)
 
 
 def test_a_failing_point_is_recorded_and_the_sweep_goes_on(tmp_path):

@@ -141,41 +141,53 @@ def _pick(queue: list[Point], running: list[_Running], free: list[str], pack: bo
     return None
 
 
+def _loop(queue: list[Point], running: list[_Running], free: list[str], total: int,
+          settings: Settings, signals: StopSignals, progress, report) -> None:
+    started = 0
+    while (queue or running) and signals.received is None:
+        while (pick := _pick(queue, running, free, settings.pack)) is not None:
+            point, devices = pick
+            queue.remove(point)
+            for d in devices or ():
+                free.remove(d)
+            started += point.attempts == 0
+            on = f" on devices {','.join(devices)}" if devices else ""
+            report(f"[{started}/{total}] {point.label()} -> {point.run_dir}{on}")
+            running.append(_start(point, settings, devices))
+        for item in list(running):
+            code = item.launch.poll()
+            if code is None and item.launch.elapsed <= settings.timeout_s:
+                continue
+            if code is None:
+                item.launch.stop()
+            running.remove(item)
+            free[:] = sorted(free + list(item.point.devices or ()), key=settings.slots.index)
+            _settle(item, code, settings)
+            _announce(item.point, report)
+            if _retry(item.point, settings):
+                report(f"    attempt {item.point.attempts + 1} of {item.point.label()}")
+                item.point.status = "pending"
+                queue.insert(0, item.point)
+            progress()
+        time.sleep(POLL_S)
+
+
 def run_points(points: list[Point], settings: Settings, progress: Callable[[], None],
                report: Callable[[str], None] = print) -> int | None:
     """Run every pending point. Returns the number of the signal that stopped the sweep, or
     None when every point got its turn."""
     queue = [p for p in points if p.status == "pending"]
-    total, started = len(queue), 0
+    total = len(queue)
     free = list(settings.slots)
     running: list[_Running] = []
     with StopSignals() as signals:
-        while (queue or running) and signals.received is None:
-            while (pick := _pick(queue, running, free, settings.pack)) is not None:
-                point, devices = pick
-                queue.remove(point)
-                for d in devices or ():
-                    free.remove(d)
-                started += point.attempts == 0
-                on = f" on devices {','.join(devices)}" if devices else ""
-                report(f"[{started}/{total}] {point.label()} -> {point.run_dir}{on}")
-                running.append(_start(point, settings, devices))
-            for item in list(running):
-                code = item.launch.poll()
-                if code is None and item.launch.elapsed <= settings.timeout_s:
-                    continue
-                if code is None:
-                    item.launch.stop()
-                running.remove(item)
-                free = sorted(free + list(item.point.devices or ()), key=settings.slots.index)
-                _settle(item, code, settings)
-                _announce(item.point, report)
-                if _retry(item.point, settings):
-                    report(f"    attempt {item.point.attempts + 1} of {item.point.label()}")
-                    item.point.status = "pending"
-                    queue.insert(0, item.point)
-                progress()
-            time.sleep(POLL_S)
+        try:
+            _loop(queue, running, free, total, settings, signals, progress, report)
+        except BaseException:
+            # An unexpected error must not leave points running unsupervised.
+            for item in running:
+                item.launch.stop()
+            raise
     if signals.received is not None:
         _stop_all(running, queue, signals.received, settings, report)
     return signals.received
