@@ -27,9 +27,9 @@ Repeatable = tyro.conf.UseAppendAction
 
 @dataclasses.dataclass(frozen=True)
 class SweepArgs:
-    """Run a grid of benchmark points (models x option sets x ulysses/ring x batch sizes), one
-    torchrun per point with nproc = ulysses x ring, here or as Slurm job arrays. Flags after
-    `--` go to every point's benchmark (e.g. -- --workload.weights random)."""
+    """Run a grid of benchmark points (models x option sets x ulysses/ring x batch sizes), each
+    with ulysses x ring processes, here (one at a time, or --pack) or as Slurm job arrays.
+    Flags after `--` go to every point's benchmark (e.g. -- --workload.weights random)."""
 
     preset: Optional[Literal["leaderboard"]] = None
     """leaderboard: batch 1 2 4 8 16 and (ulysses, ring) in 1x1 1x2 2x1 1x4 2x2 4x1 1x8 2x4 4x2
