@@ -271,6 +271,8 @@ GRID = ["--models", FLUX, "--batch_sizes", "1", "--parallel", "1x1"]
     ([*GRID, "--", "--warmup_iters", "many"], "the benchmark cannot parse --warmup_iters many"),
     ([*GRID, "--options=--warmup_iters 2", "--", "--warmup_iters", "3"],
      "--warmup_iters is given in --options and after `--`"),
+    ([*GRID, "--", "--warmup_iters", "1", "--warmup_iters=2"],
+     "--warmup_iters is given twice in --warmup_iters 1 --warmup_iters=2; give it once"),
     ([*GRID, "--partition", "gpu"], "--partition is a Slurm setting; add --emit slurm"),
     ([*GRID, "--pack", "--submit"], "--pack is for local runs"),
 ])

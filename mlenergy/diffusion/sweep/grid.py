@@ -55,8 +55,8 @@ def _flag_names(args) -> list[str]:
 
 
 def check_flags(option_sets, common_args) -> None:
-    """Flags the grid sets, subcommands, and a flag given both in an option set and after `--`
-    (which one would win is not what anyone meant)."""
+    """Flags the grid sets, subcommands, and a flag given twice, or both in an option set and
+    after `--` (which one would win is not what anyone meant)."""
     for arg in [a for s in option_sets for a in s] + list(common_args):
         name = arg.split("=", 1)[0]
         if name in GRID_FLAGS:
@@ -65,6 +65,11 @@ def check_flags(option_sets, common_args) -> None:
         if arg.startswith("workload:"):
             raise SweepError(f"{arg}: the subcommand comes from --task; drop it from the "
                              "benchmark flags")
+    for flags in (*option_sets, common_args):
+        names = _flag_names(flags)
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise SweepError(f"{twice[0]} is given twice in {shlex.join(flags)}; give it once")
     common = set(_flag_names(common_args))
     for flags in option_sets:
         both = sorted(common & set(_flag_names(flags)))
