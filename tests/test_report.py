@@ -165,7 +165,9 @@ def test_a_tree_mixing_gpus_and_tiny_cpu_runs_never_shares_a_table_or_plot(tmp_p
     a100 = tree / "a100" / "diffusion" / "text-to-image" / "black-forest-labs" / "FLUX.1-dev"
     for run in ("uly-1+ring-1", "uly-4+ring-1"):
         name = f"batch-1+size-1024x1024+steps-28+seed-48105+{run}+tc-False+weights-random"
-        _copy_as(FLUX_DIR / name, a100 / name, gpu_model="NVIDIA A100-SXM4-80GB")
+        # As a packed sweep records it: the other run that shared the node.
+        _copy_as(FLUX_DIR / name, a100 / name, gpu_model="NVIDIA A100-SXM4-80GB",
+                 shared_node_runs=[{"run_dir": "elsewhere", "devices": ["7"]}])
     # The same H100 workload with pretrained weights: another group again.
     one = "batch-1+size-1024x1024+steps-28+seed-48105+uly-1+ring-1+tc-False+weights-random"
     _copy_as(FLUX_DIR / one, tree / "pre" / one, weights="pretrained")
@@ -175,6 +177,9 @@ def test_a_tree_mixing_gpus_and_tiny_cpu_runs_never_shares_a_table_or_plot(tmp_p
     assert len(table) == 4 + 4 + 2 + 1
     assert set(table["device"]) == {"NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB",
                                     "CPU (AMD EPYC)"}
+    shared = table.groupby("device")["shared_node_runs"]
+    assert shared.apply(list)["NVIDIA A100-SXM4-80GB"] == [1, 1]
+    assert shared.count()["NVIDIA H100 80GB HBM3"] == 0  # not recorded: empty, not 0
     cpu = table[table["device"].str.startswith("CPU")]
     assert (cpu["num_gpus"] == 0).all() and set(cpu["weights"]) == {"tiny"}
     assert cpu["energy_per_output_j"].isna().all()

@@ -216,6 +216,9 @@ def run_row(path: Path) -> dict:
         "energy_per_output_ci95_low_j": energy_low,
         "energy_per_output_ci95_high_j": energy_high,
         "peak_memory_gb": _number(doc.get("peak_memory_gb")),
+        # Other runs of the campaign on the node during this one (None: not recorded).
+        "shared_node_runs": (len(doc["shared_node_runs"])
+                             if isinstance(doc.get("shared_node_runs"), list) else None),
         "date": doc.get("date"),
         "run_dir": str(path.parent),
     }
