@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 # Names every writer and reader of a run directory shares.
@@ -15,14 +15,28 @@ MODEL_INFO = "model_info.json"
 DRIVER_LOG = "driver_log.txt"
 
 
+def _create_private_temp(directory: Path, name: str) -> tuple[int, Path]:
+    """A new file beside `name`, created with mode 0666 so that the kernel applies the user's
+    umask (0644 under umask 022): results on a cluster file system must be readable by the
+    colleagues and pipelines the umask allows. tempfile.mkstemp would force 0600."""
+    for _ in range(100):
+        tmp = directory / f".{name}.{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temporary file in {directory}")
+
+
 def write_json_atomically(path: Path, data) -> None:
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_private_temp(path.parent, path.name)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=2, ensure_ascii=False)
             f.write("\n")
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise

@@ -3,40 +3,62 @@
     python -m mlenergy.diffusion.report RUN_DIR [--out_dir DIR] [--no_plots]
 
 Reads every results.json under RUN_DIR (a sweep's `run/` tree, or any part of it) and writes
-runs.csv, runs.parquet, report.md and, per model, PNG plots into DIR (default RUN_DIR/report).
-Latency, throughput, energy and power are recomputed from the per-iteration windows with the
-formulas of the ML.ENERGY data toolkit (`mlenergy-data`), so the numbers are the toolkit's.
+runs.csv, runs.parquet, report.md and PNG plots into DIR (default RUN_DIR/report). Latency,
+throughput, energy and power are recomputed from the per-iteration windows with the formulas of
+the ML.ENERGY data toolkit (`mlenergy-data`), so the numbers are the toolkit's. Runs are never
+mixed across hardware: tables and plots are grouped by GPU model (or CPU), weights and dtype.
+A file that is not a results.json of this benchmark is skipped with a warning.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import math
 import os
-import re
 import statistics
 import sys
 from pathlib import Path
+from typing import Annotated, Optional
 
+import tyro
+
+from mlenergy.diffusion.task import TASKS
+from mlenergy.diffusion import stats
 from mlenergy.diffusion.config import DEFAULT_CACHE_THRESHOLD
 from mlenergy.diffusion.files import RESULTS
+
 STAGES = ("text_encoding", "denoising", "decoding", "remainder")
 STAGE_SHORT = {"text_encoding": "text", "denoising": "denoise", "decoding": "decode",
                "remainder": "rest"}
 OPTION_NAMES = {"use_torch_compile": "compile", "use_teacache": "teacache",
                 "use_fbcache": "fbcache", "use_fp8_t5_encoder": "fp8-t5",
                 "enable_sequential_cpu_offload": "cpu-offload"}
+# What sets runs apart so much that they never share a table or a plot.
+HARDWARE_KEYS = ["task", "device", "weights", "dtype"]
 
 
 class ReportError(ValueError):
     """Bad report input: one line that says what is wrong and how to fix it."""
 
 
+class NotAResult(ValueError):
+    """A results.json that this benchmark did not write, or that is damaged."""
+
+
 def find_results(root: Path) -> list[Path]:
-    found = []
-    # followlinks: the toolkit's layout reaches runs through a `current/run` symlink.
-    for dirpath, _, filenames in os.walk(root, followlinks=True):
+    """Every results.json under `root`. Directory links are followed (the toolkit's layout
+    reaches runs through a `current/run` link) but each directory is visited once, so a link
+    loop or a second link to the same tree does not count its runs again."""
+    found, visited = [], set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in visited:
+            dirnames[:] = []
+            continue
+        visited.add(real)
+        dirnames[:] = sorted(d for d in dirnames
+                             if os.path.realpath(os.path.join(dirpath, d)) not in visited)
         if RESULTS in filenames:
             found.append(Path(dirpath) / RESULTS)
     return sorted(found)
@@ -95,8 +117,8 @@ def iteration_metrics(doc: dict, batch_size: int) -> dict:
     per-GPU energy dict. Runs without energy get time-only numbers and None for energy."""
     energies, times = [], []
     for window in doc.get("iteration_energy_measurements") or []:
-        gpu = window.get("gpu_energy")
-        t = _number(window.get("time"))
+        gpu = window.get("gpu_energy") if isinstance(window, dict) else None
+        t = _number(window.get("time")) if isinstance(window, dict) else None
         if not isinstance(gpu, dict) or t is None or t <= 0:
             continue
         energies.append(float(sum(float(j) for j in gpu.values())))
@@ -106,29 +128,74 @@ def iteration_metrics(doc: dict, batch_size: int) -> dict:
         energy = statistics.fmean(energies)
         return {"batch_latency_s": latency, "throughput_per_s": batch_size / latency,
                 "energy_per_output_j": energy / batch_size, "avg_power_w": energy / latency}
-    times = [t for t in (_number(it.get("time")) for it in doc.get("iterations") or [])
+    iterations = doc.get("iterations") if isinstance(doc.get("iterations"), list) else []
+    times = [t for t in (_number(it.get("time")) for it in iterations if isinstance(it, dict))
              if t is not None and t > 0]
+    summary = doc.get("latency_per_iteration")
     latency = (statistics.fmean(times) if times
-               else _number((doc.get("latency_per_iteration") or {}).get("mean")))
-    return {"batch_latency_s": latency,
-            "throughput_per_s": batch_size / latency if latency else None,
+               else _number(summary.get("mean")) if isinstance(summary, dict) else None)
+    if latency is None or latency <= 0:
+        raise NotAResult("no positive iteration time")
+    return {"batch_latency_s": latency, "throughput_per_s": batch_size / latency,
             "energy_per_output_j": None, "avg_power_w": None}
 
 
+def _ci(summary, n_default, scale: float = 1.0) -> tuple[float | None, float | None]:
+    """The 95% confidence interval of the mean a results.json carries; from its sample stdev
+    (Student t, as stats.summarize computes it) for results written before `ci95` existed.
+    None when there is none: one iteration, or energy not measured."""
+    if not isinstance(summary, dict):
+        return None, None
+    ci = summary.get("ci95")
+    if isinstance(ci, list) and len(ci) == 2:
+        low, high = _number(ci[0]), _number(ci[1])
+    else:
+        mean, stdev = _number(summary.get("mean")), _number(summary.get("stdev"))
+        n = summary.get("n", n_default)
+        if mean is None or stdev is None or not isinstance(n, int) or n < 2:
+            return None, None
+        half = stats.t_quantile_975(n - 1) * stdev / math.sqrt(n)
+        low, high = mean - half, mean + half
+    if low is None or high is None:
+        return None, None
+    return low / scale, high / scale
+
+
+def _checked(doc, path: Path) -> dict:
+    if not isinstance(doc, dict):
+        raise NotAResult(f"a JSON {type(doc).__name__}, not an object")
+    if not isinstance(doc.get("model_id"), str) or "batch_size" not in doc:
+        raise NotAResult("no model_id or batch_size: not a results.json of this benchmark")
+    batch = doc["batch_size"]
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise NotAResult(f"batch_size {batch!r} is not a positive integer")
+    return doc
+
+
+def device_label(gpu_model, num_gpus) -> str:
+    name = gpu_model or "unknown device"
+    return name if num_gpus else f"CPU ({name})"
+
+
 def run_row(path: Path) -> dict:
-    doc = json.loads(path.read_text())
-    config = doc.get("configurations") or {}
+    doc = _checked(json.loads(path.read_text()), path)
+    config = doc.get("configurations") if isinstance(doc.get("configurations"), dict) else {}
     u = int(doc.get("ulysses_degree") or config.get("ulysses_degree") or 1)
     r = int(doc.get("ring_degree") or config.get("ring_degree") or 1)
-    batch = int(doc["batch_size"])
+    batch = doc["batch_size"]
     task = _task(doc, path)
+    num_gpus = int(doc["num_gpus"]) if doc.get("num_gpus") is not None else u * r
+    n = doc.get("num_iterations")
+    latency_low, latency_high = _ci(doc.get("latency_per_iteration"), n)
+    energy_low, energy_high = _ci(doc.get("energy_per_iteration"), n, batch)
     row = {
-        "model_id": doc.get("model_id"),
-        "model": str(doc.get("model_id", "")).rstrip("/").split("/")[-1],
+        "model_id": doc["model_id"],
+        "model": doc["model_id"].rstrip("/").split("/")[-1],
         "task": task,
-        "output": "video" if task == "text-to-video" else "image",
+        "output": TASKS[task].noun,
         "gpu_model": doc.get("gpu_model"),
-        "num_gpus": int(doc["num_gpus"]) if doc.get("num_gpus") is not None else u * r,
+        "device": device_label(doc.get("gpu_model"), num_gpus),
+        "num_gpus": num_gpus,
         "num_processes": int(doc.get("num_processes") or u * r),
         "ulysses_degree": u,
         "ring_degree": r,
@@ -138,19 +205,25 @@ def run_row(path: Path) -> dict:
         "num_frames": doc.get("num_frames"),
         "fps": doc.get("fps"),
         "inference_steps": doc.get("inference_steps"),
-        "weights": doc.get("weights"),
-        "dtype": doc.get("dtype"),
+        "weights": doc.get("weights") or "unknown",
+        "dtype": doc.get("dtype") or "unknown",
         "options": options_label(config),
         "use_torch_compile": bool(config.get("use_torch_compile", False)),
         "energy_measured": bool(doc.get("iteration_energy_measurements")),
         "num_iterations": doc.get("num_iterations"),
         **iteration_metrics(doc, batch),
+        "batch_latency_ci95_low_s": latency_low,
+        "batch_latency_ci95_high_s": latency_high,
+        "energy_per_output_ci95_low_j": energy_low,
+        "energy_per_output_ci95_high_j": energy_high,
         "peak_memory_gb": _number(doc.get("peak_memory_gb")),
+        # Other runs of the campaign on the node during this one (None: not recorded).
+        "shared_node_runs": (len(doc["shared_node_runs"])
+                             if isinstance(doc.get("shared_node_runs"), list) else None),
         "date": doc.get("date"),
         "run_dir": str(path.parent),
     }
-    row["time_per_output_s"] = (row["batch_latency_s"] / batch
-                                if row["batch_latency_s"] is not None else None)
+    row["time_per_output_s"] = row["batch_latency_s"] / batch
     breakdown = doc.get("stage_breakdown")
     if isinstance(breakdown, dict):
         for stage in STAGES:
@@ -171,22 +244,15 @@ def load_table(root: Path):
     for path in paths:
         try:
             rows.append(run_row(path))
-        except (ValueError, KeyError, TypeError) as err:
-            print(f"warning: {path} skipped: {type(err).__name__}: {err}", file=sys.stderr)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            print(f"warning: {path} skipped: {err}", file=sys.stderr)
+    if not rows:
+        raise ReportError(f"none of the {len(paths)} {RESULTS} file(s) under {root} is a "
+                          "readable result of this benchmark (see the warnings above)")
     df = pd.DataFrame(rows)
-    return df.sort_values(["task", "model_id", "num_gpus", "ulysses_degree", "ring_degree",
-                           "batch_size", "options"], kind="stable").reset_index(drop=True)
-
-
-def pareto_frontier(latency: list[float], energy: list[float]) -> list[int]:
-    """Indices of the points no other point beats on both latency and energy, by latency."""
-    order = sorted(range(len(latency)), key=lambda i: (latency[i], energy[i]))
-    frontier, best = [], math.inf
-    for i in order:
-        if energy[i] < best:
-            frontier.append(i)
-            best = energy[i]
-    return frontier
+    return df.sort_values([*HARDWARE_KEYS, "model_id", "num_gpus", "ulysses_degree",
+                           "ring_degree", "batch_size", "options"],
+                          kind="stable").reset_index(drop=True)
 
 
 def _fmt(value, spec: str) -> str:
@@ -204,131 +270,42 @@ def _stages_text(row) -> str:
     return " / ".join(parts) or "-"
 
 
+def _size(row) -> str:
+    size = f"{row['height']}x{row['width']}"
+    if row.get("num_frames"):
+        size += f"x{int(row['num_frames'])}f"
+    return size
+
+
+def _markdown_row(row, has_stages: bool) -> str:
+    row = row.where(row.notna(), None)
+    gpus = str(row["num_gpus"]) if row["num_gpus"] else f"0 ({row['num_processes']} proc)"
+    cells = [row["model"], row["device"], gpus, f"{row['ulysses_degree']} x {row['ring_degree']}",
+             str(row["batch_size"]), _size(row), str(row["inference_steps"]), row["weights"],
+             row["dtype"], row["options"] or "-", _fmt(row["batch_latency_s"], ".3f"),
+             _fmt(row["throughput_per_s"], ".3f"), _fmt(row["energy_per_output_j"], ",.1f"),
+             _fmt(row["avg_power_w"], ",.1f"), _fmt(row["peak_memory_gb"], ".2f")]
+    if has_stages:
+        cells.append(_stages_text(row))
+    return "| " + " | ".join(cells) + " |"
+
+
 def markdown(df) -> str:
+    """One table per task, device, weights kind and dtype."""
     has_stages = any(c.startswith("stage_") for c in df.columns)
     out = [f"# Benchmark report: {len(df)} run(s)", ""]
-    for task, group in df.groupby("task", sort=True):
-        unit = "video" if task == "text-to-video" else "image"
-        out += [f"## {task}", ""]
-        header = ["model", "device", "GPUs", "U x R", "batch", "size", "steps", "options",
-                  "latency / batch (s)", f"{unit}s / s", f"J / {unit}", "power (W)",
-                  "peak mem (GB)"]
+    for (task, device, weights, dtype), group in df.groupby(HARDWARE_KEYS, sort=True):
+        unit = TASKS[task].noun
+        out += [f"## {task}: {device}, {weights} weights, {dtype}", ""]
+        header = ["model", "device", "GPUs", "U x R", "batch", "size", "steps", "weights",
+                  "dtype", "options", "latency / batch (s)", f"{unit}s / s", f"J / {unit}",
+                  "power (W)", "peak mem (GB)"]
         if has_stages:
             header.append("stages (s / batch)")
         out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for _, row in group.iterrows():
-            row = row.where(row.notna(), None)
-            size = f"{row['height']}x{row['width']}"
-            if row.get("num_frames"):
-                size += f"x{int(row['num_frames'])}f"
-            cells = [
-                row["model"], row["gpu_model"] or "-",
-                str(row["num_gpus"]) if row["num_gpus"] else f"0 (CPU, {row['num_processes']} proc)",
-                f"{row['ulysses_degree']} x {row['ring_degree']}", str(row["batch_size"]), size,
-                str(row["inference_steps"]), row["options"] or "-",
-                _fmt(row["batch_latency_s"], ".3f"), _fmt(row["throughput_per_s"], ".3f"),
-                _fmt(row["energy_per_output_j"], ",.1f"), _fmt(row["avg_power_w"], ",.1f"),
-                _fmt(row["peak_memory_gb"], ".2f"),
-            ]
-            if has_stages:
-                cells.append(_stages_text(row))
-            out.append("| " + " | ".join(cells) + " |")
+        out += [_markdown_row(row, has_stages) for _, row in group.iterrows()]
         out.append("")
     return "\n".join(out)
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")
-
-
-def _variant(row) -> str:
-    """What besides degrees and batch size sets a run apart: size, steps, options."""
-    parts = [f"{row['height']}x{row['width']}", f"{row['inference_steps']} steps"]
-    if row["options"]:
-        parts.append(row["options"])
-    return ", ".join(parts)
-
-
-def plot_model(df, out_dir: Path) -> list[Path]:
-    """Pareto (latency vs energy per output), scaling with GPU count, throughput vs batch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    model, task = df["model"].iloc[0], df["task"].iloc[0]
-    unit = "video" if task == "text-to-video" else "image"
-    df = df.assign(variant=df.apply(_variant, axis=1), degrees=df["ulysses_degree"] * df["ring_degree"])
-    many_variants = df["variant"].nunique() > 1
-    measured = df[df["energy_per_output_j"].notna()]
-    written = []
-
-    if len(measured):
-        fig, ax = plt.subplots(figsize=(7, 5))
-        lat, energy = measured["batch_latency_s"].tolist(), measured["energy_per_output_j"].tolist()
-        ax.scatter(lat, energy, c="tab:gray", s=25, label="runs")
-        for (_, row), x, y in zip(measured.iterrows(), lat, energy):
-            ax.annotate(f"b{row['batch_size']} u{row['ulysses_degree']}r{row['ring_degree']}",
-                        (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        front = pareto_frontier(lat, energy)
-        ax.plot([lat[i] for i in front], [energy[i] for i in front], "o-", color="tab:red",
-                label="Pareto frontier")
-        ax.set_xlabel("latency per batch (s)")
-        ax.set_ylabel(f"energy per {unit} (J)")
-        ax.set_title(f"{model}: latency vs energy per {unit}")
-        ax.legend()
-        written.append(_save(fig, out_dir / f"{_slug(model)}-pareto.png"))
-
-    fig, (ax_e, ax_t) = plt.subplots(1, 2, figsize=(11, 4.5))
-    for (batch, variant), group in df.groupby(["batch_size", "variant"], sort=True):
-        label = f"batch {batch}" + (f" ({variant})" if many_variants else "")
-        for ax, column in ((ax_e, "energy_per_output_j"), (ax_t, "batch_latency_s")):
-            points = group[group[column].notna()]
-            if not len(points):
-                continue
-            best = points.groupby("degrees")[column].min()
-            line, = ax.plot(best.index, best.values, "-", label=label)
-            ax.scatter(points["degrees"], points[column], color=line.get_color(), s=18)
-            for _, row in points.iterrows():
-                ax.annotate(f"{row['ulysses_degree']}x{row['ring_degree']}",
-                            (row["degrees"], row[column]), fontsize=6, xytext=(3, 2),
-                            textcoords="offset points")
-    ax_e.set_ylabel(f"energy per {unit} (J)")
-    ax_t.set_ylabel("latency per batch (s)")
-    if not len(measured):
-        ax_e.text(0.5, 0.5, "energy not measured", ha="center", va="center",
-                  transform=ax_e.transAxes)
-    for ax in (ax_e, ax_t):
-        ax.set_xlabel("GPUs (ulysses x ring)")
-        ax.set_xticks(sorted(df["degrees"].unique()))
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    fig.suptitle(f"{model}: scaling with GPU count (line: best degrees at each count)")
-    written.append(_save(fig, out_dir / f"{_slug(model)}-gpus.png"))
-
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for (u, r, variant), group in df.groupby(["ulysses_degree", "ring_degree", "variant"],
-                                             sort=True):
-        group = group[group["throughput_per_s"].notna()].sort_values("batch_size")
-        label = f"ulysses {u} x ring {r}" + (f" ({variant})" if many_variants else "")
-        ax.plot(group["batch_size"], group["throughput_per_s"], "o-", label=label)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(sorted(df["batch_size"].unique()), [str(b) for b in sorted(df["batch_size"].unique())])
-    ax.set_xlabel("batch size")
-    ax.set_ylabel(f"{unit}s per second")
-    ax.set_title(f"{model}: throughput vs batch size")
-    ax.legend(fontsize=7)
-    written.append(_save(fig, out_dir / f"{_slug(model)}-throughput.png"))
-    return written
-
-
-def _save(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def write_report(root: Path, out_dir: Path, plots: bool = True) -> dict:
@@ -342,27 +319,38 @@ def write_report(root: Path, out_dir: Path, plots: bool = True) -> dict:
     paths["markdown"].write_text(text + "\n")
     written_plots = []
     if plots:
-        for _, group in df.groupby(["task", "model_id"], sort=True):
-            written_plots += plot_model(group, out_dir)
+        from mlenergy.diffusion import report_plots
+
+        written_plots = report_plots.plot_all(df, out_dir)
     return {"table": df, "markdown": text, "paths": paths, "plots": written_plots}
 
 
+@dataclasses.dataclass(frozen=True)
+class ReportArgs:
+    """Aggregate every results.json under a run tree into one table, a markdown summary and
+    plots, grouped by GPU model, weights kind and dtype."""
+
+    run_dir: Annotated[Path, tyro.conf.Positional]
+    """A run tree, e.g. run/ after a sweep."""
+    out_dir: Optional[Path] = None
+    """Where runs.csv, runs.parquet, report.md and the plots go. Default: RUN_DIR/report."""
+    plots: bool = True
+    """Draw the plots (--no_plots: the table only)."""
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mlenergy.diffusion.report",
-                                description="Aggregate every results.json under a run tree "
-                                            "into one table, a markdown summary and plots.")
-    p.add_argument("run_dir", type=Path, help="a run tree, e.g. run/ after a sweep")
-    p.add_argument("--out_dir", type=Path,
-                   help="where runs.csv, runs.parquet, report.md and the plots go "
-                        "(default: RUN_DIR/report)")
-    p.add_argument("--no_plots", action="store_true", help="write the table only")
-    ns = p.parse_args(argv)
-    if not ns.run_dir.is_dir():
-        print(f"error: {ns.run_dir} is not a directory; pass the run tree (e.g. run/)",
+    args = tyro.cli(ReportArgs, args=sys.argv[1:] if argv is None else argv,
+                    use_underscores=True, prog="python -m mlenergy.diffusion.report")
+    if not args.run_dir.is_dir():
+        print(f"error: {args.run_dir} is not a directory; pass the run tree (e.g. run/)",
               file=sys.stderr)
         return 2
+    out_dir = args.out_dir or args.run_dir / "report"
+    if out_dir.exists() and not out_dir.is_dir():
+        print(f"error: --out_dir {out_dir} is a file; pass a directory", file=sys.stderr)
+        return 2
     try:
-        report = write_report(ns.run_dir, ns.out_dir or ns.run_dir / "report", not ns.no_plots)
+        report = write_report(args.run_dir, out_dir, args.plots)
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,0 +1,5 @@
+import sys
+
+from mlenergy.diffusion.sweep import main
+
+sys.exit(main())

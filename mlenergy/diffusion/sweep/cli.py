@@ -1,0 +1,310 @@
+"""The sweep's command line: check the input, build and validate the grid, then run it here,
+print its commands, or hand it to Slurm."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import shlex
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Literal, Optional
+
+import tyro
+
+from mlenergy.diffusion import files
+from mlenergy.diffusion.sweep import grid as grid_module
+from mlenergy.diffusion.sweep import local, sharing, slurm
+from mlenergy.diffusion.sweep.grid import Grid, SweepError
+from mlenergy.diffusion.sweep.point import STATUSES, Point
+from mlenergy.diffusion.sweep.task import split_benchmark_args
+
+Repeatable = tyro.conf.UseAppendAction
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepArgs:
+    """Run a grid of benchmark points (models x option sets x ulysses/ring x batch sizes), each
+    with ulysses x ring processes, here (one at a time, or --pack) or as Slurm job arrays.
+    Flags after `--` go to every point's benchmark (e.g. -- --workload.weights random)."""
+
+    preset: Optional[Literal["leaderboard"]] = None
+    """leaderboard: batch 1 2 4 8 16 and (ulysses, ring) in 1x1 1x2 2x1 1x4 2x2 4x1 1x8 2x4 4x2
+    8x1, every registered model of the task; --models/--batch_sizes/--parallel override it."""
+    task: Literal["text-to-image", "text-to-video"] = "text-to-image"
+    """The benchmark subcommand of every point."""
+    models: tuple[str, ...] = ()
+    """Registered model ids (or local diffusers directories)."""
+    batch_sizes: tuple[int, ...] = ()
+    """Batch sizes."""
+    parallel: tuple[str, ...] = ()
+    """(Ulysses, ring) degrees as UxR, e.g. 1x1 2x1 1x2."""
+    options: Annotated[tuple[str, ...], Repeatable] = ()
+    """One set of benchmark flags per point variant; repeat for more, with `=` (e.g. --options=
+    "--options=--use_torch_compile --warmup_iters 2"). Default: one empty set."""
+    out_dir: Path = Path("run")
+    """Root of the run tree: points go to OUT_DIR/diffusion/<task>/<model>/<params>, logs to
+    OUT_DIR/sweep_logs."""
+    summary: Optional[Path] = None
+    """Where the sweep summary JSON goes. Default: OUT_DIR/sweep_summary.json."""
+    gpus: Optional[int] = None
+    """The most GPUs (processes, without CUDA) one point may use; points needing more are
+    skipped. Default: visible CUDA GPUs, else CPU cores; --gpus_per_node for Slurm."""
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    """Device the points are validated for (auto: this machine's; cuda for Slurm)."""
+    timeout_s: float = 3600.0
+    """A point running longer is stopped (all its processes) and recorded as failed."""
+    retries: int = 0
+    """Run a point that failed (not one that timed out) up to this many more times."""
+    compile_cache: Optional[Path] = None
+    """inductor's kernel cache for every point (TORCHINDUCTOR_CACHE_DIR). Default:
+    OUT_DIR/compile_cache, unless TORCHINDUCTOR_CACHE_DIR is set already."""
+    pack: bool = False
+    """Run points whose GPU sets are disjoint side by side on this node, each with its own
+    CUDA_VISIBLE_DEVICES slice and rendezvous port. Default: one point at a time."""
+    dry_run: bool = False
+    """Print each point's command (or why it is skipped); run nothing."""
+    emit: Optional[Literal["slurm"]] = None
+    """slurm: print a bash script that submits the pending points as Slurm job arrays."""
+    submit: bool = False
+    """Submit the job arrays with sbatch now and print their job ids (implies --emit slurm)."""
+    gpus_per_node: int = 8
+    """Slurm: GPUs per node; bigger points span whole nodes."""
+    cpus_per_gpu: int = 8
+    """Slurm: CPUs each task asks for, per GPU."""
+    mem_per_gpu: Optional[str] = "64G"
+    """Slurm: memory each task asks for, per GPU (e.g. 64G, 500M; None: the partition's
+    default)."""
+    partition: Optional[str] = None
+    """Slurm: partition (#SBATCH --partition)."""
+    account: Optional[str] = None
+    """Slurm: account (#SBATCH --account)."""
+    time_limit: Optional[str] = None
+    """Slurm: time limit of each task (#SBATCH --time), e.g. 2:00:00."""
+    array_limit: Optional[int] = None
+    """Slurm: at most this many tasks of one array run at once (--array=0-N%K)."""
+    slurm_option: Annotated[tuple[str, ...], Repeatable] = ()
+    """Slurm: an extra #SBATCH line; repeat for more (e.g. --slurm_option=--qos=high)."""
+
+
+SLURM_ONLY = ("partition", "account", "time_limit", "array_limit", "slurm_option",
+              "cpus_per_gpu", "mem_per_gpu", "gpus_per_node")
+
+
+def _duplicates(values) -> list:
+    seen, repeated = set(), []
+    for v in values:
+        if v in seen and v not in repeated:
+            repeated.append(v)
+        seen.add(v)
+    return repeated
+
+
+def check_args(args: SweepArgs) -> None:
+    """Everything that is wrong with the flags themselves, in one line each."""
+    if not math.isfinite(args.timeout_s) or args.timeout_s <= 0:
+        raise SweepError(f"--timeout_s must be a finite number of seconds above 0, got "
+                         f"{args.timeout_s}")
+    for name in ("retries", "gpus", "gpus_per_node", "cpus_per_gpu", "array_limit"):
+        value, least = getattr(args, name), 0 if name == "retries" else 1
+        if value is not None and value < least:
+            raise SweepError(f"--{name} must be at least {least}, got {value}")
+    if any(b < 1 for b in args.batch_sizes):
+        raise SweepError(f"--batch_sizes must be at least 1, got {list(args.batch_sizes)}")
+    for name in ("models", "batch_sizes", "parallel", "options"):
+        repeated = _duplicates(getattr(args, name))
+        if repeated:
+            raise SweepError(f"--{name} lists {', '.join(map(repr, repeated))} more than once; "
+                             "give each value once")
+    if args.mem_per_gpu and not re.fullmatch(r"\d+[KMGTkmgt]?", args.mem_per_gpu):
+        raise SweepError(f"--mem_per_gpu {args.mem_per_gpu!r} is not a Slurm size like 64G or "
+                         "500M")
+    if args.out_dir.exists() and not args.out_dir.is_dir():
+        raise SweepError(f"--out_dir {args.out_dir} is a file; pass a directory")
+    if args.summary is not None and (args.summary.is_dir() or any(
+            p.exists() and not p.is_dir() for p in args.summary.parents)):
+        raise SweepError(f"--summary {args.summary} cannot be written as a file; pass a file "
+                         "path in a directory")
+    slurm_mode = args.emit == "slurm" or args.submit
+    if slurm_mode and (args.pack or args.dry_run):
+        raise SweepError(f"--{'pack' if args.pack else 'dry_run'} is for local runs; Slurm "
+                         "packs the arrays' tasks itself (drop it, or drop --emit/--submit)")
+    defaults = SweepArgs()
+    changed = [n for n in SLURM_ONLY if getattr(args, n) != getattr(defaults, n)]
+    if changed and not slurm_mode:
+        raise SweepError(f"--{changed[0]} is a Slurm setting; add --emit slurm or --submit")
+
+
+def make_grid(args: SweepArgs, benchmark_args: list[str]) -> Grid:
+    preset = grid_module.PRESETS.get(args.preset, {})
+    from mlenergy.diffusion.registry import known_model_ids
+
+    models = args.models or (tuple(known_model_ids(args.task)) if args.preset else ())
+    batch_sizes = args.batch_sizes or preset.get("batch_sizes", ())
+    parallel = args.parallel or preset.get("parallel", ())
+    missing = [flag for flag, v in (("--models", models), ("--batch_sizes", batch_sizes),
+                                    ("--parallel", parallel)) if not v]
+    if missing:
+        raise SweepError(f"no {', '.join(missing)} given; name them, or use --preset leaderboard")
+    grid_module.check_models(args.task, models)
+    option_sets = tuple(tuple(shlex.split(o)) for o in (args.options or ("",)))
+    grid_module.check_flags(option_sets, benchmark_args)
+    return Grid(task=args.task, models=tuple(models), batch_sizes=tuple(batch_sizes),
+                parallel=tuple(grid_module.parse_parallel(p) for p in parallel),
+                option_sets=option_sets, common_args=tuple(benchmark_args), out_dir=args.out_dir)
+
+
+def _device_type(args: SweepArgs) -> str:
+    if args.device != "auto":
+        return args.device
+    if args.emit == "slurm" or args.submit:
+        return "cuda"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _gpus(args: SweepArgs, device_type: str) -> int:
+    if args.gpus is not None:
+        return args.gpus
+    if args.emit == "slurm" or args.submit:
+        return args.gpus_per_node
+    if device_type == "cuda":
+        import torch
+
+        return torch.cuda.device_count()
+    return os.cpu_count() or 1
+
+
+def _slots(gpus: int, device_type: str) -> tuple[str, ...]:
+    """The device of each GPU slot: CUDA_VISIBLE_DEVICES entries if the caller set it."""
+    visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]
+    if device_type == "cuda" and visible:
+        return tuple(visible[:gpus])
+    return tuple(str(i) for i in range(gpus))
+
+
+def compile_cache_dir(args: SweepArgs) -> Path | None:
+    """The kernel cache the points share; None where the caller's environment names one."""
+    if args.compile_cache is None and os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        return None
+    return args.compile_cache or args.out_dir / "compile_cache"
+
+
+def _require_a_runnable_point(points: list[Point]) -> None:
+    if points and all(p.status == "skipped" for p in points):
+        raise SweepError(f"no point of the grid can run ({len(points)} skipped), e.g. "
+                         f"{points[0].label()}: {points[0].reason}")
+
+
+def summarize(points: list[Point]) -> dict:
+    counts = {s: sum(p.status == s for p in points) for s in STATUSES}
+    return {"counts": counts, "points": [p.to_json() for p in points]}
+
+
+def print_summary(points: list[Point], summary_path: Path) -> None:
+    print("\nSweep summary")
+    for p in points:
+        extra = f": {p.reason}" if p.reason and p.status != "already_done" else ""
+        log = f" (log: {p.log})" if p.status == "failed" else ""
+        print(f"  {p.status:<12} {p.label()}{extra}{log}")
+    counts = summarize(points)["counts"]
+    print("  " + ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in counts.items()))
+    print(f"  summary: {summary_path}")
+
+
+def run_here(points: list[Point], args: SweepArgs, device_type: str, gpus: int) -> int:
+    summary_path = args.summary or args.out_dir / "sweep_summary.json"
+    cache = compile_cache_dir(args)
+    cache = cache.resolve() if cache is not None else None
+    started = datetime.now()
+    stopped_by = None
+
+    def write_summary() -> None:
+        local.note_shared_nodes(points)
+        files.write_json_atomically(summary_path, {
+            "started": started.isoformat(timespec="seconds"),
+            "finished": datetime.now().isoformat(timespec="seconds"),
+            "out_dir": str(args.out_dir), "device": device_type, "gpus": gpus,
+            "pack": args.pack, "timeout_s": args.timeout_s,
+            "compile_cache": str(cache) if cache else None,
+            "stopped_by": stopped_by, **summarize(points)})
+
+    settings = local.Settings(
+        timeout_s=args.timeout_s, retries=args.retries, pack=args.pack,
+        slots=_slots(gpus, device_type), env=local.child_env(cache),
+        log=lambda p: local.log_path(args.out_dir, p),
+        shared_node_dir=sharing.node_dir(args.out_dir / "shared_node_runs"))
+    try:
+        signum = local.run_points(points, settings, progress=write_summary,
+                                  report=lambda line: print(line, flush=True))
+    finally:
+        write_summary()
+    if signum is not None:
+        import signal
+
+        stopped_by = signal.Signals(signum).name
+        write_summary()
+    print_summary(points, summary_path)
+    if signum is not None:
+        return 128 + signum
+    return 1 if any(p.status == "failed" for p in points) else 0
+
+
+def _slurm_settings(args: SweepArgs) -> slurm.SlurmSettings:
+    return slurm.SlurmSettings(
+        out_dir=args.out_dir, timeout_s=args.timeout_s, gpus_per_node=args.gpus_per_node,
+        cpus_per_gpu=args.cpus_per_gpu, mem_per_gpu=args.mem_per_gpu, partition=args.partition,
+        account=args.account, time_limit=args.time_limit, array_limit=args.array_limit,
+        extra=tuple(args.slurm_option), compile_cache=compile_cache_dir(args))
+
+
+def hand_to_slurm(points: list[Point], args: SweepArgs, argv: list[str]) -> int:
+    settings = _slurm_settings(args)
+    if not args.submit:
+        print(slurm.campaign_script(points, settings, argv), end="")
+        return 0
+    pending = sum(p.status == "pending" for p in points)
+    done = sum(p.status == "already_done" for p in points)
+    print(f"{pending} point(s) to run, {done} already done, "
+          f"{sum(p.status == 'skipped' for p in points)} skipped")
+    if not pending:
+        print("nothing to submit")
+        return 0
+    try:
+        slurm.submit(points, settings)
+    except slurm.SubmitError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    own, benchmark_args = split_benchmark_args(argv)
+    args = tyro.cli(SweepArgs, args=own, use_underscores=True,
+                    prog="python -m mlenergy.diffusion.sweep")
+    try:
+        check_args(args)
+        grid = make_grid(args, benchmark_args)
+        device_type = _device_type(args)
+        gpus = _gpus(args, device_type)
+        points = grid_module.make_points(grid)
+        slurm_mode = args.emit == "slurm" or args.submit
+        grid_module.resolve(points, grid, gpus, device_type,
+                            args.gpus_per_node if slurm_mode else None)
+        _require_a_runnable_point(points)
+    except SweepError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if slurm_mode:
+        return hand_to_slurm(points, args, argv)
+    if args.dry_run:
+        for p in points:
+            print(shlex.join(local.local_command(p)) if p.status == "pending"
+                  else f"# {p.status.replace('_', ' ')}: {p.label()}: {p.reason}")
+        return 0
+    return run_here(points, args, device_type, gpus)

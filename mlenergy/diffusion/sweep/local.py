@@ -1,0 +1,221 @@
+"""Running points on this node: one at a time, or packed side by side on disjoint GPUs.
+
+A point is one torchrun of the benchmark in a session of its own. One that fails or outlives its
+timeout is recorded and the sweep goes on; SIGINT or SIGTERM to the sweep stops the running
+points the way a timeout does (TERM to every process of theirs, a grace period, KILL).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from mlenergy.diffusion.sweep import sharing
+from mlenergy.diffusion.sweep.point import Point, results_complete, results_path
+from mlenergy.diffusion.sweep.process import Launch
+
+# A sweep started from inside a torchrun must not hand its own rank to the points.
+LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+                      "MASTER_PORT", "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID")
+POLL_S = 0.2
+
+
+def local_command(point: Point) -> list[str]:
+    if point.nproc == 1:
+        # One process needs no launcher (the benchmark sets up its own one-rank group).
+        return [sys.executable, "-m", "mlenergy.diffusion.benchmark", *point.benchmark_args]
+    # --standalone: a private c10d rendezvous on a free local port, so that points running side
+    # by side never meet each other's ranks.
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc_per_node={point.nproc}", "-m", "mlenergy.diffusion.benchmark",
+            *point.benchmark_args]
+
+
+def child_env(compile_cache: Path | None = None) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES}
+    if compile_cache is not None:
+        env["TORCHINDUCTOR_CACHE_DIR"] = str(compile_cache)
+    return env
+
+
+def log_path(out_dir: Path, point: Point) -> Path:
+    relative = point.run_dir.relative_to(out_dir) if point.run_dir.is_relative_to(out_dir) \
+        else Path(point.run_dir.parent.name)
+    return out_dir / "sweep_logs" / relative.parent / (point.run_dir.name + ".log")
+
+
+@dataclass
+class Settings:
+    timeout_s: float
+    log: Callable[[Point], Path]
+    env: dict = field(default_factory=child_env)
+    retries: int = 0
+    # Device slots (CUDA_VISIBLE_DEVICES entries); with `pack`, each running point gets its own.
+    slots: tuple[str, ...] = ()
+    pack: bool = False
+    shared_node_dir: Path | None = None
+    command: Callable[[Point], list[str]] = local_command
+
+
+@dataclass
+class _Running:
+    point: Point
+    launch: Launch
+    record: Path | None
+
+
+class StopSignals:
+    """SIGINT and SIGTERM set `received` instead of ending the sweep at once."""
+
+    def __init__(self):
+        self.received: int | None = None
+
+    def _handle(self, signum, _frame):
+        self.received = signum
+
+    def __enter__(self):
+        self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT,
+                                                                      signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+def _start(point: Point, settings: Settings, devices: list[str] | None) -> _Running:
+    point.attempts += 1
+    point.command = settings.command(point)
+    point.log = settings.log(point)
+    point.devices = devices
+    env = dict(settings.env)
+    if devices is not None:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
+    if settings.shared_node_dir is not None:
+        env[sharing.ENV] = str(settings.shared_node_dir)
+    launch = Launch(point.command, env, point.log, append=point.attempts > 1,
+                    attempt=point.attempts)
+    point.started = launch.started
+    record = None
+    if settings.shared_node_dir is not None:
+        visible = devices or [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]
+        record = sharing.register(settings.shared_node_dir, point.run_dir, visible or None,
+                                  launch.proc.pid)
+    return _Running(point, launch, record)
+
+
+def _settle(running: _Running, code: int | None, settings: Settings) -> None:
+    point = running.point
+    point.seconds = running.launch.elapsed
+    point.finished = time.time()
+    if running.record is not None:
+        sharing.finish(running.record)
+    if code is None:
+        point.status, point.reason = "failed", f"timed out after {settings.timeout_s:g} s; killed"
+    elif code != 0:
+        point.status, point.reason = "failed", f"exit status {code}"
+    elif not results_complete(results_path(point.run_dir), point):
+        point.status, point.reason = "failed", "exited 0 but wrote no complete results.json"
+    else:
+        point.status, point.reason = "done", None
+
+
+def _retry(point: Point, settings: Settings) -> bool:
+    return (point.status == "failed" and point.attempts <= settings.retries
+            and not point.reason.startswith("timed out"))
+
+
+def _pick(queue: list[Point], running: list[_Running], free: list[str], pack: bool):
+    """The next point to start now and its devices, or None: in order, but with --pack a point
+    that fits the free GPUs may pass one that does not (backfill)."""
+    if not pack:
+        return (queue[0], None) if queue and not running else None
+    for point in queue:
+        if point.nproc <= len(free):
+            return point, free[:point.nproc]
+    return None
+
+
+def _loop(queue: list[Point], running: list[_Running], free: list[str], total: int,
+          settings: Settings, signals: StopSignals, progress, report) -> None:
+    started = 0
+    while (queue or running) and signals.received is None:
+        while (pick := _pick(queue, running, free, settings.pack)) is not None:
+            point, devices = pick
+            queue.remove(point)
+            for d in devices or ():
+                free.remove(d)
+            started += point.attempts == 0
+            on = f" on devices {','.join(devices)}" if devices else ""
+            report(f"[{started}/{total}] {point.label()} -> {point.run_dir}{on}")
+            running.append(_start(point, settings, devices))
+        for item in list(running):
+            code = item.launch.poll()
+            if code is None and item.launch.elapsed <= settings.timeout_s:
+                continue
+            if code is None:
+                item.launch.stop()
+            running.remove(item)
+            free[:] = sorted(free + list(item.point.devices or ()), key=settings.slots.index)
+            _settle(item, code, settings)
+            _announce(item.point, report)
+            if _retry(item.point, settings):
+                report(f"    attempt {item.point.attempts + 1} of {item.point.label()}")
+                item.point.status = "pending"
+                queue.insert(0, item.point)
+            progress()
+        time.sleep(POLL_S)
+
+
+def run_points(points: list[Point], settings: Settings, progress: Callable[[], None],
+               report: Callable[[str], None] = print) -> int | None:
+    """Run every pending point. Returns the number of the signal that stopped the sweep, or
+    None when every point got its turn."""
+    queue = [p for p in points if p.status == "pending"]
+    total = len(queue)
+    free = list(settings.slots)
+    running: list[_Running] = []
+    with StopSignals() as signals:
+        try:
+            _loop(queue, running, free, total, settings, signals, progress, report)
+        except BaseException:
+            # An unexpected error must not leave points running unsupervised.
+            for item in running:
+                item.launch.stop()
+            raise
+    if signals.received is not None:
+        _stop_all(running, queue, signals.received, settings, report)
+    return signals.received
+
+
+def _announce(point: Point, report: Callable[[str], None]) -> None:
+    status = point.status + (f" ({point.reason})" if point.reason else "")
+    report(f"    {status} in {point.seconds:.1f} s: {point.label()}")
+    if point.status == "failed" and point.log is not None and point.log.exists():
+        tail = point.log.read_text(errors="replace").splitlines()[-15:]
+        report("\n".join(f"    | {line}" for line in tail))
+
+
+def _stop_all(running: list[_Running], queue: list[Point], signum: int, settings: Settings,
+              report: Callable[[str], None]) -> None:
+    name = signal.Signals(signum).name
+    report(f"{name}: stopping {len(running)} running point(s)")
+    for item in running:
+        item.launch.stop()
+        _settle(item, None, settings)
+        item.point.status, item.point.reason = "interrupted", f"stopped by {name}"
+    for point in queue:
+        point.status, point.reason = "not_run", f"the sweep was stopped by {name}"
+
+
+def note_shared_nodes(points: list[Point]) -> None:
+    """For the summary: which points ran at the same time as each (on this node)."""
+    ran = [p for p in points if p.started is not None and p.finished is not None]
+    for point in ran:
+        point.shared_node_with = [str(o.run_dir) for o in ran if o is not point
+                                  and o.started < point.finished and point.started < o.finished]

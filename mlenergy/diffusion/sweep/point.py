@@ -1,0 +1,87 @@
+"""One point of a sweep and what counts as done. No torch here: the Slurm task runner imports
+this on every task, and it must start in well under a second."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlenergy.diffusion.files import RESULTS
+
+# done / already_done / skipped / failed are final; interrupted: stopped by a signal to the sweep;
+# not_run: still pending when the sweep was stopped.
+STATUSES = ("done", "already_done", "skipped", "failed", "interrupted", "not_run")
+
+
+@dataclass
+class Point:
+    model_id: str
+    batch_size: int
+    ulysses_degree: int
+    ring_degree: int
+    # The option set's flags, as one string for people (labels, the summary).
+    options: str
+    benchmark_args: list[str]
+    run_dir: Path | None = None
+    status: str = "pending"
+    reason: str | None = None
+    log: Path | None = None
+    seconds: float | None = None
+    attempts: int = 0
+    command: list[str] = field(default_factory=list)
+    # The device slots (CUDA_VISIBLE_DEVICES entries) a packed point ran on.
+    devices: list[str] | None = None
+    started: float | None = None
+    finished: float | None = None
+    # Run directories of the points that ran on this node while this one did.
+    shared_node_with: list[str] = field(default_factory=list)
+
+    @property
+    def nproc(self) -> int:
+        return self.ulysses_degree * self.ring_degree
+
+    def label(self) -> str:
+        opts = f" [{self.options}]" if self.options else ""
+        return (f"{self.model_id} batch {self.batch_size} ulysses {self.ulysses_degree} x ring "
+                f"{self.ring_degree}{opts}")
+
+    def to_json(self) -> dict:
+        return {
+            "model_id": self.model_id, "batch_size": self.batch_size,
+            "ulysses_degree": self.ulysses_degree, "ring_degree": self.ring_degree,
+            "nproc": self.nproc, "options": self.options, "status": self.status,
+            "reason": self.reason,
+            "run_dir": None if self.run_dir is None else str(self.run_dir),
+            "log": None if self.log is None else str(self.log),
+            "seconds": self.seconds, "attempts": self.attempts,
+            "command": shlex.join(self.command) if self.command else None,
+            "devices": self.devices, "started": self.started, "finished": self.finished,
+            "shared_node_with": self.shared_node_with,
+        }
+
+
+def results_complete(path: Path, point: Point | None = None) -> bool:
+    """Whether `path` is a finished run's results.json (of `point`, when given): parseable, an
+    object, every measured iteration present. An empty, truncated or foreign file, or a directory,
+    is not: such a point is run, never reported as done."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    if not isinstance(doc, dict):
+        return False
+    n, iterations = doc.get("num_iterations"), doc.get("iterations")
+    if not (isinstance(n, int) and n >= 1 and isinstance(iterations, list)
+            and len(iterations) == n and isinstance(doc.get("latency_per_iteration"), dict)):
+        return False
+    if point is not None:
+        expected = {"batch_size": point.batch_size, "ulysses_degree": point.ulysses_degree,
+                    "ring_degree": point.ring_degree}
+        return all(doc.get(key) == value for key, value in expected.items())
+    return True
+
+
+def results_path(run_dir: Path) -> Path:
+    return Path(run_dir) / RESULTS

@@ -1,0 +1,118 @@
+"""One task of a Slurm job array: one point, run like the local sweep runs it.
+
+    python -m mlenergy.diffusion.sweep.task --out_dir OUT --run_dir DIR [--nodes N]
+        [--nproc_per_node G] [--timeout_s S] -- BENCHMARK FLAGS
+
+Written into the arrays by `--emit slurm`; not meant to be typed. A point whose results.json is
+complete is skipped. A one-node point is a `torchrun --standalone` in the task's allocation; a
+multi-node point is one `srun` of a torchrun per node, meeting at a c10d rendezvous on this
+(the batch) node. SIGTERM from Slurm (scancel, the time limit) stops the point's processes.
+Exit status: 0 done or already done, 1 failed, 128 + signal when stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import sys
+from pathlib import Path
+
+from mlenergy.diffusion.sweep import sharing
+from mlenergy.diffusion.sweep.local import (Settings, child_env, local_command, log_path,
+                                            run_points)
+from mlenergy.diffusion.sweep.point import Point, results_complete, results_path
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskArgs:
+    """Run one point of a Slurm job array (written by the sweep's --emit slurm)."""
+
+    out_dir: Path
+    """The campaign's run tree: logs go to OUT_DIR/sweep_logs, node-sharing records to
+    OUT_DIR/shared_node_runs."""
+
+    run_dir: Path
+    """The point's run directory (the benchmark's naming)."""
+
+    nodes: int = 1
+    """Nodes the point spans."""
+
+    nproc_per_node: int = 1
+    """Processes (GPUs) per node."""
+
+    timeout_s: float = 3600.0
+    """The point is stopped (all its processes) after this long."""
+
+
+def split_benchmark_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(own flags, the flags after the first `--`)."""
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1:]
+    return argv, []
+
+
+def _flag_value(args: list[str], name: str, default: str) -> str:
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return default
+
+
+def point_of(args: TaskArgs, benchmark_args: list[str]) -> Point:
+    return Point(model_id=_flag_value(benchmark_args, "--workload.model_id", "?"),
+                 batch_size=int(_flag_value(benchmark_args, "--workload.batch_size", "1")),
+                 ulysses_degree=int(_flag_value(benchmark_args, "--ulysses_degree", "1")),
+                 ring_degree=int(_flag_value(benchmark_args, "--ring_degree", "1")),
+                 options="", benchmark_args=benchmark_args, run_dir=args.run_dir)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def multinode_command(point: Point, nodes: int, per_node: int) -> list[str]:
+    head = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+    job = "-".join(filter(None, (os.environ.get("SLURM_JOB_ID"),
+                                 os.environ.get("SLURM_ARRAY_TASK_ID"))))
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+    return ["srun", f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1",
+            "--kill-on-bad-exit=1", *([f"--cpus-per-task={cpus}"] if cpus else []),
+            sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes}",
+            f"--nproc_per_node={per_node}", "--rdzv_backend=c10d",
+            f"--rdzv_endpoint={head}:{_free_port()}", f"--rdzv_id=mlenergy-{job or os.getpid()}",
+            "-m", "mlenergy.diffusion.benchmark", *point.benchmark_args]
+
+
+def main(argv: list[str] | None = None) -> int:
+    import tyro
+
+    own, benchmark_args = split_benchmark_args(sys.argv[1:] if argv is None else list(argv))
+    args = tyro.cli(TaskArgs, args=own, use_underscores=True)
+    point = point_of(args, benchmark_args)
+    if point.nproc != args.nodes * args.nproc_per_node:
+        print(f"error: ulysses x ring = {point.nproc} but the task has {args.nodes} node(s) x "
+              f"{args.nproc_per_node} process(es)", file=sys.stderr)
+        return 2
+    if results_complete(results_path(args.run_dir), point):
+        print(f"already done: {args.run_dir}", flush=True)
+        return 0
+    command = (local_command if args.nodes == 1
+               else lambda p: multinode_command(p, args.nodes, args.nproc_per_node))
+    settings = Settings(
+        timeout_s=args.timeout_s, log=lambda p: log_path(args.out_dir, p), env=child_env(),
+        command=command, shared_node_dir=sharing.node_dir(args.out_dir / "shared_node_runs"))
+    stopped = run_points([point], settings, progress=lambda: None,
+                         report=lambda line: print(line, flush=True))
+    if stopped is not None:
+        return 128 + stopped
+    return 0 if point.status == "done" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
