@@ -225,6 +225,7 @@ def _gather(plan: RunPlan, probes, measured: _Measured, *, started: datetime, en
     here, after the measured windows."""
     from mlenergy.diffusion import environment, options_apply, quality
     from mlenergy.diffusion.probes import stage_records, timeline
+    from mlenergy.diffusion.sweep import sharing
 
     flop_counts = probes.count_flops(plan)
     gathered = probes.gather(measured.window[1], {"stage_records": measured.stage_records,
@@ -253,6 +254,7 @@ def _gather(plan: RunPlan, probes, measured: _Measured, *, started: datetime, en
         compile=options_apply.compile_report(plan, warmup.iteration_times, warmup.compiles,
                                              measured.compiles, [r.measurement.time for r in records],
                                              loaded.compiled))
+    record.shared_node_runs = sharing.runs_sharing_node(plan.run_dir, *measured.window)
     if plan.reference is not None:
         record.quality = quality.quality_report(plan.run_dir, plan.config.reference_run,
                                                 plan.reference, [r.outputs for r in records])

@@ -94,6 +94,9 @@ class RunRecord:
     quality: dict | None = None
     analysis: Analysis | None = None
     provenance: dict = field(default_factory=dict)
+    # Other runs of the campaign on this node during the measurement (None: not started by a
+    # sweep, so unknown); see sweep/sharing.py.
+    shared_node_runs: list[dict] | None = None
 
     # -- headline numbers, from the per-iteration windows ------------------------------------
     @property

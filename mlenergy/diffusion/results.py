@@ -106,6 +106,7 @@ def results_document(record: RunRecord) -> dict:
         "warmup_time_s": record.warmup.seconds,
         "environment": record.environment,
         "provenance": record.provenance,
+        "shared_node_runs": record.shared_node_runs,
     })
     doc.update(record.option_results())
     return doc
