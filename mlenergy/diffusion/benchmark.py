@@ -15,6 +15,11 @@ if __package__ in (None, ""):
     _root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     sys.path[0] = _root
 
+from mlenergy.diffusion.lifeline import bind_to_launcher
+
+# First, before the slow imports: a rank must not outlive a launcher killed meanwhile.
+bind_to_launcher()
+
 import dataclasses
 import logging
 import time

@@ -1,0 +1,123 @@
+"""Real launchers, real signals: no rank outlives its torchrun, and a stopped rank cannot hold a
+run past the collective timeout."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from conftest import ENTRY, REPO, TINY_FLUX, _free_port, offline_env
+
+
+def start_torchrun(args: list[str], tmp_path: Path, nproc: int = 2, **env: str):
+    log = tmp_path / "torchrun.log"
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+           "--master_port", str(_free_port()), str(ENTRY), *args]
+    out = open(log, "w")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=offline_env(tmp_path, **env), stdout=out,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+    out.close()
+    return proc, log
+
+
+def wait_for_text(log: Path, text: str, proc, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in log.read_text(errors="replace"):
+            return
+        assert proc.poll() is None, f"launcher ended early:\n{log.read_text()[-3000:]}"
+        time.sleep(0.2)
+    raise AssertionError(f"{text!r} never appeared:\n{log.read_text()[-3000:]}")
+
+
+def workers_of(launcher_pid: int) -> dict[int, psutil.Process]:
+    """Rank -> worker process, read from the workers' environments."""
+    ranks = {}
+    for child in psutil.Process(launcher_pid).children(recursive=True):
+        try:
+            rank = child.environ().get("RANK")
+        except psutil.Error:
+            continue
+        if rank is not None and "benchmark" in " ".join(child.cmdline()):
+            ranks[int(rank)] = child
+    return ranks
+
+
+def alive(processes) -> list[psutil.Process]:
+    living = []
+    for p in processes:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                living.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return living
+
+
+def kill_all(processes) -> None:
+    for p in alive(processes):
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def test_sigkill_of_torchrun_takes_every_rank_with_it(tmp_path):
+    base = tmp_path / "out"
+    # Each iteration takes a fraction of a second: a rank left alive would finish the run and
+    # write results.json well inside the time this test waits.
+    args = [*TINY_FLUX, "--workload.base_dir", str(base), "--ulysses_degree", "2",
+            "--benchmark_iters", "30", "--no_count_flops"]
+    launcher, log = start_torchrun(args, tmp_path)
+    workers: dict[int, psutil.Process] = {}
+    try:
+        wait_for_text(log, "iteration 0:", launcher)
+        workers = workers_of(launcher.pid)
+        assert sorted(workers) == [0, 1]
+        killed_at = time.monotonic()
+        launcher.send_signal(signal.SIGKILL)
+        launcher.wait()
+        while alive(workers.values()) and time.monotonic() - killed_at < 10:
+            time.sleep(0.1)
+        assert not alive(workers.values()), "ranks outlived their torchrun by 10 s"
+        time.sleep(max(0.0, 20 - (time.monotonic() - killed_at)))
+        assert not list(base.rglob("results.json"))
+    finally:
+        kill_all(workers.values())
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+
+
+def test_a_rank_bound_to_its_launcher_dies_with_it(tmp_path):
+    """The mechanism alone, with nothing else of the benchmark: a child bound by
+    `bind_to_launcher` is gone within a second of its parent's SIGKILL."""
+    script = (
+        "import os, subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', "
+        "'from mlenergy.diffusion.lifeline import bind_to_launcher; bind_to_launcher(force=True);"
+        " import time; print(\"bound\", flush=True); time.sleep(120)'], start_new_session=True)\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE,
+                              text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    child_pid = int(parent.stdout.readline())
+    assert parent.stdout.readline().strip() == "bound"
+    child = psutil.Process(child_pid)
+    try:
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 5
+        while alive([child]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive([child])
+    finally:
+        kill_all([child])
