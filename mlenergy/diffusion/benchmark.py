@@ -31,7 +31,7 @@ os.environ.setdefault("XDIT_LOGGING_LEVEL", "WARNING")
 # matters (an error found after the prompts are read must stay one line).
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from mlenergy.diffusion import files, results, runtime
+from mlenergy.diffusion import files, results, rundir, runtime
 from mlenergy.diffusion import prompts as prompt_source
 from mlenergy.diffusion.config import parse_cli
 from mlenergy.diffusion.plan import ConfigError, RunPlan, make_plan
@@ -41,16 +41,13 @@ logger = logging.getLogger("mlenergy.diffusion")
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_cli(argv)
+    rank = runtime.launched_ranks()[0]
     try:
         plan = make_plan(config)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if rank == 0:  # every rank finds the same fault: one line says it
+            print(f"error: {err}", file=sys.stderr)
         return 2
-    if (plan.run_dir / results.RESULTS).exists() and not config.overwrite_results:
-        print(f"{plan.run_dir / results.RESULTS} already exists; skipping this run "
-              "(pass --overwrite_results to measure it again)")
-        return 0
-    rank = runtime.launched_ranks()[0]
     try:
         run(plan)
     except ConfigError as err:
@@ -70,10 +67,17 @@ def run(plan: RunPlan) -> None:
 
     started = datetime.now()
     ranks = runtime.init_process_group(plan.device_type)
+    claim = rundir.claim(plan, ranks.is_main, runtime.broadcast_object)
+    if claim.done:
+        runtime.shutdown()
+        return
     schedule, source, prompts_note = _prompts(plan, ranks)
     if plan.reference is not None:
         quality.check_prompts(plan.config.reference_run, plan.reference, schedule.measured)
+    moved = claim.clear()
     _setup_logging(plan, ranks)
+    if moved is not None:
+        logger.info("What the run directory held is now in %s", moved)
     env = environment.describe(plan.device_type, ranks.local_world_size)
     logger.info("Run directory: %s", plan.run_dir)
     logger.info("Plan: %s", _describe_plan(plan))
@@ -92,6 +96,7 @@ def run(plan: RunPlan) -> None:
     _write_results(plan, ranks, started=started, env=env, prompt_source=source, loaded=loaded,
                    probes=probes, warmup=warmup, measured=measured)
     runtime.barrier()
+    claim.release()
     runtime.shutdown()
 
 
@@ -338,6 +343,7 @@ def _write_results(plan: RunPlan, ranks, *, started: datetime, env: dict, prompt
     )
     files.write_json_atomically(plan.base_dir / results.MODEL_INFO,
                                 results.model_info(plan, loaded.denoiser_parameters))
+    doc[rundir.IDENTITY_KEY] = rundir.identity(plan)
     files.write_json_atomically(plan.run_dir / results.RESULTS, doc)
     plot = timeline.plot_run(doc, plan.run_dir / timeline.PLOT)
     if plot is not None:

@@ -12,6 +12,8 @@ from typing import Annotated, Literal, Optional, Sequence, Union
 
 import tyro
 
+from mlenergy.diffusion.argcheck import parse_one_line
+
 DEFAULT_SEED = 48105
 # xDiT's default TeaCache / FBCache threshold.
 DEFAULT_CACHE_THRESHOLD = 0.12
@@ -241,9 +243,7 @@ def normalize_argv(argv: Sequence[str]) -> list[str]:
 
 def parse_cli(argv: Sequence[str] | None = None) -> BenchmarkConfig:
     argv = sys.argv[1:] if argv is None else argv
-    return tyro.cli(
-        BenchmarkConfig,
-        args=normalize_argv(argv),
-        use_underscores=True,
-        description=BenchmarkConfig.__doc__,
-    )
+    return parse_one_line(
+        lambda args: tyro.cli(BenchmarkConfig, args=args, use_underscores=True,
+                              description=BenchmarkConfig.__doc__),
+        normalize_argv(argv), prog="python -m mlenergy.diffusion.benchmark")

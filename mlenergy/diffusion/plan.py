@@ -16,6 +16,7 @@ from mlenergy.diffusion import prompts
 from mlenergy.diffusion.config import DEFAULT_CACHE_THRESHOLD, BenchmarkConfig, TextToVideo
 from mlenergy.diffusion.families import FAMILIES
 from mlenergy.diffusion.registry import MODELS, ModelSpec, known_model_ids, models_of_family
+from mlenergy.diffusion.rundir import float_token
 
 
 
@@ -114,7 +115,7 @@ def _run_dir_name(plan_values: dict, spec: ModelSpec, config: BenchmarkConfig) -
     if v["fps"] is not None and v["fps"] != spec.fps:
         parts.append(f"fps-{v['fps']}")
     if v["guidance_scale"] != spec.guidance_scale:
-        parts.append(f"guidance-{v['guidance_scale']:g}")
+        parts.append(f"guidance-{float_token(v['guidance_scale'])}")
     if v["weights"] != "pretrained":
         parts.append(f"weights-{v['weights']}")
     if v["dtype"] != spec.dtype:
@@ -132,7 +133,7 @@ def _run_dir_name(plan_values: dict, spec: ModelSpec, config: BenchmarkConfig) -
     if config.use_fbcache:
         parts.append("cache-fbcache")
     if config.cache_threshold is not None and config.cache_threshold != DEFAULT_CACHE_THRESHOLD:
-        parts.append(f"cachethresh-{config.cache_threshold:g}")
+        parts.append(f"cachethresh-{float_token(config.cache_threshold)}")
     if config.enable_sequential_cpu_offload:
         parts.append("offload-True")
     if config.attention_backend is not None:
@@ -327,10 +328,14 @@ def make_plan(config: BenchmarkConfig, world_size: int | None = None,
             benchmark_iters=benchmark_iters, save_images=config.save_images)
     base_dir = workload.base_dir or default_base_dir(workload.task, spec.model_id)
     run_dir = Path(base_dir) / _run_dir_name(values, spec, config)
-    return RunPlan(
+    plan = RunPlan(
         config=config, spec=spec, task=workload.task, max_sequence_length=max_seq,
         warmup_iters=warmup_iters, warmup_steps=warmup_steps,
         benchmark_iters=benchmark_iters,
         cache_threshold=_cache_threshold(config), reference=reference,
         world_size=world_size, device_type=device_type, run_dir=run_dir, **values,
     )
+    from mlenergy.diffusion import limits  # imported here: limits imports this module
+
+    limits.check(plan)
+    return plan
