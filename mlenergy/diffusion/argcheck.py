@@ -46,7 +46,7 @@ def check_argv(argv: Sequence[str]) -> None:
             continue
         setting = _setting(name)
         if setting in seen:
-            raise ArgvError(f"{name} is given twice ({seen[setting]} and {token}); give each "
+            raise ArgvError(f"{token} is given twice ({seen[setting]} before it); give each "
                             "flag once")
         seen[setting] = token
         if name in PATH_FLAGS:

@@ -108,7 +108,7 @@ def _seed(plan: RunPlan) -> None:
 
 def activation_floor_bytes(plan: RunPlan) -> tuple[int, str]:
     """A lower bound on the activation memory one rank needs, and what it comes from: the
-    decoder's output and (untiled VAEs) its full-resolution feature map, or the denoiser's
+    decoder's output and (image VAEs) its full-resolution feature map, or the denoiser's
     query, key, value and residual stream for this rank's share of the tokens."""
     family = plan.spec.family
     arch = family.tiny if plan.weights == "tiny" else plan.spec.architecture
@@ -116,8 +116,11 @@ def activation_floor_bytes(plan: RunPlan) -> tuple[int, str]:
     frames = plan.num_frames or 1
     pixels = plan.batch_size * frames * plan.height * plan.width
     vae = arch.get("vae", {})
-    first_channels = (vae.get("block_out_channels") or [vae.get("base_dim") or 0])[0]
-    decode_channels = 3 + (0 if family.vae_tiling else first_channels)
+    # An image VAE holds its first block's feature map at full resolution; video VAEs decode
+    # in tiles or a few frames at a time, so only their output is certain to be whole.
+    first_channels = (vae.get("block_out_channels") or [0])[0]
+    decode_channels = 3 + (first_channels if plan.num_frames is None and not family.vae_tiling
+                           else 0)
     decode = pixels * decode_channels * itemsize
     denoiser = arch.get(family.denoiser_slot, {})
     hidden = denoiser.get("num_attention_heads", 0) * denoiser.get("attention_head_dim", 0)

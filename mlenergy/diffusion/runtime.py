@@ -68,8 +68,9 @@ def init_process_group(device_type: str) -> Ranks:
     else:
         device = torch.device("cpu")
         backend = "gloo"
-    # A collective that waits longer than this has lost a peer: fail instead of hanging forever.
-    timeout = watchdog.collective_timeout()
+    # Room for the ranks to start and build; xdit.engine_config tightens every group to
+    # MLENERGY_COLLECTIVE_TIMEOUT_S once xDiT's groups exist.
+    timeout = watchdog.startup_timeout()
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, timeout=timeout)
     # Before xDiT creates its groups, which take torch's defaults.

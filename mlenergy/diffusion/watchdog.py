@@ -3,8 +3,8 @@
 Two parts. Every process group gets the configured timeout: torch gives a group created without
 one its backend's default (30 minutes for gloo), whatever the default group got, and xDiT
 (`init_distributed_environment`, `initialize_model_parallel`) and yunchang create theirs that
-way; so the defaults those calls read are set to the configured value before any of them runs.
-And a watchdog thread in every rank beats a counter in the launcher's store and watches the
+way. The groups are made under a startup timeout (ranks may drift apart while they start and
+build), and once xDiT's are all built every group is set to the configured value. And a watchdog thread in every rank beats a counter in the launcher's store and watches the
 others': a rank whose counter stands still for the timeout is stopped, frozen or gone; the
 lowest live rank says which in one line, the silent ranks on this host are killed, and the run
 ends (torchrun stops the rest).
@@ -25,6 +25,7 @@ import time
 logger = logging.getLogger("mlenergy.diffusion")
 
 DEFAULT_TIMEOUT_S = 1800.0
+STARTUP_TIMEOUT_S = 1800.0  # torch's default for gloo
 _MAX_TIMEOUT_S = 7 * 24 * 3600.0
 _KEY = "mlenergy-watchdog"
 
@@ -49,6 +50,13 @@ def collective_timeout() -> datetime.timedelta:
     return datetime.timedelta(seconds=collective_timeout_s())
 
 
+def startup_timeout() -> datetime.timedelta:
+    """While the ranks start, load and build, they drift apart legitimately (rank 0 alone reads
+    the prompts; imports on a busy host take tens of seconds): groups are made with the
+    configured timeout or torch's own default, whichever is longer, and tightened once built."""
+    return datetime.timedelta(seconds=max(collective_timeout_s(), STARTUP_TIMEOUT_S))
+
+
 def apply_to_every_group(timeout: datetime.timedelta) -> None:
     """Make `timeout` the default of every process group created from now on."""
     from torch.distributed import distributed_c10d as c10d
@@ -56,6 +64,21 @@ def apply_to_every_group(timeout: datetime.timedelta) -> None:
     c10d.default_pg_timeout = timeout
     if getattr(c10d, "default_pg_nccl_timeout", None) is not None:
         c10d.default_pg_nccl_timeout = timeout
+
+
+def tighten_every_group() -> None:
+    """Once xDiT has built its groups: every group, and any made later, waits at most the
+    configured timeout."""
+    from torch.distributed import distributed_c10d as c10d
+
+    timeout = collective_timeout()
+    apply_to_every_group(timeout)
+    for group in list(c10d._world.pg_map):
+        try:
+            group.set_timeout(timeout)
+        except (AttributeError, RuntimeError) as err:
+            logger.warning("could not set the collective timeout of a process group (%s); it "
+                           "keeps the startup timeout", err)
 
 
 class Watchdog:
@@ -117,7 +140,8 @@ class Watchdog:
     def _end(self, silent: dict[int, float]) -> None:
         live = [r for r in range(self.world_size) if r not in silent]
         if self.rank == min(live):
-            print(f"error: {describe(silent)}: stopped, frozen or its host lost; ending the "
+            # On a line of its own, even after a progress bar's carriage return.
+            print(f"\nerror: {describe(silent)}: stopped, frozen or its host lost; ending the "
                   f"run (MLENERGY_COLLECTIVE_TIMEOUT_S={self.limit_s:g})", file=sys.stderr,
                   flush=True)
         self._kill_on_this_host(silent)
@@ -172,8 +196,11 @@ def stop() -> None:
 
 
 def silent_note() -> str:
-    """For a rank's last words: which peers have been silent for a while, if any."""
+    """For a rank's last words: which peers have been silent for a while, if any. Those on
+    this host are killed: the run is ending, and a stopped process would hold the launcher
+    for its whole grace period."""
     if _watchdog is None:
         return ""
     silent = _watchdog.silent(2 * _watchdog.period_s)
+    _watchdog._kill_on_this_host(silent)
     return f" ({describe(silent)})" if silent else ""
