@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from conftest import ENTRY, REPO, TINY_FLUX, _free_port, offline_env
 
@@ -88,6 +89,32 @@ def test_sigkill_of_torchrun_takes_every_rank_with_it(tmp_path):
             time.sleep(0.1)
         assert not alive(workers.values()), "ranks outlived their torchrun by 10 s"
         time.sleep(max(0.0, 20 - (time.monotonic() - killed_at)))
+        assert not list(base.rglob("results.json"))
+    finally:
+        kill_all(workers.values())
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_sigint_to_torchrun_ends_every_rank_without_results(tmp_path, signum):
+    base = tmp_path / "out"
+    args = [*TINY_FLUX, "--workload.base_dir", str(base), "--ulysses_degree", "2",
+            "--benchmark_iters", "30", "--no_count_flops"]
+    launcher, log = start_torchrun(args, tmp_path)
+    workers: dict[int, psutil.Process] = {}
+    try:
+        wait_for_text(log, "iteration 0:", launcher)
+        workers = workers_of(launcher.pid)
+        signalled_at = time.monotonic()
+        launcher.send_signal(signum)
+        launcher.wait(timeout=30)
+        while alive(workers.values()) and time.monotonic() - signalled_at < 10:
+            time.sleep(0.1)
+        assert not alive(workers.values())
+        assert launcher.returncode != 0
+        time.sleep(max(0.0, 20 - (time.monotonic() - signalled_at)))
         assert not list(base.rglob("results.json"))
     finally:
         kill_all(workers.values())

@@ -231,3 +231,28 @@ def test_a_reference_run_equal_to_the_run_directory_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="is this run's own directory"):
         plan_of(tmp_path / "out", "--benchmark_iters", "1", "--overwrite_results",
                 "--reference_run", str(plan.run_dir))
+
+
+def test_the_quality_tool_refuses_a_run_with_more_images_than_its_reference(tmp_path, capsys):
+    from PIL import Image
+
+    from mlenergy.diffusion import quality
+
+    def finished(run_dir: Path, images: list[str]) -> None:
+        (run_dir / "image_outputs").mkdir(parents=True)
+        for name in images:
+            Image.new("RGB", (16, 16), (len(name) * 9 % 255, 0, 0)).save(run_dir / name)
+        doc = {"model_id": "black-forest-labs/FLUX.1-dev", "seed": 1, "height": 16, "width": 16,
+               "batch_size": 2, "inference_steps": 2, "num_iterations": 1,
+               "iterations": [{"prompts": ["a", "b"], "images": images}]}
+        (run_dir / "results.json").write_text(json.dumps(doc))
+        (run_dir / "requests.json").write_text("[]")
+
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    finished(reference, ["image_outputs/i0-0_a.png", "image_outputs/i0-1_b.png"])
+    finished(run, ["image_outputs/i0-0_a.png", "image_outputs/i0-1_b.png",
+                   "image_outputs/i0-2_extra.png"])
+    assert quality.main([str(run), str(reference)]) == 2
+    [line] = error_lines(capsys.readouterr().err)
+    assert line.startswith(f"error: {run} saved 3 image(s) in iteration 0 but the reference run")
+    assert "image_outputs/i0-2_extra.png has no counterpart" in line
