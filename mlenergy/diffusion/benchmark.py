@@ -15,13 +15,18 @@ if __package__ in (None, ""):
     _root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     sys.path[0] = _root
 
+from mlenergy.diffusion.lifeline import bind_to_launcher
+
+# First, before the slow imports: a rank must not outlive a launcher killed meanwhile.
+bind_to_launcher()
+
 import dataclasses
 import logging
 import time
 from datetime import datetime
 from typing import Any
 
-from mlenergy.diffusion import console, files, provenance, results, runtime
+from mlenergy.diffusion import console, files, provenance, results, rundir, runtime
 from mlenergy.diffusion import prompts as prompt_source
 from mlenergy.diffusion.config import ConfigError, parse_cli
 from mlenergy.diffusion.plan import RunPlan, make_plan
@@ -39,16 +44,13 @@ logger = logging.getLogger("mlenergy.diffusion")
 def main(argv: list[str] | None = None) -> int:
     config = parse_cli(argv)
     console.start(verbose=config.verbose)
+    rank = runtime.launched_ranks()[0]
     try:
         plan = make_plan(config)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if rank == 0:  # every rank finds the same fault: one line says it
+            print(f"error: {err}", file=sys.stderr)
         return 2
-    if (plan.run_dir / files.RESULTS).exists() and not config.overwrite_results:
-        print(f"{plan.run_dir / files.RESULTS} already exists; skipping this run "
-              "(pass --overwrite_results to measure it again)")
-        return 0
-    rank = runtime.launched_ranks()[0]
     try:
         run(plan)
     except ConfigError as err:
@@ -70,11 +72,18 @@ def run(plan: RunPlan) -> None:
 
     started = datetime.now()
     ranks = runtime.init_process_group(plan.device_type)
+    claim = rundir.claim(plan, ranks.is_main, runtime.broadcast_object)
+    if claim.done:
+        runtime.shutdown()
+        return
     gpus = RunGpus.for_ranks(ranks)
     schedule, source, prompts_note = _prompts(plan, ranks)
     if plan.reference is not None:
         quality.check_prompts(plan.config.reference_run, plan.reference, schedule.measured)
+    moved = claim.clear()
     console.log_to_file(plan.run_dir / files.DRIVER_LOG, ranks.is_main)
+    if moved is not None:
+        logger.info("What the run directory held is now in %s", moved)
     env = environment.describe(gpus)
     logger.info("Run directory: %s", plan.run_dir)
     logger.info("Plan: %s", _describe_plan(plan))
@@ -99,6 +108,7 @@ def run(plan: RunPlan) -> None:
         record.provenance = origin
         _write_results(record, denoiser)
     runtime.barrier()
+    claim.release()
     runtime.shutdown()
 
 

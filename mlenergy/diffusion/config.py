@@ -16,6 +16,7 @@ from typing import Annotated, Literal, Optional, Sequence, Union
 
 import tyro
 
+from mlenergy.diffusion.argcheck import parse_one_line
 from mlenergy.diffusion.task import TEXT_TO_IMAGE, TEXT_TO_VIDEO, Task
 
 
@@ -300,9 +301,7 @@ def normalize_argv(argv: Sequence[str]) -> list[str]:
 
 def parse_cli(argv: Sequence[str] | None = None) -> BenchmarkConfig:
     argv = sys.argv[1:] if argv is None else argv
-    return tyro.cli(
-        BenchmarkConfig,
-        args=normalize_argv(argv),
-        use_underscores=True,
-        description=BenchmarkConfig.__doc__,
-    )
+    return parse_one_line(
+        lambda args: tyro.cli(BenchmarkConfig, args=args, use_underscores=True,
+                              description=BenchmarkConfig.__doc__),
+        normalize_argv(argv), prog="python -m mlenergy.diffusion.benchmark")

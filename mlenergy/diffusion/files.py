@@ -34,7 +34,9 @@ def write_json_atomically(path: Path, data) -> None:
     fd, tmp = _create_private_temp(path.parent, path.name)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, ensure_ascii=False)
+            # NaN and Infinity are not JSON: a reader would choke on them or take them at face
+            # value. A number that is not finite must be refused or written as null before this.
+            f.write(json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False))
             f.write("\n")
         os.replace(tmp, path)
     except BaseException:

@@ -101,8 +101,12 @@ class Options:
 
 
 def format_value(value) -> str:
-    """A value as it appears in a run directory's name."""
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    """A value as it appears in a run directory's name: floats short where that is exact, never
+    collapsing two values into one name."""
+    if isinstance(value, float):
+        short = f"{value:g}"
+        return short if float(short) == value else repr(value)
+    return str(value)
 
 
 def resolve(config: BenchmarkConfig, spec: ModelSpec, launch: Launch) -> Options:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from mlenergy.diffusion import limits, prompts
 from mlenergy.diffusion import options as run_options
-from mlenergy.diffusion import prompts
 from mlenergy.diffusion.config import BenchmarkConfig, ConfigError, TextToVideo
 from mlenergy.diffusion.families import FAMILIES
 from mlenergy.diffusion.launch import Launch
@@ -236,11 +236,13 @@ def make_plan(config: BenchmarkConfig, launch: Launch | None = None) -> RunPlan:
     base_dir = workload.base_dir or default_base_dir(workload.task.name, spec.model_id)
     max_seq = (spec.family.tiny_max_sequence_length if workload.weights == "tiny"
                else spec.max_sequence_length)
-    return RunPlan(
+    plan = RunPlan(
         config=config, spec=spec, task=workload.task, max_sequence_length=max_seq,
         options=options, reference=reference, launch=launch,
         run_dir=Path(base_dir) / _run_dir_name(values, spec, options), **counts, **values,
     )
+    limits.check(plan)
+    return plan
 
 
 def _check_task(spec: ModelSpec, task: Task) -> None:

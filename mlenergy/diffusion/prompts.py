@@ -50,9 +50,16 @@ class PromptSchedule:
 def read_prompts_file(path: Path) -> list[str]:
     """One prompt per line, or JSONL with a `prompt` field. Blank lines are skipped."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise PromptsError(f"prompts file {path} does not exist; pass an existing file to "
                            "--workload.prompts_file")
+    if path.is_dir():
+        raise PromptsError(f"prompts file {path} is a directory; pass a file (one prompt a "
+                           "line, or JSONL) to --workload.prompts_file")
+    if not path.is_file():
+        # Reading a FIFO or a device would block or never end.
+        raise PromptsError(f"prompts file {path} is not a regular file (a FIFO or device?); "
+                           "pass a file to --workload.prompts_file")
     try:
         lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     except UnicodeDecodeError:
@@ -60,7 +67,9 @@ def read_prompts_file(path: Path) -> list[str]:
     lines = [line for line in lines if line]
     if not lines:
         raise PromptsError(f"prompts file {path} has no prompts; write one prompt per line")
-    if path.suffix != ".jsonl" and not lines[0].startswith("{"):
+    if path.suffix != ".jsonl" and not _is_json_object(lines[0]):
+        # A text prompt may well start with "{": only a first line that is a JSON object
+        # makes the file JSONL.
         return lines
     prompts = []
     for number, line in enumerate(lines, 1):
@@ -74,6 +83,35 @@ def read_prompts_file(path: Path) -> list[str]:
             raise PromptsError(f"prompts file {path} line {number} has no non-empty \"prompt\" "
                                "string field")
         prompts.append(record["prompt"].strip())
+    return prompts
+
+
+def _is_json_object(line: str) -> bool:
+    if not line.startswith("{"):
+        return False
+    try:
+        return isinstance(json.loads(line), dict)
+    except json.JSONDecodeError:
+        return False
+
+
+def read_cache(path: Path) -> list[str]:
+    """The prompts of a cache file; a damaged cache is refused in one line naming it."""
+    fix = f"delete {path} and the next run rebuilds it"
+    try:
+        prompts = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise PromptsError(f"prompt cache {path} is damaged ({err}); {fix}") from None
+    if not isinstance(prompts, list):
+        raise PromptsError(f"prompt cache {path} is damaged (holds a JSON "
+                           f"{type(prompts).__name__}, not a list of prompts); {fix}")
+    if not prompts:
+        raise PromptsError(f"prompt cache {path} is damaged (an empty list); {fix}")
+    bad = next((i for i, p in enumerate(prompts) if not isinstance(p, str) or not p.strip()),
+               None)
+    if bad is not None:
+        raise PromptsError(f"prompt cache {path} is damaged (entry {bad} is not a non-empty "
+                           f"string); {fix}")
     return prompts
 
 
@@ -136,14 +174,21 @@ def _read_column(dataset: str, split: str, column: str) -> list[str]:
 DEFAULT_COLUMNS = {"text-to-image": "prompt", "text-to-video": "text"}
 
 
+def cache_file(dataset: str, cache_dir: Path | None = None, column: str | None = None,
+               task: str = "text-to-image") -> Path:
+    """Where the prompts of `dataset` are cached."""
+    split, default_column = DATASET_SPLITS.get(dataset, ("train", DEFAULT_COLUMNS[task]))
+    return _cache_path(cache_dir or default_cache_dir(), dataset, split, column or default_column)
+
+
 def load_pool(dataset: str, cache_dir: Path | None = None, column: str | None = None,
               task: str = "text-to-image") -> PromptPool:
     """Prompts of a dataset (hub id or local parquet), through the local cache."""
     split, default_column = DATASET_SPLITS.get(dataset, ("train", DEFAULT_COLUMNS[task]))
     column = column or default_column
-    cache = _cache_path(cache_dir or default_cache_dir(), dataset, split, column)
-    if cache.is_file():
-        return PromptPool(json.loads(cache.read_text(encoding="utf-8")), f"{dataset} (cache {cache})")
+    cache = cache_file(dataset, cache_dir, column, task)
+    if cache.exists():
+        return PromptPool(read_cache(cache), f"{dataset} (cache {cache})")
     local = Path(dataset).exists()
     if not local and not _hub_reachable():
         logger.warning("Prompt dataset %s is not cached at %s and the hub is unreachable; "

@@ -102,8 +102,14 @@ def quality_report(run_dir: Path, reference_dir: Path, reference: dict,
     the same iteration and index, and their means."""
     per_image = []
     for index, names in enumerate(images_per_iteration):
+        counterparts = reference["iterations"][index].get("images") or []
+        if len(names) > len(counterparts):
+            raise ConfigError(
+                f"{run_dir} saved {len(names)} image(s) in iteration {index} but the reference "
+                f"run {reference_dir} saved {len(counterparts)}: {names[len(counterparts)]} has "
+                "no counterpart; compare runs of the same batch size")
         for position, name in enumerate(names):
-            theirs = reference["iterations"][index]["images"][position]
+            theirs = counterparts[position]
             metrics = compare_images(run_dir / name, reference_dir / theirs)
             per_image.append({"image": name, "reference_image": theirs, **metrics})
     psnrs = [m["psnr_db"] for m in per_image]

@@ -7,7 +7,7 @@ import dataclasses
 import re
 from typing import TYPE_CHECKING
 
-from mlenergy.diffusion import stats
+from mlenergy.diffusion import rundir, stats
 
 if TYPE_CHECKING:
     from mlenergy.diffusion.plan import RunPlan
@@ -109,6 +109,8 @@ def results_document(record: RunRecord) -> dict:
         "shared_node_runs": record.shared_node_runs,
     })
     doc.update(record.option_results())
+    # What makes this run this run: a rerun with other settings must not pass for it.
+    doc[rundir.IDENTITY_KEY] = rundir.identity(plan)
     return doc
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import logging
 import os
 import socket
@@ -14,12 +13,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-logger = logging.getLogger("mlenergy.diffusion")
+from mlenergy.diffusion import watchdog
 
-# A collective that waits longer than this has lost a peer: fail instead of hanging forever.
-COLLECTIVE_TIMEOUT = datetime.timedelta(
-    seconds=float(os.environ.get("MLENERGY_COLLECTIVE_TIMEOUT_S", "1800"))
-)
+logger = logging.getLogger("mlenergy.diffusion")
 
 
 @dataclass(frozen=True)
@@ -73,14 +69,20 @@ def init_process_group(device_type: str) -> Ranks:
     else:
         device = torch.device("cpu")
         backend = "gloo"
+    # Room for the ranks to start and build; xdit.engine_config tightens every group to
+    # MLENERGY_COLLECTIVE_TIMEOUT_S once xDiT's groups exist.
+    timeout = watchdog.startup_timeout()
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, timeout=COLLECTIVE_TIMEOUT)
+        dist.init_process_group(backend=backend, timeout=timeout)
+    # Before xDiT creates its groups, which take torch's defaults.
+    watchdog.apply_to_every_group(timeout)
     from mlenergy.diffusion.xfuser_compat import import_xfuser
 
     import_xfuser()
     from xfuser.core.distributed import init_distributed_environment
 
     init_distributed_environment(backend=backend)
+    watchdog.start(rank, world_size)
     return Ranks(rank, world_size, local_rank, local_world_size, device)
 
 
@@ -111,6 +113,7 @@ def broadcast_object(obj, src: int = 0):
 
 
 def shutdown() -> None:
+    watchdog.stop()
     if dist.is_initialized():
         dist.destroy_process_group()
 
@@ -123,7 +126,8 @@ def die(rank: int, err: BaseException) -> None:
     """
     detail = "".join(traceback.format_exception(type(err), err, err.__traceback__))
     logger.error("rank %d failed: %s: %s\n%s", rank, type(err).__name__, err, detail)
-    print(f"error: rank {rank} failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+    print(f"error: rank {rank} failed: {type(err).__name__}: {err}{watchdog.silent_note()}",
+          file=sys.stderr, flush=True)
     logging.shutdown()
     sys.stdout.flush()
     os._exit(1)

@@ -11,7 +11,7 @@ import importlib
 
 import torch
 
-from mlenergy.diffusion import options_apply
+from mlenergy.diffusion import options_apply, watchdog
 from mlenergy.diffusion.plan import RunPlan
 from mlenergy.diffusion.xfuser_compat import import_xfuser
 
@@ -67,6 +67,8 @@ def wrap_pipeline(plan: RunPlan, pipeline, engine):
         from xfuser.core.distributed import initialize_runtime_state
 
         initialize_runtime_state(pipeline, engine)
+        # xDiT's groups exist now (its runtime state makes them): tighten their timeouts.
+        watchdog.tighten_every_group()
         pipeline.set_progress_bar_config(disable=True)
         return pipeline
     wrapper_cls = getattr(xfuser, plan.spec.family.xfuser_pipeline)
@@ -82,6 +84,7 @@ def wrap_pipeline(plan: RunPlan, pipeline, engine):
     with options_apply.compile_arguments(plan) as compile_calls:
         wrapped = (wrapper_cls(pipeline, engine, cache_args) if cache_args
                    else wrapper_cls(pipeline, engine))
+    watchdog.tighten_every_group()  # the wrapper made xDiT's groups
     if plan.options.compile_through_xdit and not compile_calls:
         raise RuntimeError(f"--use_torch_compile: xDiT's {wrapper_cls.__name__} compiled nothing "
                            "(the installed xfuser does not compile this family)")

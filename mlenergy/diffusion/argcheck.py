@@ -1,0 +1,104 @@
+"""Command lines read strictly, and refused in one line.
+
+tyro reports a bad flag in a box of a dozen lines and lets a repeated flag's last value win; a
+benchmark whose flags decide what is measured refuses both. Empty values for paths are refused
+too (an empty path is the current directory).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import sys
+from typing import Callable, Sequence, TypeVar
+
+T = TypeVar("T")
+
+# Flags whose value names a place: empty means "here", which nobody means.
+PATH_FLAGS = ("--workload.base_dir", "--workload.prompts_file", "--workload.prompt_cache_dir",
+              "--workload.model_id", "--reference_run")
+
+
+class ArgvError(ValueError):
+    pass
+
+
+def _flag_name(token: str) -> str | None:
+    if not token.startswith("--") or token == "--":
+        return None
+    return token.split("=", 1)[0]
+
+
+def _setting(name: str) -> str:
+    """--use_x and --no_use_x set one thing, as do --workload.x and --workload.no_x."""
+    head, _, leaf = name[2:].rpartition(".")
+    leaf = leaf[3:] if leaf.startswith("no_") else leaf
+    return f"{head}.{leaf}" if head else leaf
+
+
+def check_argv(argv: Sequence[str]) -> None:
+    """Refuse a setting given twice and an empty path."""
+    seen: dict[str, str] = {}
+    for index, token in enumerate(argv):
+        name = _flag_name(token)
+        if name is None or name in ("--help", "-h"):
+            continue
+        setting = _setting(name)
+        if setting in seen:
+            raise ArgvError(f"{token} is given twice ({seen[setting]} before it); give each "
+                            "flag once")
+        seen[setting] = token
+        if name in PATH_FLAGS:
+            value = token.split("=", 1)[1] if "=" in token else (
+                argv[index + 1] if index + 1 < len(argv) else None)
+            if value is not None and not value.strip():
+                raise ArgvError(f"{name} is empty; give a path (\".\" for the current "
+                                "directory)")
+
+
+def _condense(captured: str) -> str:
+    """The message of tyro's box (title, rule, message, rule, help...) as one line."""
+    segments: list[list[str]] = []
+    current: list[str] = []
+    for raw in captured.splitlines():
+        line = raw.strip().strip("│┃").strip()
+        if line.startswith(("╭", "┏")):  # a rich box's top border holds the title
+            segments.append([line.strip("╭╮┏┓─━ ")])
+        elif line and set(line) <= set("-─━╰╯┗┛"):
+            if current:
+                segments.append(current)
+            current = []
+        elif line:
+            current.append(line)
+    if current:
+        segments.append(current)
+    message = segments[1] if len(segments) > 1 else segments[0] if segments else []
+    return " ".join(message).rstrip(".") or "the command line could not be parsed"
+
+
+def parse_one_line(parse: Callable[[list[str]], T], argv: Sequence[str], prog: str) -> T:
+    """`parse(argv)`, with every refusal as one line `error: ...` and exit status 2. Help
+    (-h/--help) is printed as the parser prints it. Under torchrun only rank 0 speaks."""
+    argv = list(argv)
+    quiet = os.environ.get("RANK", "0") != "0"
+    try:
+        check_argv(argv)
+    except ArgvError as err:
+        if not quiet:
+            print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if "--help" in argv or "-h" in argv:
+        return parse(argv)
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured), contextlib.redirect_stdout(captured):
+            return parse(argv)
+    except SystemExit as exit_:
+        if not exit_.code:
+            sys.stdout.write(captured.getvalue())
+            raise
+        if not quiet:
+            print(f"error: {_condense(captured.getvalue())}; see `{prog} --help`",
+                  file=sys.stderr)
+        raise SystemExit(2) from None

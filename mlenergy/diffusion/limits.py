@@ -1,0 +1,227 @@
+"""Bounds on what a run may ask for, checked in `plan.make_plan` before anything loads.
+
+Numbers must be finite; seeds must fit the 64-bit generators; counts and sizes have ceilings, and
+sizes must leave the run's activations room in device memory (a lower bound estimated from the
+architecture); prompts must be no longer than the text encoders can read; the prompt cache, the
+local model and the places the run writes must be usable. Each refusal is one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+
+from typing import TYPE_CHECKING
+
+from mlenergy.diffusion import prompts
+from mlenergy.diffusion.config import ConfigError
+
+if TYPE_CHECKING:
+    from mlenergy.diffusion.plan import RunPlan
+
+SEED_MAX = 2**64 - 1  # torch generators take unsigned 64-bit seeds
+MAX_BATCH = 1024
+MAX_SIDE = 16384  # pixels per side
+MAX_STEPS = 10_000
+MAX_FRAMES = 2049
+MAX_FPS = 240
+MAX_BENCHMARK_ITERS = 10_000
+MAX_WARMUP_ITERS = 1_000
+# Prompts a run may schedule (batch x iterations), so a schedule never strains host memory.
+MAX_SCHEDULED_PROMPTS = 1_000_000
+# Text encoders keep at most max_sequence_length tokens (77 for CLIP); no token of theirs is
+# anywhere near this many characters, so a longer prompt only feeds the tokenizer text that it
+# throws away, and copies it into every JSON file.
+CHARS_PER_TOKEN_CEILING = 32
+CLIP_TOKENS = 77
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def check(plan: RunPlan) -> None:
+    _finite_numbers(plan.config)
+    _counts(plan)
+    _seed(plan)
+    _memory(plan)
+    _prompts(plan)
+    _places(plan)
+    _local_model(plan)
+    _collective_timeout()
+
+
+def _collective_timeout() -> None:
+    from mlenergy.diffusion import watchdog
+
+    try:
+        watchdog.collective_timeout_s()
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def _fields(obj, prefix: str = "--"):
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _fields(value, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", value
+
+
+def _finite_numbers(config) -> None:
+    for flag, value in _fields(config):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{flag} is {value}; give a finite number")
+
+
+def _at_most(flag: str, value: int | None, ceiling: int, why: str = "") -> None:
+    if value is not None and value > ceiling:
+        raise ConfigError(f"{flag} {value:,} is above the ceiling of {ceiling:,}{why}; "
+                          "lower it")
+
+
+def _counts(plan: RunPlan) -> None:
+    workload = plan.config.workload
+    _at_most("--workload.batch_size", plan.batch_size, MAX_BATCH)
+    _at_most("--workload.height", plan.height, MAX_SIDE, " pixels")
+    _at_most("--workload.width", plan.width, MAX_SIDE, " pixels")
+    _at_most("--workload.inference_steps", plan.inference_steps, MAX_STEPS)
+    _at_most("--warmup_steps", plan.warmup_steps, MAX_STEPS)
+    _at_most("--workload.num_frames", plan.num_frames, MAX_FRAMES)
+    _at_most("--workload.fps", getattr(workload, "fps", None), MAX_FPS)
+    _at_most("--benchmark_iters", plan.benchmark_iters, MAX_BENCHMARK_ITERS)
+    _at_most("--warmup_iters", plan.warmup_iters, MAX_WARMUP_ITERS)
+    scheduled = plan.batch_size * (plan.benchmark_iters + plan.warmup_iters)
+    if scheduled > MAX_SCHEDULED_PROMPTS:
+        raise ConfigError(f"batch {plan.batch_size:,} x {plan.benchmark_iters + plan.warmup_iters:,}"
+                          f" iterations = {scheduled:,} prompts, above the ceiling of "
+                          f"{MAX_SCHEDULED_PROMPTS:,}; lower --workload.batch_size or the "
+                          "iteration counts")
+
+
+def _seed(plan: RunPlan) -> None:
+    seed = plan.seed
+    if not 0 <= seed <= SEED_MAX:
+        raise ConfigError(f"--workload.seed {seed} is outside 0..2^64-1; pick a seed in range")
+    last = seed + plan.benchmark_iters - 1  # iteration i is seeded seed + i
+    if last > SEED_MAX:
+        raise ConfigError(f"--workload.seed {seed} + {plan.benchmark_iters} iterations passes "
+                          f"2^64-1 (iteration i uses seed + i); use a seed of at most "
+                          f"{SEED_MAX - plan.benchmark_iters + 1}")
+
+
+def activation_floor_bytes(plan: RunPlan) -> tuple[int, str]:
+    """A lower bound on the activation memory one rank needs, and what it comes from: the
+    decoder's output and (image VAEs) its full-resolution feature map, or the denoiser's
+    query, key, value and residual stream for this rank's share of the tokens."""
+    family = plan.spec.family
+    arch = family.tiny if plan.weights == "tiny" else plan.spec.architecture
+    itemsize = _DTYPE_BYTES.get(plan.dtype, 2)
+    frames = plan.num_frames or 1
+    pixels = plan.batch_size * frames * plan.height * plan.width
+    vae = arch.get("vae", {})
+    # An image VAE holds its first block's feature map at full resolution; video VAEs decode
+    # in tiles or a few frames at a time, so only their output is certain to be whole.
+    first_channels = (vae.get("block_out_channels") or [0])[0]
+    decode_channels = 3 + (first_channels if plan.num_frames is None and not family.vae_tiling
+                           else 0)
+    decode = pixels * decode_channels * itemsize
+    denoiser = arch.get(family.denoiser_slot, {})
+    hidden = denoiser.get("num_attention_heads", 0) * denoiser.get("attention_head_dim", 0)
+    latent_frames = 1 + (frames - 1) // family.temporal_factor
+    latent_frames = max(1, latent_frames // (denoiser.get("patch_size_t") or 1))
+    tokens = (plan.height // family.spatial_factor) * (plan.width // family.spatial_factor) \
+        * latent_frames
+    denoise = 4 * plan.batch_size * tokens * hidden * itemsize \
+        // (plan.ulysses_degree * plan.ring_degree)
+    if denoise > decode:
+        return denoise, f"{tokens:,} tokens x width {hidden} in the denoiser"
+    return decode, f"decoding {pixels:,} pixels"
+
+
+def _device_memory_bytes(device_type: str) -> int | None:
+    if device_type == "cpu":
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    import torch
+
+    if device_type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_properties(0).total_memory
+    return None  # planned for another machine: nothing to compare with
+
+
+def _memory(plan: RunPlan) -> None:
+    need, what = activation_floor_bytes(plan)
+    have = _device_memory_bytes(plan.device_type)
+    where = "each GPU" if plan.device_type == "cuda" else "host memory"
+    if have is not None and need > have:
+        raise ConfigError(
+            f"batch {plan.batch_size} at {plan.height}x{plan.width}"
+            + (f"x{plan.num_frames} frames" if plan.num_frames else "")
+            + f" needs at least {need / 1e9:,.1f} GB of activations ({what}), more than the "
+            f"{have / 1e9:,.1f} GB of {where}; lower the size, frames or batch")
+
+
+def max_prompt_chars(plan: RunPlan) -> int:
+    return max(plan.max_sequence_length or 0, CLIP_TOKENS) * CHARS_PER_TOKEN_CEILING
+
+
+def _prompts(plan: RunPlan) -> None:
+    workload = plan.config.workload
+    try:
+        if workload.prompts_file is not None:
+            pool, where = prompts.read_prompts_file(workload.prompts_file), \
+                f"prompts file {workload.prompts_file}"
+        else:
+            cache = prompts.cache_file(workload.prompt_dataset, workload.prompt_cache_dir,
+                                       task=plan.task)
+            if not cache.exists():
+                return
+            pool, where = prompts.read_cache(cache), f"prompt cache {cache}"
+    except prompts.PromptsError as err:
+        raise ConfigError(str(err)) from None
+    ceiling = max_prompt_chars(plan)
+    longest = max(range(len(pool)), key=lambda i: len(pool[i]))
+    if len(pool[longest]) > ceiling:
+        raise ConfigError(
+            f"{where}: prompt {longest + 1} has {len(pool[longest]):,} characters, more than the "
+            f"{ceiling:,} that {plan.spec.model_id}'s text encoders can read (at most "
+            f"{max(plan.max_sequence_length or 0, CLIP_TOKENS)} tokens); shorten it")
+
+
+def _first_existing(path: Path) -> Path:
+    for folder in [path, *path.parents]:
+        if folder.exists() or folder.is_symlink():
+            return folder
+    return Path("/")
+
+
+def _places(plan: RunPlan) -> None:
+    base = plan.base_dir
+    existing = _first_existing(base)
+    if not existing.is_dir():
+        what = "is a file" if existing == base else f"lies under {existing}, a file"
+        raise ConfigError(f"--workload.base_dir {base} {what}; pass a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--workload.base_dir {base}: {existing} is not writable "
+                          "(read-only?); pass a directory this user can write")
+    reference = plan.config.reference_run
+    if reference is not None and Path(reference).resolve() == plan.run_dir.resolve():
+        raise ConfigError(f"--reference_run {reference} is this run's own directory: the run "
+                          "would overwrite the images it compares against; compare with "
+                          "another run")
+
+
+def _local_model(plan: RunPlan) -> None:
+    model_dir = Path(plan.spec.model_id)
+    if plan.weights != "pretrained" or not model_dir.is_dir():
+        return
+    index = model_dir / "model_index.json"
+    try:
+        doc = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ConfigError(f"{index} is not readable JSON ({err}); point --workload.model_id at "
+                          "a complete diffusers pipeline directory") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("_class_name"), str):
+        raise ConfigError(f"{index} names no pipeline class (_class_name); point "
+                          "--workload.model_id at a complete diffusers pipeline directory")

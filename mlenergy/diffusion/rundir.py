@@ -1,0 +1,382 @@
+"""The run directory: what identifies a run, when an existing one counts as done, and who may
+write it.
+
+- Identity: the directory name keeps the ML.ENERGY prefix (`batch-..+size-..+steps-..+seed-..+
+  uly-..+ring-..+tc-..`, then off-default tokens), and results.json stores `run_identity`, every
+  setting that changes the numbers. A rerun compares the two: equal means done, different is
+  refused in one line (or replaced with --overwrite_results).
+- Done: only a complete, parseable results.json whose identity is this run's. Anything else in
+  the directory is the leftover of an interrupted or failed run, and is moved aside before
+  measuring again.
+- Moving aside: into `<base_dir>/.superseded/<name>@<time>/`, with its results.json renamed so
+  that no reader takes it for a current result. --overwrite_results moves the old run aside
+  before anything new is written, so a failing rerun never leaves old results beside new files.
+- Lock: `<base_dir>/.<name>.lock`, created exclusively by rank 0 before anything is written and
+  holding its PID, host and process start time; a second run is refused in one line. A lock
+  whose holder is gone (same host, PID dead or reused) is stale and taken over.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import json
+import math
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+from mlenergy.diffusion.files import RESULTS
+
+IDENTITY_KEY = "run_identity"
+SUPERSEDED_DIR = ".superseded"
+SUPERSEDED_RESULTS = "results.superseded.json"
+# A lock file younger than this may still be being written by its holder.
+_LOCK_WRITE_GRACE_S = 5.0
+
+
+def _config_error(message: str) -> ValueError:
+    try:
+        from mlenergy.diffusion.config import ConfigError  # where the refactor moves it
+    except ImportError:
+        from mlenergy.diffusion.plan import ConfigError
+    return ConfigError(message)
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _prompt_identity(workload) -> dict:
+    if workload.prompts_file is not None:
+        path = Path(workload.prompts_file)
+        return {"file": str(path.resolve()), "sha256": _file_digest(path)}
+    dataset = workload.prompt_dataset
+    local = Path(dataset)
+    return {"dataset": str(local.resolve()) if local.exists() else dataset}
+
+
+def identity(plan) -> dict:
+    """Every setting of `plan` that changes what is measured, as JSON values. Local models and
+    prompt files are named by absolute path (and the prompts by content), so two folders of the
+    same name are two runs."""
+    config, workload = plan.config, plan.config.workload
+    model_path = Path(plan.spec.model_id)
+    return {
+        "model_id": plan.spec.model_id,
+        "model_path": str(model_path.resolve()) if model_path.is_dir() else None,
+        "task": plan.task.name, "weights": plan.weights, "dtype": plan.dtype,
+        "batch_size": plan.batch_size, "height": plan.height, "width": plan.width,
+        "inference_steps": plan.inference_steps, "guidance_scale": plan.guidance_scale,
+        "seed": plan.seed, "num_frames": plan.num_frames, "fps": plan.fps,
+        "max_sequence_length": plan.max_sequence_length,
+        "ulysses_degree": plan.ulysses_degree, "ring_degree": plan.ring_degree,
+        "world_size": plan.world_size, "device_type": plan.device_type,
+        **plan.options.configurations(),
+        "prompts": _prompt_identity(workload),
+        "warmup_iters": plan.warmup_iters, "warmup_steps": plan.warmup_steps,
+        "benchmark_iters": plan.benchmark_iters,
+        "count_flops": config.count_flops, "save_images": config.save_images,
+        "idle_baseline_s": config.idle_baseline_s,
+        "reference_run": (str(Path(config.reference_run).resolve())
+                          if config.reference_run is not None else None),
+    }
+
+
+@dataclass(frozen=True)
+class Existing:
+    """What a run directory holds. state: absent | done | other (complete results of another
+    configuration) | incomplete (anything else: an interrupted or failed run, damaged files)."""
+
+    state: str
+    detail: str
+
+
+def _why_incomplete(doc) -> str | None:
+    if not isinstance(doc, dict):
+        return f"holds a JSON {type(doc).__name__}, not a results object"
+    iterations, count = doc.get("iterations"), doc.get("num_iterations")
+    total = doc.get("total_time")
+    if not isinstance(doc.get("model_id"), str):
+        return "has no model_id"
+    if not isinstance(count, int) or count < 1 or not isinstance(iterations, list) \
+            or len(iterations) != count:
+        return "does not hold its measured iterations"
+    if not isinstance(total, (int, float)) or not math.isfinite(total) or total <= 0:
+        return "has no positive total_time"
+    return None
+
+
+def _legacy_identity(doc: dict) -> dict:
+    """What results written before `run_identity` existed say about their configuration."""
+    conf = doc.get("configurations") if isinstance(doc.get("configurations"), dict) else {}
+    return {"model_id": doc.get("model_id"), "batch_size": doc.get("batch_size"),
+            "height": doc.get("height"), "width": doc.get("width"),
+            "inference_steps": doc.get("inference_steps"), "seed": doc.get("seed"),
+            "benchmark_iters": doc.get("num_iterations"),
+            **{k: conf[k] for k in ("ulysses_degree", "ring_degree", "use_torch_compile",
+                                    "warmup_iters") if k in conf}}
+
+
+def _first_difference(stored: dict, expected: dict, partial: bool) -> str | None:
+    """The first setting that differs, as `key <stored>, not <expected>`; with `partial`, only
+    the keys `stored` records are compared."""
+    for key, value in expected.items():
+        if key not in stored:
+            if partial:
+                continue
+            return f"{key} not recorded, this run's {json.dumps(value)}"
+        if stored[key] != value:
+            return f"{key} {json.dumps(stored[key])}, not {json.dumps(value)}"
+    return None
+
+
+def inspect(run_dir: Path, expected: dict | None = None) -> Existing:
+    """Classify what `run_dir` holds against the identity `expected` (None: any complete
+    results count as done)."""
+    run_dir = Path(run_dir)
+    results = run_dir / RESULTS
+    if not run_dir.exists() and not run_dir.is_symlink():
+        return Existing("absent", f"{run_dir} does not exist")
+    if not run_dir.is_dir():
+        return Existing("incomplete", f"{run_dir} is not a directory")
+    if not results.exists() and not results.is_symlink():
+        if not any(run_dir.iterdir()):
+            return Existing("absent", f"{run_dir} is empty")
+        return Existing("incomplete", f"{run_dir} holds no {RESULTS} (an interrupted or "
+                                      "failed run)")
+    if not results.is_file():
+        return Existing("incomplete", f"{results} is not a file")
+    try:
+        doc = json.loads(results.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        return Existing("incomplete", f"{results} is not readable JSON ({err})")
+    reason = _why_incomplete(doc)
+    if reason is not None:
+        return Existing("incomplete", f"{results} {reason}")
+    if expected is None:
+        return Existing("done", f"{results} is complete")
+    stored = doc.get(IDENTITY_KEY)
+    if isinstance(stored, dict):
+        difference = _first_difference(stored, expected, partial=False)
+    else:
+        difference = _first_difference(_legacy_identity(doc), expected, partial=True)
+    if difference is not None:
+        return Existing("other", f"{results} was measured with {difference}")
+    return Existing("done", f"{results} holds this configuration")
+
+
+def is_complete(run_dir: Path, expected: dict | None = None) -> bool:
+    """True only when `run_dir` holds a complete results.json of the identity `expected`
+    (`identity(plan)`); None accepts any complete results. For the sweep."""
+    return inspect(run_dir, expected).state == "done"
+
+
+def move_aside(run_dir: Path) -> Path:
+    """Move `run_dir` to `<base>/.superseded/<name>@<time>/`, its results.json renamed."""
+    run_dir = Path(run_dir)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    parking = run_dir.parent / SUPERSEDED_DIR
+    parking.mkdir(exist_ok=True)
+    target = parking / f"{run_dir.name}@{stamp}"
+    suffix = 1
+    while target.exists():
+        suffix += 1
+        target = parking / f"{run_dir.name}@{stamp}-{suffix}"
+    os.rename(run_dir, target)
+    if target.is_dir() and ((target / RESULTS).exists() or (target / RESULTS).is_symlink()):
+        os.rename(target / RESULTS, target / SUPERSEDED_RESULTS)
+    return target
+
+
+def _process_start(pid: int) -> str | None:
+    """The kernel's start time of `pid` (clock ticks since boot): with the PID, it names one
+    process even after the PID is reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunDirLock:
+    """An exclusive claim on one run directory, by a file beside it (the directory itself may
+    be moved aside while the lock is held)."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir.parent / f".{self.run_dir.name}.lock"
+        self.held = False
+
+    def _record(self) -> dict:
+        return {"pid": os.getpid(), "host": socket.gethostname(),
+                "process_start": _process_start(os.getpid()),
+                "since": datetime.now().isoformat(timespec="seconds")}
+
+    def _holder(self) -> dict | None:
+        """The holder's record; None when the lock is stale (its holder is gone)."""
+        try:
+            holder = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            age = time.time() - self.path.stat().st_mtime if self.path.exists() else 1e9
+            # Being written right now, or left half-written by a holder that died then.
+            return {"pid": "?", "host": "?", "since": "just now"} \
+                if age < _LOCK_WRITE_GRACE_S else None
+        if not isinstance(holder, dict) or not isinstance(holder.get("pid"), int):
+            return None
+        if holder.get("host") != socket.gethostname():
+            return holder  # cannot tell from here: assume it lives
+        pid = holder["pid"]
+        if pid == os.getpid() or not _alive(pid):
+            return None
+        started = holder.get("process_start")
+        if started is not None and _process_start(pid) not in (None, started):
+            return None  # the PID now names another process
+        return holder
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder is not None:
+                    raise _config_error(
+                        f"{self.run_dir} is being measured by another run (PID "
+                        f"{holder.get('pid')} on {holder.get('host')} since "
+                        f"{holder.get('since')}); wait for it to end, or delete {self.path} "
+                        "if that run is gone") from None
+                # Stale: rename first, so that of two runs finding it stale only one removes it.
+                stale = self.path.with_name(f"{self.path.name}.stale.{os.getpid()}")
+                try:
+                    os.rename(self.path, stale)
+                    stale.unlink()
+                except FileNotFoundError:
+                    pass
+                continue
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(self._record(), f)
+            self.held = True
+            return
+        raise _config_error(f"could not take the lock {self.path}; another run keeps taking it")
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        self.held = False
+        try:
+            holder = json.loads(self.path.read_text(encoding="utf-8"))
+            if isinstance(holder, dict) and holder.get("pid") == os.getpid():
+                self.path.unlink()
+        except (OSError, ValueError):
+            pass
+
+
+@dataclass
+class Claim:
+    """Rank 0's hold on the run directory, and what every rank does about what it holds."""
+
+    run_dir: Path
+    verdict: str  # measure | skip
+    message: str | None = None
+    lock: RunDirLock | None = None
+    leftovers: bool = False
+    created: list[Path] = field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return self.verdict == "skip"
+
+    def clear(self) -> Path | None:
+        """Before the run writes anything (rank 0): move what the directory holds aside.
+        Returns where it went."""
+        if self.lock is None or not self.leftovers:
+            return None
+        self.leftovers = False
+        return move_aside(self.run_dir)
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+        # A run that wrote nothing leaves no empty base directory behind.
+        for folder in reversed(self.created):
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+
+def _missing_parents(path: Path) -> list[Path]:
+    missing = []
+    for folder in [path, *path.parents]:
+        if folder.exists():
+            break
+        missing.append(folder)
+    return list(reversed(missing))
+
+
+def _decide(plan, overwrite: bool) -> tuple[str, str | None, bool]:
+    """(verdict, message, leftovers) for rank 0, holding the lock."""
+    existing = inspect(plan.run_dir, identity(plan))
+    if existing.state == "absent":
+        return "measure", None, False
+    if overwrite:
+        return "measure", f"--overwrite_results: {existing.detail}; moving it aside", True
+    if existing.state == "done":
+        return "skip", (f"{plan.run_dir / RESULTS} already exists and holds this "
+                        "configuration; skipping this run (pass --overwrite_results to "
+                        "measure it again)"), False
+    if existing.state == "other":
+        return "refuse", (f"{existing.detail}: another configuration in the same run "
+                          "directory; pass --overwrite_results to replace it, or another "
+                          "--workload.base_dir"), False
+    return "measure", f"{existing.detail}; moving it aside and measuring again", True
+
+
+def claim(plan, is_main: bool, broadcast: Callable = lambda value: value) -> Claim:
+    """Take the run directory on rank 0 (lock, then look at what it holds) and tell every rank
+    through `broadcast` whether to measure or skip. Raises ConfigError (every rank) when the
+    directory is busy or holds another configuration. The lock goes at exit."""
+    decision = None
+    lock = None
+    created: list[Path] = []
+    if is_main:
+        lock = RunDirLock(plan.run_dir)
+        created = _missing_parents(plan.run_dir.parent)
+        try:
+            lock.acquire()
+            decision = _decide(plan, plan.config.overwrite_results)
+        except ValueError as err:
+            decision = ("refuse", str(err), False)
+    verdict, message, leftovers = broadcast(decision)
+    result = Claim(plan.run_dir, verdict, message, lock, leftovers, created)
+    if verdict != "measure":
+        result.release()
+    elif is_main:
+        atexit.register(result.release)
+    if verdict == "refuse":
+        raise _config_error(message)
+    if is_main and message is not None:
+        print(message, flush=True)
+    return result

@@ -1,0 +1,218 @@
+"""Absurd, damaged and ambiguous input: refused in one line, exit 2, before any model loads."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ENTRY, REPO, TINY_FLUX, _free_port, load_results, offline_env, \
+    only_run_dir, run_benchmark
+from mlenergy.diffusion import benchmark, files, limits, prompts
+from mlenergy.diffusion.config import PROMPT_DATASET, parse_cli
+from mlenergy.diffusion.plan import make_plan
+
+# Refused before anything runs: sizes and steps may stay the model's, and tests set them.
+TINY = ["workload:text-to-image", "--workload.weights", "tiny"]
+TINY_WAN = ["workload:t2v", "--workload.model_id", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+            "--workload.weights", "tiny", "--workload.height", "64", "--workload.width", "64"]
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLENERGY_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("MLENERGY_COLLECTIVE_TIMEOUT_S", raising=False)
+
+
+def refusal(capsys, tmp_path, *flags: str, head=TINY) -> str:
+    """Run the benchmark's main on `flags`; it must refuse in exactly one line and write
+    nothing."""
+    base = tmp_path / "out"
+    started = time.monotonic()
+    argv = [*head, *flags] if "--workload.base_dir" in flags else \
+        [*head, "--workload.base_dir", str(base), *flags]
+    code = benchmark.main(argv)
+    captured = capsys.readouterr()
+    assert code == 2, captured
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert time.monotonic() - started < 30
+    assert not base.exists()
+    return lines[0]
+
+
+@pytest.mark.parametrize("flags", [["--workload.guidance_scale", "nan"],
+                                   ["--workload.guidance_scale", "inf"],
+                                   ["--workload.guidance_scale=-inf"]])
+def test_numbers_that_are_not_finite_are_refused(capsys, tmp_path, flags):
+    assert "give a finite number" in refusal(capsys, tmp_path, *flags)
+
+
+def test_json_is_written_without_nan(tmp_path):
+    path = tmp_path / "doc.json"
+    with pytest.raises(ValueError):
+        files.write_json_atomically(path, {"energy": math.nan})
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--workload.seed", "-1"], "outside 0..2^64-1"),
+    (["--workload.seed", str(2**64)], "outside 0..2^64-1"),
+    (["--workload.seed", str(2**64 - 1), "--benchmark_iters", "2"], "passes 2^64-1"),
+])
+def test_seeds_must_fit_the_generators(capsys, tmp_path, flags, says):
+    assert says in refusal(capsys, tmp_path, *flags)
+
+
+def test_the_highest_seed_and_a_text_prompt_starting_with_a_brace_run(tmp_path):
+    """Seed 2^64-1 runs (warm-up seeds count down from it), and a text file whose first prompt
+    starts with `{` is prompts, not broken JSONL."""
+    prompts_file = tmp_path / "p.txt"
+    prompts_file.write_text("{curly} braces around a red cube\na blue ball\n")
+    base = tmp_path / "out"
+    proc = run_benchmark([*TINY_FLUX, "--workload.base_dir", str(base), "--workload.seed",
+                          str(2**64 - 1), "--benchmark_iters", "1", "--no_count_flops",
+                          "--workload.prompts_file", str(prompts_file)], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = load_results(only_run_dir(base))
+    assert doc["seed"] == 2**64 - 1
+    assert sorted(doc["iterations"][0]["prompts"]) == ["a blue ball",
+                                                       "{curly} braces around a red cube"]
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--workload.batch_size", str(10**9)], "--workload.batch_size 1,000,000,000 is above"),
+    (["--workload.height", str(10**6)], "--workload.height 1,000,000 is above"),
+    (["--workload.inference_steps", str(10**7)], "--workload.inference_steps 10,000,000 is above"),
+    (["--benchmark_iters", str(10**6)], "--benchmark_iters 1,000,000 is above"),
+    (["--workload.batch_size", "1000", "--benchmark_iters", "5000"], "5,001,000 prompts"),
+    (["--workload.batch_size", "1024", "--workload.height", "8192", "--workload.width", "8192"],
+     "GB of activations (decoding 68,719,476,736 pixels)"),
+])
+def test_absurd_sizes_and_counts_are_refused_before_anything_is_built(capsys, tmp_path, flags,
+                                                                      says):
+    assert says in refusal(capsys, tmp_path, *flags)
+
+
+def test_absurd_frame_counts_are_refused(capsys, tmp_path):
+    line = refusal(capsys, tmp_path, "--workload.num_frames", str(10**6 + 1), head=TINY_WAN)
+    assert "--workload.num_frames 1,000,001 is above" in line
+
+
+def test_the_activation_bound_leaves_real_workloads_alone():
+    """The estimate is a lower bound: the published workloads stay far below a GPU's memory."""
+    for argv in (["workload:t2i", "--workload.weights", "random"],
+                 ["workload:t2i", "--workload.weights", "random", "--workload.batch_size", "8"],
+                 ["workload:t2v", "--workload.weights", "random", "--workload.model_id",
+                  "Wan-AI/Wan2.1-T2V-14B-Diffusers"],
+                 ["workload:t2v", "--workload.weights", "random", "--workload.model_id",
+                  "tencent/HunyuanVideo"]):
+        plan = make_plan(parse_cli(argv), world_size=1, device_type="cuda", visible_gpus=1)
+        need, _ = limits.activation_floor_bytes(plan)
+        assert 10**8 < need < 40 * 10**9, (argv, need)
+
+
+def test_prompts_longer_than_the_encoders_read_are_refused(capsys, tmp_path):
+    long_file = tmp_path / "long.txt"
+    long_file.write_text("a short one\n" + "word " * 20_000 + "\n")
+    line = refusal(capsys, tmp_path, "--workload.prompts_file", str(long_file))
+    assert f"prompts file {long_file}: prompt 2 has 99,999 characters" in line
+
+
+@pytest.mark.parametrize("content, says", [
+    ('"a string of prompts"', "holds a JSON str"),
+    ('{"prompt": "x"}', "holds a JSON dict"),
+    ("[]", "an empty list"),
+    ('["a cat", "a d', "damaged (Unterminated string"),
+    ('["a cat", 7]', "entry 1 is not a non-empty string"),
+])
+def test_a_damaged_prompt_cache_is_refused_naming_the_file(capsys, tmp_path, content, says):
+    cache = prompts.cache_file(PROMPT_DATASET)
+    cache.parent.mkdir(parents=True)
+    cache.write_text(content)
+    line = refusal(capsys, tmp_path)
+    assert line.startswith(f"error: prompt cache {cache} is damaged") and says in line
+    assert f"delete {cache}" in line
+
+
+def test_base_dir_must_be_a_writable_directory(capsys, tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    assert "is a file" in refusal(capsys, tmp_path, "--workload.base_dir", str(a_file))
+    under = refusal(capsys, tmp_path, "--workload.base_dir", str(a_file / "runs"))
+    assert f"lies under {a_file}, a file" in under
+    # Read-only even for root: a read-only mount.
+    assert os.path.isdir("/proc/sys") and not os.access("/proc/sys", os.W_OK)
+    line = refusal(capsys, tmp_path, "--workload.base_dir", "/proc/sys/mlenergy-runs")
+    assert "/proc/sys is not writable" in line
+
+
+@pytest.mark.parametrize("index, says", [("{not json", "is not readable JSON"),
+                                         ("{}", "names no pipeline class")])
+def test_a_local_model_with_a_broken_model_index_is_refused(capsys, tmp_path, index, says):
+    model = tmp_path / "my-flux"
+    model.mkdir()
+    (model / "model_index.json").write_text(index)
+    line = refusal(capsys, tmp_path, head=["workload:t2i", "--workload.model_id", str(model),
+                                           "--workload.family", "flux"])
+    assert f"{model / 'model_index.json'} " in line and says in line
+
+
+def test_a_prompts_path_that_is_a_directory_or_a_fifo_is_refused(capsys, tmp_path):
+    folder = tmp_path / "prompts"
+    folder.mkdir()
+    assert "is a directory" in refusal(capsys, tmp_path, "--workload.prompts_file", str(folder))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    line = refusal(capsys, tmp_path, "--workload.prompts_file", str(fifo))
+    assert "is not a regular file" in line
+
+
+def test_a_jsonl_file_still_reads_as_jsonl(tmp_path):
+    path = tmp_path / "p.txt"
+    path.write_text('{"prompt": "a red cube"}\n{"prompt": "a blue ball"}\n')
+    assert prompts.read_prompts_file(path) == ["a red cube", "a blue ball"]
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-5", "nan", "inf"])
+def test_a_bad_collective_timeout_is_refused(capsys, tmp_path, monkeypatch, value):
+    monkeypatch.setenv("MLENERGY_COLLECTIVE_TIMEOUT_S", value)
+    assert f"MLENERGY_COLLECTIVE_TIMEOUT_S='{value}'" in refusal(capsys, tmp_path)
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--workload.base_dir", ""], "--workload.base_dir is empty"),
+    (["--workload.batch_size", "2", "--workload.batch_size=3"],
+     "--workload.batch_size=3 is given twice"),
+    (["--use_torch_compile", "--no_use_torch_compile"], "--no_use_torch_compile is given twice (--use_torch_compile before it)"),
+    (["--workload.batch_size", "two"], "Error parsing --workload.batch_size"),
+    (["--bogus"], "Unrecognized options: --bogus"),
+])
+def test_command_line_errors_are_one_line_with_a_usage_hint(capsys, tmp_path, flags, says):
+    with pytest.raises(SystemExit) as exit_:
+        benchmark.main([*TINY, *flags])
+    assert exit_.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], lines
+    if "given twice" not in says and "empty" not in says:
+        assert lines[0].endswith("see `python -m mlenergy.diffusion.benchmark --help`")
+
+
+def test_bad_input_under_torchrun_is_one_line_from_one_rank(tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
+           str(_free_port()), str(ENTRY), *TINY, "--ulysses_degree", "2",
+           "--workload.height", "100", "--workload.base_dir", str(tmp_path / "out")]
+    proc = subprocess.run(cmd, cwd=REPO, env=offline_env(tmp_path), capture_output=True,
+                          text=True, timeout=240)
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines()
+              if line.startswith("error: ")]
+    assert errors == ["error: --workload.height 100 must be a positive multiple of 16 for "
+                      "black-forest-labs/FLUX.1-dev (VAE downsampling x patch size)"]
+    # Each rank exits 2; torchrun reports its workers' status (its own is 1 whatever they say).
+    assert "exitcode  : 2" in proc.stderr and proc.returncode != 0
+    assert not (tmp_path / "out").exists()
