@@ -26,7 +26,7 @@ os.environ.setdefault("XDIT_LOGGING_LEVEL", "WARNING")
 # matters (an error found after the prompts are read must stay one line).
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from mlenergy.diffusion import files, results, runtime
+from mlenergy.diffusion import files, model_info, resolve, results, runtime
 from mlenergy.diffusion import prompts as prompt_source
 from mlenergy.diffusion.config import parse_cli
 from mlenergy.diffusion.plan import ConfigError, RunPlan, make_plan
@@ -74,6 +74,7 @@ def run(plan: RunPlan) -> None:
     logger.info("Plan: %s", _describe_plan(plan))
     logger.info("Environment: %s", env)
     logger.info("%s", prompts_note)
+    logger.info("%s", resolve.describe(plan.spec))
     if ranks.is_main:
         files.write_json_atomically(
             plan.run_dir / results.REQUESTS,
@@ -331,8 +332,8 @@ def _write_results(plan: RunPlan, ranks, *, started: datetime, env: dict, prompt
         benchmark_window=measured.window, timeline=timeline_block,
         measurement_sections=sections, extra=option_results,
     )
-    files.write_json_atomically(plan.base_dir / results.MODEL_INFO,
-                                results.model_info(plan, loaded.denoiser_parameters))
+    logger.info("%s", model_info.write_model_info(plan.base_dir, plan.spec, plan.weights,
+                                                  plan.dtype))
     files.write_json_atomically(plan.run_dir / results.RESULTS, doc)
     plot = timeline.plot_run(doc, plan.run_dir / timeline.PLOT)
     if plot is not None:
@@ -356,8 +357,8 @@ def _prompts(plan: RunPlan, ranks):
                                              task=plan.task)
         payload = (pool.prompts, pool.source)
     pool_prompts, source = runtime.broadcast_object(payload)
-    schedule = prompt_source.schedule(pool_prompts, plan.seed, plan.batch_size,
-                                      plan.warmup_iters, plan.benchmark_iters)
+    schedule = prompt_source.schedule_for(workload, pool_prompts, plan.seed, plan.batch_size,
+                                          plan.warmup_iters, plan.benchmark_iters)
     note = (f"Prompts: {len(pool_prompts)} from {source}"
             + (" (fewer than the run needs: some repeat)" if schedule.wrapped else ""))
     return schedule, source, note

@@ -13,14 +13,14 @@ from pathlib import Path
 import torch
 
 from mlenergy.diffusion import prompts
-from mlenergy.diffusion.config import DEFAULT_CACHE_THRESHOLD, BenchmarkConfig, TextToVideo
-from mlenergy.diffusion.families import FAMILIES
-from mlenergy.diffusion.registry import MODELS, ModelSpec, known_model_ids, models_of_family
-
-
-
-class ConfigError(ValueError):
-    """Bad input: the message is one line that says what is wrong and how to fix it."""
+from mlenergy.diffusion import resolve
+from mlenergy.diffusion.config import (  # noqa: F401 - ConfigError is re-exported for callers
+    DEFAULT_CACHE_THRESHOLD,
+    BenchmarkConfig,
+    ConfigError,
+    TextToVideo,
+)
+from mlenergy.diffusion.registry import ModelSpec, known_model_ids
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,41 +60,9 @@ class RunPlan:
         return self.world_size if self.device_type == "cuda" else 0
 
 
-def _resolve_spec(workload) -> ModelSpec:
-    model_id = workload.model_id
-    if workload.family is not None and workload.family not in FAMILIES:
-        raise ConfigError(
-            f"unknown --workload.family {workload.family!r}; choose one of: "
-            + ", ".join(sorted(FAMILIES))
-        )
-    if model_id in MODELS:
-        spec = MODELS[model_id]
-        if workload.family is not None and workload.family != spec.family_name:
-            raise ConfigError(
-                f"{model_id} is a {spec.family_name} model, not {workload.family}; "
-                "drop --workload.family"
-            )
-        return spec
-    if Path(model_id).is_dir():
-        if workload.family is None:
-            raise ConfigError(
-                f"{model_id} is a local directory: name its pipeline family with "
-                "--workload.family (" + ", ".join(sorted(FAMILIES)) + ")"
-            )
-        # A local copy of a family: take the family's first registered model's defaults.
-        return dataclasses.replace(models_of_family(workload.family)[0], model_id=model_id,
-                                   nickname=Path(model_id).name, aliases=())
-    raise ConfigError(
-        f"unknown model id {model_id!r}; known {workload.task} models: "
-        + ", ".join(known_model_ids(workload.task))
-        + " (or pass a local directory with --workload.family)"
-    )
-
-
 def default_base_dir(task: str, model_id: str, root: Path = Path("run")) -> Path:
     """`root/diffusion/<task>/<org>/<model>`: the layout the ML.ENERGY toolkit globs."""
-    model_dir = model_id if model_id in MODELS else Path(model_id).name
-    return Path(root) / "diffusion" / task / model_dir
+    return Path(root) / "diffusion" / task / resolve.record_id(model_id)
 
 
 def _run_dir_name(plan_values: dict, spec: ModelSpec, config: BenchmarkConfig) -> str:
@@ -137,6 +105,7 @@ def _run_dir_name(plan_values: dict, spec: ModelSpec, config: BenchmarkConfig) -
         parts.append("offload-True")
     if config.attention_backend is not None:
         parts.append(f"attn-{config.attention_backend}")
+    parts += resolve.run_dir_tokens(spec)
     return "+".join(parts)
 
 
@@ -220,28 +189,6 @@ def _video_shape(workload: TextToVideo, spec: ModelSpec, arch: dict) -> tuple[in
     return frames, fps
 
 
-def _check_pretrained_available(spec: ModelSpec) -> None:
-    if Path(spec.model_id).is_dir():
-        if not (Path(spec.model_id) / "model_index.json").is_file():
-            raise ConfigError(
-                f"{spec.model_id} has no model_index.json: point --workload.model_id at a "
-                "diffusers pipeline directory"
-            )
-        return
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import LocalEntryNotFoundError
-
-        try:
-            snapshot_download(spec.model_id, local_files_only=True)
-        except (LocalEntryNotFoundError, OSError, ValueError):
-            raise ConfigError(
-                f"weights of {spec.model_id} are not in the local Hugging Face cache and "
-                "HF_HUB_OFFLINE is set; download them, or measure the architecture with "
-                "--workload.weights random"
-            ) from None
-
-
 def make_plan(config: BenchmarkConfig, world_size: int | None = None,
               device_type: str | None = None, visible_gpus: int | None = None) -> RunPlan:
     """Resolve defaults and validate. The keyword arguments stand in for the launch
@@ -253,7 +200,7 @@ def make_plan(config: BenchmarkConfig, world_size: int | None = None,
     if visible_gpus is None:
         visible_gpus = torch.cuda.device_count() if device_type == "cuda" else 0
 
-    spec = _resolve_spec(workload)
+    spec = resolve.resolve_spec(workload)
     if spec.task != workload.task:
         other = "text-to-video" if workload.task == "text-to-image" else "text-to-image"
         sub = "workload:t2v" if other == "text-to-video" else "workload:t2i"
@@ -297,7 +244,7 @@ def make_plan(config: BenchmarkConfig, world_size: int | None = None,
         except prompts.PromptsError as err:
             raise ConfigError(str(err)) from None
     if workload.weights == "pretrained":
-        _check_pretrained_available(spec)
+        resolve.check_pretrained(spec)
 
     if num_frames is not None:
         default_iters = 2

@@ -3,6 +3,8 @@
 The architecture values are those of each model's published `config.json` files. They let
 `--workload.weights random` build the real architecture with random weights, so hardware can be
 measured without downloading anything: time and energy do not depend on the weight values.
+What a user types (any hub id, an alias, a local directory) becomes a `ModelSpec` in
+`resolve.py`; the registry's rows are its defaults.
 """
 
 from __future__ import annotations
@@ -11,10 +13,28 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from mlenergy.diffusion.families import FAMILIES, Family, Task
+from mlenergy.diffusion.published import (
+    CLIP_G,
+    CLIP_L,
+    DC_AE_F32C32,
+    GEMMA2_2B,
+    HUNYUAN_BERT,
+    LLAVA_LLAMA3_8B,
+    MT5_XL,
+    T5_XXL,
+    UMT5_XXL,
+    VAE_FLUX,
+    VAE_SD,
+    VAE_SD3,
+    VAE_SDXL,
+    VAE_SVD_TEMPORAL_DECODER,
+)
 
 
 @dataclass(frozen=True)
 class ModelSpec:
+    # The id results, run directories and model_info.json carry: in the registry, the model's
+    # hub id; once resolved, the id the user typed (or the name given to a local directory).
     model_id: str
     family_name: str
     nickname: str
@@ -31,10 +51,32 @@ class ModelSpec:
     num_frames: int | None = None
     fps: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # Pretrained loading. In the registry, `revision` is the branch or commit of `model_id` that
+    # holds the diffusers-format pipeline (None: the main branch). `source` is what
+    # `from_pretrained` loads: a hub id or a local directory (None: `model_id`).
+    revision: str | None = None
+    variant: str | None = None
+    source: str | None = None
+    # Set when resolved: where each default came from (default -> source, in words), the configs
+    # that replace the family's tiny ones (a checkpoint's scheduler), and scheduler settings
+    # applied to every build (--workload.flow_shift).
+    defaults_source: Mapping[str, str] = field(default_factory=dict)
+    tiny_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    scheduler_overrides: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def family(self) -> Family:
         return FAMILIES[self.family_name]
+
+    @property
+    def load_id(self) -> str:
+        return self.source or self.model_id
+
+    def component_configs(self, weights: str) -> Mapping[str, Mapping[str, Any]]:
+        """Slot -> config of the random-weight pipeline `weights` (random or tiny) builds."""
+        if weights == "tiny":
+            return {**self.family.tiny, **self.tiny_overrides}
+        return self.architecture
 
     @property
     def task(self) -> Task:
@@ -45,52 +87,6 @@ class ModelSpec:
         return self.family.t5_slot
 
 
-# Text encoders, as published.
-CLIP_L = dict(
-    vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-    num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
-)
-CLIP_G = dict(
-    vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
-    num_attention_heads=20, max_position_embeddings=77, hidden_act="gelu", projection_dim=1280,
-)
-T5_XXL = dict(
-    vocab_size=32128, d_model=4096, d_ff=10240, d_kv=64, num_layers=24, num_heads=64,
-    feed_forward_proj="gated-gelu", relative_attention_num_buckets=32, layer_norm_epsilon=1e-6,
-)
-MT5_XL = dict(
-    vocab_size=250112, d_model=2048, d_ff=5120, d_kv=64, num_layers=24, num_heads=32,
-    feed_forward_proj="gated-gelu", relative_attention_num_buckets=32, layer_norm_epsilon=1e-6,
-)
-UMT5_XXL = dict(
-    vocab_size=256384, d_model=4096, d_ff=10240, d_kv=64, num_layers=24, num_heads=64,
-    feed_forward_proj="gated-gelu", relative_attention_num_buckets=32, layer_norm_epsilon=1e-6,
-)
-# HunyuanVideo's text encoder: the language model of LLaVA-LLaMA-3-8B.
-LLAVA_LLAMA3_8B = dict(
-    vocab_size=128320, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-    num_attention_heads=32, num_key_value_heads=8, rms_norm_eps=1e-5, rope_theta=500000.0,
-    max_position_embeddings=8192,
-)
-HUNYUAN_BERT = dict(
-    vocab_size=47020, hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-    num_attention_heads=16, max_position_embeddings=512,
-)
-
-# VAEs, as published.
-_VAE_BASE = dict(
-    in_channels=3, out_channels=3,
-    down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-    block_out_channels=[128, 256, 512, 512], layers_per_block=2, norm_num_groups=32,
-    sample_size=1024,
-)
-VAE_FLUX = dict(_VAE_BASE, latent_channels=16, scaling_factor=0.3611, shift_factor=0.1159,
-                use_quant_conv=False, use_post_quant_conv=False)
-VAE_SD3 = dict(_VAE_BASE, latent_channels=16, scaling_factor=1.5305, shift_factor=0.0609,
-               use_quant_conv=False, use_post_quant_conv=False)
-VAE_SDXL = dict(_VAE_BASE, latent_channels=4, scaling_factor=0.13025)
-VAE_SD = dict(_VAE_BASE, latent_channels=4, scaling_factor=0.18215, sample_size=512)
-
 _PIXART_XL_1024 = dict(
     num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=28,
     cross_attention_dim=1152, sample_size=128, patch_size=2, caption_channels=4096,
@@ -98,6 +94,15 @@ _PIXART_XL_1024 = dict(
     norm_eps=1e-6, attention_bias=True, activation_fn="gelu-approximate",
 )
 _SD3_SCHEDULER = dict(shift=3.0)
+_SANA15_TRANSFORMER = dict(
+    in_channels=32, out_channels=32, num_attention_heads=70, attention_head_dim=32,
+    num_cross_attention_heads=20, cross_attention_head_dim=112, cross_attention_dim=2240,
+    caption_channels=2304, mlp_ratio=2.5, attention_bias=False, sample_size=32, patch_size=1,
+    norm_elementwise_affine=False, norm_eps=1e-6, interpolation_scale=None,
+    qk_norm="rms_norm_across_heads",
+)
+# Flow-DPM-Solver: DPM-Solver++ over flow-matching sigmas, shift 3 (at 1024 px).
+_SANA_SCHEDULER = dict(flow_shift=3.0, use_flow_sigmas=True, prediction_type="flow_prediction")
 _SDXL_SCHEDULER = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                        steps_offset=1, timestep_spacing="leading")
 
@@ -254,6 +259,33 @@ _MODELS: tuple[ModelSpec, ...] = (
             "scheduler": _SDXL_SCHEDULER,
         },
     ),
+    ModelSpec(
+        model_id="Efficient-Large-Model/SANA1.5_1.6B_1024px_diffusers",
+        family_name="sana",
+        nickname="SANA 1.5 1.6B",
+        steps=20, height=1024, width=1024, guidance_scale=4.5, dtype="bfloat16",
+        max_sequence_length=300,
+        architecture={
+            "text_encoder": GEMMA2_2B,
+            "transformer": dict(_SANA15_TRANSFORMER, num_layers=20),
+            "vae": DC_AE_F32C32,
+            "scheduler": _SANA_SCHEDULER,
+        },
+    ),
+    ModelSpec(
+        model_id="Efficient-Large-Model/SANA1.5_4.8B_1024px_diffusers",
+        family_name="sana",
+        nickname="SANA 1.5 4.8B",
+        steps=20, height=1024, width=1024, guidance_scale=4.5, dtype="bfloat16",
+        max_sequence_length=300,
+        architecture={
+            "text_encoder": GEMMA2_2B,
+            # SANA 1.5 grew the 1.6B model in depth only: 60 blocks of the same width.
+            "transformer": dict(_SANA15_TRANSFORMER, num_layers=60),
+            "vae": DC_AE_F32C32,
+            "scheduler": _SANA_SCHEDULER,
+        },
+    ),
 )
 
 _COGVIDEOX_DDIM = dict(
@@ -274,8 +306,8 @@ _WAN_VAE = dict(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
 
 _VIDEO_MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
-        model_id="THUDM/CogVideoX-2b",
-        aliases=("zai-org/CogVideoX-2b",),
+        model_id="zai-org/CogVideoX-2b",
+        aliases=("THUDM/CogVideoX-2b",),
         family_name="cogvideox",
         nickname="CogVideoX 2B",
         steps=50, height=480, width=720, num_frames=49, fps=8, guidance_scale=6.0,
@@ -293,8 +325,8 @@ _VIDEO_MODELS: tuple[ModelSpec, ...] = (
         },
     ),
     ModelSpec(
-        model_id="THUDM/CogVideoX1.5-5B",
-        aliases=("zai-org/CogVideoX1.5-5B",),
+        model_id="zai-org/CogVideoX1.5-5B",
+        aliases=("THUDM/CogVideoX1.5-5B",),
         family_name="cogvideox",
         nickname="CogVideoX 1.5 5B",
         steps=50, height=768, width=1360, num_frames=81, fps=8, guidance_scale=6.0,
@@ -342,6 +374,10 @@ _VIDEO_MODELS: tuple[ModelSpec, ...] = (
     ),
     ModelSpec(
         model_id="tencent/HunyuanVideo",
+        # The main branch of tencent/HunyuanVideo holds the original weights; the diffusers
+        # pipeline is on this pull-request branch (the ML.ENERGY v3 runs loaded it), and a copy
+        # of it at hunyuanvideo-community/HunyuanVideo.
+        revision="refs/pr/18",
         aliases=("hunyuanvideo-community/HunyuanVideo",),
         family_name="hunyuanvideo",
         nickname="HunyuanVideo",
@@ -376,7 +412,7 @@ _VIDEO_MODELS: tuple[ModelSpec, ...] = (
                 num_embeds_ada_norm=1000, activation_fn="gelu-approximate", attention_bias=True,
                 norm_elementwise_affine=False, norm_eps=1e-6,
             ),
-            "vae": VAE_SD,
+            "vae": VAE_SVD_TEMPORAL_DECODER,
             "scheduler": dict(beta_schedule="linear", beta_start=0.0001, beta_end=0.02,
                               clip_sample=False, steps_offset=1),
         },

@@ -7,7 +7,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from mlenergy.diffusion import stats
+from mlenergy.diffusion import resolve, stats
 from mlenergy.diffusion.measurement import Measurement
 from mlenergy.diffusion.plan import RunPlan
 
@@ -157,6 +157,7 @@ def results_document(
         "dtype": plan.dtype,
         "max_sequence_length": plan.max_sequence_length,
         "prompt_source": prompt_source,
+        **resolve.results_fields(plan.spec, plan.config.workload),
         "average_power_watts": total_energy / total_time if measured else None,
         "latency_per_iteration": _stats(times),
         "energy_per_iteration": _stats(energies) if measured else None,
