@@ -70,15 +70,20 @@ def _read_json(path: Path) -> dict | None:
     return doc if isinstance(doc, dict) else None
 
 
-@functools.lru_cache(maxsize=None)
 def fetch_model_index(repo_id: str, revision: str | None) -> dict:
-    """The repository's model_index.json, from the hub (or the cache when offline): the access
-    check. Raises ConfigError with one line that says what to do."""
+    """The repository's model_index.json, from the hub (or the cache, where the hub does not
+    answer): the access check. Raises ConfigError with one line that says what to do."""
+    return _fetch_model_index(repo_id, revision, str(cache_dir()), not reachable(), _endpoint())
+
+
+@functools.lru_cache(maxsize=None)
+def _fetch_model_index(repo_id: str, revision: str | None, cache: str, local_only: bool,
+                       endpoint: str | None) -> dict:
     from huggingface_hub import hf_hub_download
 
     try:
-        path = hf_hub_download(repo_id, MODEL_INDEX, revision=revision,
-                               cache_dir=str(cache_dir()), local_files_only=not reachable())
+        path = hf_hub_download(repo_id, MODEL_INDEX, revision=revision, cache_dir=cache,
+                               local_files_only=local_only, endpoint=endpoint)
     except Exception as err:  # huggingface_hub's errors, sorted out by class below
         raise ConfigError(access_error_message(err, repo_id, revision)) from None
     doc = _read_json(Path(path))
@@ -96,7 +101,7 @@ def fetch_small_files(repo_id: str, revision: str | None, filenames: list[str]) 
     for filename in filenames:
         try:
             hf_hub_download(repo_id, filename, revision=revision, cache_dir=str(cache_dir()),
-                            local_files_only=not reachable())
+                            local_files_only=not reachable(), endpoint=_endpoint())
         except Exception:  # a missing config only means fewer defaults from the checkpoint
             continue
 
@@ -172,16 +177,23 @@ def _download(repo_id, revision, variant, pipeline_cls, extra_subfolders, *,
     return str(folder)
 
 
+def _endpoint() -> str | None:
+    return os.environ.get("HF_ENDPOINT") or None
+
+
+def reachable() -> bool:
+    """Whether the hub's host answers at all (HF_ENDPOINT respected; never when HF_HUB_OFFLINE
+    is set): a quick look before huggingface_hub spends half a minute retrying a host that
+    cannot be resolved."""
+    return not offline() and _answers(_endpoint() or "https://huggingface.co")
+
+
 @functools.lru_cache(maxsize=None)
-def reachable(timeout: float = 3.0) -> bool:
-    """Whether the hub's host answers at all (HF_ENDPOINT respected): a quick look before
-    huggingface_hub spends half a minute retrying a host that cannot be resolved."""
+def _answers(endpoint: str, timeout: float = 3.0) -> bool:
     import socket
     from urllib.parse import urlparse
 
-    if offline():
-        return False
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    url = urlparse(endpoint)
     port = url.port or (443 if url.scheme == "https" else 80)
     try:
         socket.create_connection((url.hostname, port), timeout=timeout).close()

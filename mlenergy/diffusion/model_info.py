@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from mlenergy.diffusion.files import RESULTS, write_json_atomically
-from mlenergy.diffusion.registry import ModelSpec
+from mlenergy.diffusion.registry import MODELS, ModelSpec
 
 MODEL_INFO = "model_info.json"
 
@@ -25,6 +25,8 @@ MODEL_INFO = "model_info.json"
 def real_architecture_known(spec: ModelSpec) -> bool:
     """Whether `spec.architecture`'s denoiser is the model's own (registry or checkpoint config),
     not the family's reference model standing in for it."""
+    if not spec.defaults_source:  # a registry row as it stands in the table
+        return spec.model_id in MODELS
     source = spec.defaults_source.get("architecture") or spec.defaults_source.get(
         spec.family.denoiser_slot, "")
     return source.startswith(("registry", "checkpoint"))

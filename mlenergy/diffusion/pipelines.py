@@ -219,11 +219,11 @@ def load_pretrained(spec: ModelSpec, *, dtype: torch.dtype, device: torch.device
         for slot, subfolder in family.pretrained_subfolders.items():
             # Not in model_index.json, so not offered in other variants: the main weights.
             cls = getattr(diffusers, family.components[slot].cls)
-            components[slot] = cls.from_pretrained(folder, subfolder=subfolder, torch_dtype=dtype)
+            components[slot] = cls.from_pretrained(folder, subfolder=subfolder, dtype=dtype)
         if denoiser_cls is not None:
             components[family.denoiser_slot] = denoiser_cls.from_pretrained(
-                folder, subfolder=family.denoiser_slot, torch_dtype=dtype, variant=spec.variant)
-        pipeline = pipeline_cls.from_pretrained(folder, torch_dtype=dtype, variant=spec.variant,
+                folder, subfolder=family.denoiser_slot, dtype=dtype, variant=spec.variant)
+        pipeline = pipeline_cls.from_pretrained(folder, dtype=dtype, variant=spec.variant,
                                                 **components, **family.pipeline_kwargs)
     except (OSError, ValueError) as err:
         where = spec.load_id + (f" at revision {spec.revision}" if spec.revision else "")

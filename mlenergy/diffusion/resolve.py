@@ -86,10 +86,10 @@ def _local(path: Path, workload) -> ModelSpec:
         raise ConfigError(f"{path} is a local directory, which has no revisions; drop "
                           "--workload.revision")
     index = hub.local_json(path, hub.MODEL_INDEX)
+    family = _family(workload.family, index, str(path), workload.task)
     if index is None and workload.weights == "pretrained":
         raise ConfigError(f"{path} has no {hub.MODEL_INDEX}: point --workload.model_id at a "
                           "diffusers pipeline directory (as save_pretrained writes it)")
-    family = _family(workload.family, index, str(path), workload.task)
     configs = {slot: hub.local_json(path, _config_file(slot, family))
                for slot in FAMILIES[family].components}
     return _from_checkpoint(record_id(str(path), workload.model_name), family, configs,

@@ -27,20 +27,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from mlenergy.diffusion import files
+from mlenergy.diffusion import files, presets
 from mlenergy.diffusion.config import parse_cli
 from mlenergy.diffusion.plan import ConfigError, default_base_dir, make_plan
-from mlenergy.diffusion.registry import known_model_ids
 
 BENCHMARK = Path(__file__).with_name("benchmark.py")
 RESULTS = files.RESULTS
-
-LEADERBOARD_BATCH_SIZES = (1, 2, 4, 8, 16)
-LEADERBOARD_PARALLEL = ((1, 1), (1, 2), (2, 1), (1, 4), (2, 2), (4, 1), (1, 8), (2, 4), (4, 2),
-                        (8, 1))
-PRESETS = {
-    "leaderboard": dict(batch_sizes=LEADERBOARD_BATCH_SIZES, parallel=LEADERBOARD_PARALLEL),
-}
 
 # Set by the grid itself; the same flag among the common benchmark flags would be ambiguous.
 GRID_FLAGS = ("--ulysses_degree", "--ring_degree", "--workload.model_id",
@@ -107,10 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "options), one torchrun per point with nproc = ulysses x ring. Flags after "
                     "`--` go to every point's benchmark (e.g. -- --workload.weights random).",
     )
-    p.add_argument("--preset", choices=sorted(PRESETS),
-                   help="leaderboard: batch 1 2 4 8 16 and (ulysses, ring) in 1x1 1x2 2x1 1x4 "
-                        "2x2 4x1 1x8 2x4 4x2 8x1, every registered model of the task; explicit "
-                        "--models/--batch_sizes/--parallel override it")
+    p.add_argument("--preset", choices=sorted(presets.PRESETS),
+                   help="; ".join(f"{p.name}: {p.description}" for p in presets.PRESETS.values())
+                   + " (mlenergy/diffusion/presets.py); explicit --models/--batch_sizes/--parallel "
+                     "override it")
     p.add_argument("--task", choices=("text-to-image", "text-to-video"), default="text-to-image")
     p.add_argument("--models", nargs="+", metavar="MODEL_ID")
     p.add_argument("--batch_sizes", nargs="+", type=int, metavar="B")
@@ -170,8 +162,8 @@ def _common_args(raw: list[str]) -> list[str]:
 
 
 def make_points(ns: argparse.Namespace) -> list[Point]:
-    preset = PRESETS.get(ns.preset, {})
-    models = ns.models or (known_model_ids(ns.task) if ns.preset else None)
+    preset = presets.for_task(ns.preset, ns.task)
+    models = ns.models or preset.get("models")
     batch_sizes = ns.batch_sizes or preset.get("batch_sizes")
     parallel = ns.parallel or preset.get("parallel")
     missing = [flag for flag, v in (("--models", models), ("--batch_sizes", batch_sizes),
@@ -191,7 +183,8 @@ def make_points(ns: argparse.Namespace) -> list[Point]:
                     argv = ["--ulysses_degree", str(u), "--ring_degree", str(r),
                             *shlex.split(options), f"workload:{ns.task}",
                             "--workload.model_id", model_id, "--workload.batch_size", str(batch),
-                            "--workload.base_dir", str(base), *common]
+                            "--workload.base_dir", str(base),
+                            *preset.get("flags", {}).get(model_id, ()), *common]
                     points.append(Point(model_id, batch, u, r, options.strip(), argv))
     return points
 
