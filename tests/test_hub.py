@@ -393,8 +393,8 @@ def test_alias_and_local_directory_runs_load_in_the_toolkit_under_the_id_typed(
         (local_base / "model_info.json").read_text())["total_parameters_billion"]
 
 
-def test_a_local_directory_can_be_named(tmp_path, saved):
-    root_saved, _ = saved
+def test_a_local_directory_can_be_named_and_loads_its_variant(tmp_path, saved):
+    root_saved, bias = saved
     local = tmp_path / "weights" / "flux copy"
     shutil.copytree(root_saved / "main", local)
     named = plan(["workload:t2i", "--workload.model_id", str(local),
@@ -404,3 +404,8 @@ def test_a_local_directory_can_be_named(tmp_path, saved):
     unnamed = plan(["workload:t2i", "--workload.model_id", str(local)])
     assert unnamed.spec.model_id == "local/flux-copy"
     assert unnamed.base_dir == Path("run/diffusion/text-to-image/local/flux-copy")
+    fp16 = plan(["workload:t2i", "--workload.model_id", str(local), "--workload.variant", "fp16"])
+    assert fp16.spec.family_name == "flux" and fp16.run_dir.name.endswith("+variant-fp16")
+    loaded = pipelines.build_pipeline(fp16.spec, "pretrained", dtype=torch.float32, device="cpu",
+                                      max_sequence_length=16)
+    assert torch.allclose(loaded.transformer.proj_out.bias, bias + 2.0)

@@ -1,5 +1,5 @@
-"""Component configs as their models publish them: text encoders and VAEs that several models
-of the registry share (values of each checkpoint's `config.json`)."""
+"""Component configs as their models publish them (values of each checkpoint's `config.json`):
+the text encoders, VAEs, denoisers and schedulers that several rows of the registry share."""
 
 from __future__ import annotations
 
@@ -76,3 +76,39 @@ VAE_SVD_TEMPORAL_DECODER = dict(
     block_out_channels=[128, 256, 512, 512], layers_per_block=2, latent_channels=4,
     sample_size=768, scaling_factor=0.18215,
 )
+
+# Denoisers and schedulers shared by several rows of the registry.
+PIXART_XL_1024 = dict(
+    num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=28,
+    cross_attention_dim=1152, sample_size=128, patch_size=2, caption_channels=4096,
+    norm_type="ada_norm_single", num_embeds_ada_norm=1000, norm_elementwise_affine=False,
+    norm_eps=1e-6, attention_bias=True, activation_fn="gelu-approximate",
+)
+SD3_SCHEDULER = dict(shift=3.0)
+SANA15_TRANSFORMER = dict(
+    in_channels=32, out_channels=32, num_attention_heads=70, attention_head_dim=32,
+    num_cross_attention_heads=20, cross_attention_head_dim=112, cross_attention_dim=2240,
+    caption_channels=2304, mlp_ratio=2.5, attention_bias=False, sample_size=32, patch_size=1,
+    norm_elementwise_affine=False, norm_eps=1e-6, interpolation_scale=None,
+    qk_norm="rms_norm_across_heads",
+)
+# Flow-DPM-Solver: DPM-Solver++ over flow-matching sigmas, shift 3 (at 1024 px).
+SANA_SCHEDULER = dict(flow_shift=3.0, use_flow_sigmas=True, prediction_type="flow_prediction")
+SDXL_SCHEDULER = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                       steps_offset=1, timestep_spacing="leading")
+
+COGVIDEOX_DDIM = dict(
+    beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+    num_train_timesteps=1000, prediction_type="v_prediction", rescale_betas_zero_snr=True,
+    set_alpha_to_one=True, snr_shift_scale=3.0, steps_offset=0, timestep_spacing="trailing",
+)
+WAN_TRANSFORMER = dict(
+    patch_size=[1, 2, 2], attention_head_dim=128, in_channels=16, out_channels=16, text_dim=4096,
+    freq_dim=256, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6,
+    rope_max_seq_len=1024,
+)
+# Wan 2.1's published sampler at 480p: UniPC over flow-matching sigmas, shift 3.
+WAN_SCHEDULER = dict(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0,
+                      num_train_timesteps=1000)
+WAN_VAE = dict(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
+                temperal_downsample=[False, True, True])

@@ -16,11 +16,17 @@ from mlenergy.diffusion.families import FAMILIES, Family, Task
 from mlenergy.diffusion.published import (
     CLIP_G,
     CLIP_L,
+    COGVIDEOX_DDIM,
     DC_AE_F32C32,
     GEMMA2_2B,
     HUNYUAN_BERT,
     LLAVA_LLAMA3_8B,
     MT5_XL,
+    PIXART_XL_1024,
+    SANA15_TRANSFORMER,
+    SANA_SCHEDULER,
+    SD3_SCHEDULER,
+    SDXL_SCHEDULER,
     T5_XXL,
     UMT5_XXL,
     VAE_FLUX,
@@ -28,6 +34,9 @@ from mlenergy.diffusion.published import (
     VAE_SD3,
     VAE_SDXL,
     VAE_SVD_TEMPORAL_DECODER,
+    WAN_SCHEDULER,
+    WAN_TRANSFORMER,
+    WAN_VAE,
 )
 
 
@@ -87,25 +96,6 @@ class ModelSpec:
         return self.family.t5_slot
 
 
-_PIXART_XL_1024 = dict(
-    num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=28,
-    cross_attention_dim=1152, sample_size=128, patch_size=2, caption_channels=4096,
-    norm_type="ada_norm_single", num_embeds_ada_norm=1000, norm_elementwise_affine=False,
-    norm_eps=1e-6, attention_bias=True, activation_fn="gelu-approximate",
-)
-_SD3_SCHEDULER = dict(shift=3.0)
-_SANA15_TRANSFORMER = dict(
-    in_channels=32, out_channels=32, num_attention_heads=70, attention_head_dim=32,
-    num_cross_attention_heads=20, cross_attention_head_dim=112, cross_attention_dim=2240,
-    caption_channels=2304, mlp_ratio=2.5, attention_bias=False, sample_size=32, patch_size=1,
-    norm_elementwise_affine=False, norm_eps=1e-6, interpolation_scale=None,
-    qk_norm="rms_norm_across_heads",
-)
-# Flow-DPM-Solver: DPM-Solver++ over flow-matching sigmas, shift 3 (at 1024 px).
-_SANA_SCHEDULER = dict(flow_shift=3.0, use_flow_sigmas=True, prediction_type="flow_prediction")
-_SDXL_SCHEDULER = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                       steps_offset=1, timestep_spacing="leading")
-
 _MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
         model_id="black-forest-labs/FLUX.1-dev",
@@ -134,7 +124,7 @@ _MODELS: tuple[ModelSpec, ...] = (
         max_sequence_length=300,
         architecture={
             "text_encoder": T5_XXL,
-            "transformer": dict(_PIXART_XL_1024, use_additional_conditions=False,
+            "transformer": dict(PIXART_XL_1024, use_additional_conditions=False,
                                 interpolation_scale=2),
             "vae": VAE_SDXL,
             "scheduler": dict(),
@@ -148,7 +138,7 @@ _MODELS: tuple[ModelSpec, ...] = (
         max_sequence_length=120,
         architecture={
             "text_encoder": T5_XXL,
-            "transformer": dict(_PIXART_XL_1024, use_additional_conditions=True),
+            "transformer": dict(PIXART_XL_1024, use_additional_conditions=True),
             "vae": VAE_SD,
             "scheduler": dict(),
         },
@@ -170,7 +160,7 @@ _MODELS: tuple[ModelSpec, ...] = (
                 pos_embed_max_size=192,
             ),
             "vae": VAE_SD3,
-            "scheduler": _SD3_SCHEDULER,
+            "scheduler": SD3_SCHEDULER,
         },
     ),
     ModelSpec(
@@ -191,7 +181,7 @@ _MODELS: tuple[ModelSpec, ...] = (
                 dual_attention_layers=list(range(13)),
             ),
             "vae": VAE_SD3,
-            "scheduler": _SD3_SCHEDULER,
+            "scheduler": SD3_SCHEDULER,
         },
     ),
     ModelSpec(
@@ -211,7 +201,7 @@ _MODELS: tuple[ModelSpec, ...] = (
                 pos_embed_max_size=192, qk_norm="rms_norm",
             ),
             "vae": VAE_SD3,
-            "scheduler": _SD3_SCHEDULER,
+            "scheduler": SD3_SCHEDULER,
         },
     ),
     ModelSpec(
@@ -256,7 +246,7 @@ _MODELS: tuple[ModelSpec, ...] = (
                 projection_class_embeddings_input_dim=2816,
             ),
             "vae": VAE_SDXL,
-            "scheduler": _SDXL_SCHEDULER,
+            "scheduler": SDXL_SCHEDULER,
         },
     ),
     ModelSpec(
@@ -267,9 +257,9 @@ _MODELS: tuple[ModelSpec, ...] = (
         max_sequence_length=300,
         architecture={
             "text_encoder": GEMMA2_2B,
-            "transformer": dict(_SANA15_TRANSFORMER, num_layers=20),
+            "transformer": dict(SANA15_TRANSFORMER, num_layers=20),
             "vae": DC_AE_F32C32,
-            "scheduler": _SANA_SCHEDULER,
+            "scheduler": SANA_SCHEDULER,
         },
     ),
     ModelSpec(
@@ -281,28 +271,12 @@ _MODELS: tuple[ModelSpec, ...] = (
         architecture={
             "text_encoder": GEMMA2_2B,
             # SANA 1.5 grew the 1.6B model in depth only: 60 blocks of the same width.
-            "transformer": dict(_SANA15_TRANSFORMER, num_layers=60),
+            "transformer": dict(SANA15_TRANSFORMER, num_layers=60),
             "vae": DC_AE_F32C32,
-            "scheduler": _SANA_SCHEDULER,
+            "scheduler": SANA_SCHEDULER,
         },
     ),
 )
-
-_COGVIDEOX_DDIM = dict(
-    beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
-    num_train_timesteps=1000, prediction_type="v_prediction", rescale_betas_zero_snr=True,
-    set_alpha_to_one=True, snr_shift_scale=3.0, steps_offset=0, timestep_spacing="trailing",
-)
-_WAN_TRANSFORMER = dict(
-    patch_size=[1, 2, 2], attention_head_dim=128, in_channels=16, out_channels=16, text_dim=4096,
-    freq_dim=256, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6,
-    rope_max_seq_len=1024,
-)
-# Wan 2.1's published sampler at 480p: UniPC over flow-matching sigmas, shift 3.
-_WAN_SCHEDULER = dict(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0,
-                      num_train_timesteps=1000)
-_WAN_VAE = dict(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
-                temperal_downsample=[False, True, True])
 
 _VIDEO_MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
@@ -321,7 +295,7 @@ _VIDEO_MODELS: tuple[ModelSpec, ...] = (
                 max_text_seq_length=226, spatial_interpolation_scale=1.875,
             ),
             "vae": dict(scaling_factor=1.15258426),
-            "scheduler": _COGVIDEOX_DDIM,
+            "scheduler": COGVIDEOX_DDIM,
         },
     ),
     ModelSpec(
@@ -341,7 +315,7 @@ _VIDEO_MODELS: tuple[ModelSpec, ...] = (
                 use_rotary_positional_embeddings=True, use_learned_positional_embeddings=False,
             ),
             "vae": dict(scaling_factor=0.7, invert_scale_latents=True),
-            "scheduler": _COGVIDEOX_DDIM,
+            "scheduler": COGVIDEOX_DDIM,
         },
     ),
     ModelSpec(
@@ -352,10 +326,10 @@ _VIDEO_MODELS: tuple[ModelSpec, ...] = (
         dtype="bfloat16", max_sequence_length=512,
         architecture={
             "text_encoder": UMT5_XXL,
-            "transformer": dict(_WAN_TRANSFORMER, num_attention_heads=12, ffn_dim=8960,
+            "transformer": dict(WAN_TRANSFORMER, num_attention_heads=12, ffn_dim=8960,
                                 num_layers=30),
-            "vae": _WAN_VAE,
-            "scheduler": _WAN_SCHEDULER,
+            "vae": WAN_VAE,
+            "scheduler": WAN_SCHEDULER,
         },
     ),
     ModelSpec(
@@ -366,10 +340,10 @@ _VIDEO_MODELS: tuple[ModelSpec, ...] = (
         dtype="bfloat16", max_sequence_length=512,
         architecture={
             "text_encoder": UMT5_XXL,
-            "transformer": dict(_WAN_TRANSFORMER, num_attention_heads=40, ffn_dim=13824,
+            "transformer": dict(WAN_TRANSFORMER, num_attention_heads=40, ffn_dim=13824,
                                 num_layers=40),
-            "vae": _WAN_VAE,
-            "scheduler": _WAN_SCHEDULER,
+            "vae": WAN_VAE,
+            "scheduler": WAN_SCHEDULER,
         },
     ),
     ModelSpec(

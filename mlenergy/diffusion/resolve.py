@@ -284,8 +284,8 @@ def describe(spec: ModelSpec) -> str:
     by_source: dict[str, list[str]] = {}
     for key, source in spec.defaults_source.items():
         by_source.setdefault(source, []).append(key)
-    if set(by_source) <= {REGISTRY} or all(s.startswith(REGISTRY) for s in by_source):
-        origin = "defaults from the registry"
+    if not by_source or all(s.startswith(REGISTRY) for s in by_source):
+        origin = f"defaults from the {next(iter(by_source), REGISTRY)}"
     elif CHECKPOINT not in by_source:
         origin = ("none of its configs are at hand (not in the local Hugging Face cache), so "
                   f"every default is from {next(iter(by_source))}")
