@@ -115,6 +115,14 @@ def test_sana_15_full_size_builds_at_its_published_size(model_id, published):
     assert billions["text_encoder"] == pytest.approx(2.614, rel=0.001)
     assert billions["vae"] == pytest.approx(0.312, rel=0.01)
     assert type(pipe).__name__ == "SanaPipeline" and spec.family.spatial_factor == 32
+    # SANA pads its text to its system instruction's length plus 300 tokens: the in-memory
+    # tokenizer counts the instruction about as Gemma's does (a token a word), not a token a letter.
+    import inspect
+
+    instruction = inspect.signature(type(pipe).__call__).parameters[
+        "complex_human_instruction"].default
+    tokens = len(pipe.tokenizer("\n".join(instruction)).input_ids)
+    assert 150 < tokens < 400 and len("\n".join(instruction)) > 1000
 
 
 def test_latte_decodes_with_its_temporal_decoder():

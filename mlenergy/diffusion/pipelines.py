@@ -68,12 +68,19 @@ def llama_tokenizer():
 
 
 def gemma_tokenizer():
+    """One token a word (or punctuation mark), about as many as Gemma's own tokenizer makes:
+    SANA pads its text to the length of its long system instruction plus the prompt's, so the
+    instruction's token count sets how much the text encoder computes (a letter a token would
+    make it five times longer)."""
+    import tokenizers
     from transformers import GemmaTokenizer
 
     vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, "<mask>": 4}
-    for ch in _LETTERS + " \u2581":
+    for ch in _LETTERS:
         vocab[ch] = len(vocab)
-    return GemmaTokenizer(vocab=vocab, merges=[])
+    words = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    words.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    return GemmaTokenizer(tokenizer_object=words)
 
 
 def _in_memory_tokenizer(kind: str, max_sequence_length: int | None):
