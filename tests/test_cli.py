@@ -153,7 +153,8 @@ def test_local_directory_needs_its_family(tmp_path):
     (tmp_path / "model_index.json").write_text("{}")
     plan = plan_for(f"workload:t2i --workload.model_id {tmp_path} --workload.family flux")
     assert plan.spec.family_name == "flux" and plan.inference_steps == 28
-    assert plan.run_dir.parent == Path("run/diffusion/text-to-image") / tmp_path.name
+    # Recorded under local/<folder>, never as a path: the toolkit reads <org>/<model>.
+    assert plan.run_dir.parent == Path("run/diffusion/text-to-image/local") / tmp_path.name
 
 
 def test_missing_weights_offline_suggest_random(monkeypatch, tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import subprocess
@@ -15,6 +14,7 @@ from conftest import ENTRY, REPO, TINY_FLUX, _free_port, load_results, offline_e
     only_run_dir, run_benchmark
 from mlenergy.diffusion import benchmark, files, limits, prompts
 from mlenergy.diffusion.config import PROMPT_DATASET, parse_cli
+from mlenergy.diffusion.launch import Launch
 from mlenergy.diffusion.plan import make_plan
 
 # Refused before anything runs: sizes and steps may stay the model's, and tests set them.
@@ -112,7 +112,7 @@ def test_the_activation_bound_leaves_real_workloads_alone():
                   "Wan-AI/Wan2.1-T2V-14B-Diffusers"],
                  ["workload:t2v", "--workload.weights", "random", "--workload.model_id",
                   "tencent/HunyuanVideo"]):
-        plan = make_plan(parse_cli(argv), world_size=1, device_type="cuda", visible_gpus=1)
+        plan = make_plan(parse_cli(argv), Launch(device_type="cuda", visible_gpus=1))
         need, _ = limits.activation_floor_bytes(plan)
         assert 10**8 < need < 40 * 10**9, (argv, need)
 

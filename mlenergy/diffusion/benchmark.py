@@ -26,7 +26,16 @@ import time
 from datetime import datetime
 from typing import Any
 
-from mlenergy.diffusion import console, files, provenance, results, rundir, runtime
+from mlenergy.diffusion import (
+    console,
+    files,
+    model_info,
+    provenance,
+    resolve,
+    results,
+    rundir,
+    runtime,
+)
 from mlenergy.diffusion import prompts as prompt_source
 from mlenergy.diffusion.config import ConfigError, parse_cli
 from mlenergy.diffusion.plan import RunPlan, make_plan
@@ -91,6 +100,7 @@ def run(plan: RunPlan) -> None:
     origin = provenance.describe()
     logger.info("Provenance: %s", origin)
     logger.info("%s", prompts_note)
+    logger.info("%s", resolve.describe(plan.spec))
     if ranks.is_main:
         files.write_json_atomically(
             plan.run_dir / files.REQUESTS,
@@ -278,8 +288,8 @@ def _write_results(record: RunRecord, denoiser) -> None:
 
     plan = record.plan
     record.analysis = analysis.analyze(record, denoiser)
-    files.write_json_atomically(plan.base_dir / files.MODEL_INFO,
-                                results.model_info(plan, record.load.denoiser_parameters))
+    logger.info("%s", model_info.write_model_info(plan.base_dir, plan.spec, plan.weights,
+                                                  plan.dtype))
     files.write_json_atomically(plan.run_dir / files.RESULTS, results.results_document(record))
     plot = timeline.plot_run(record, plan.run_dir / timeline.PLOT)
     if plot is not None:
@@ -302,8 +312,8 @@ def _prompts(plan: RunPlan, ranks):
                                              task=plan.task.name)
         payload = (pool.prompts, pool.source)
     pool_prompts, source = runtime.broadcast_object(payload)
-    schedule = prompt_source.schedule(pool_prompts, plan.seed, plan.batch_size,
-                                      plan.warmup_iters, plan.benchmark_iters)
+    schedule = prompt_source.schedule_for(workload, pool_prompts, plan.seed, plan.batch_size,
+                                          plan.warmup_iters, plan.benchmark_iters)
     note = (f"Prompts: {len(pool_prompts)} from {source}"
             + (" (fewer than the run needs: some repeat)" if schedule.wrapped else ""))
     return schedule, source, note

@@ -76,13 +76,31 @@ class TextToImage:
     """Generate images from text prompts."""
 
     model_id: str = "black-forest-labs/FLUX.1-dev"
-    """Registered model id (`mlenergy-diffusion models` lists them), or a local directory of
-    diffusers weights together with --workload.family."""
+    """A Hugging Face hub id (ORG/NAME; registered ids, listed by `mlenergy-diffusion models`, need
+    nothing else, others their family), or a local directory of a diffusers pipeline. Recorded as
+    typed."""
 
     family: Optional[str] = None
-    """Pipeline family of a local model directory: flux, pixart-sigma, pixart-alpha, sd3,
-    hunyuandit, sdxl (images); cogvideox, wan, hunyuanvideo, latte (videos). Not needed for
-    registered ids."""
+    """Pipeline family of an unregistered hub id or a local directory: flux, pixart-sigma,
+    pixart-alpha, sd3, hunyuandit, sdxl, sana (images); cogvideox, wan, hunyuanvideo, latte
+    (videos). Default: read from the model's model_index.json where it is at hand (a local
+    directory, or the local Hugging Face cache)."""
+
+    revision: Optional[str] = None
+    """Branch, tag, commit or refs/pr/N of a hub model to load. Default: main, or the revision
+    the registry names for the id (tencent/HunyuanVideo: refs/pr/18, its diffusers pipeline)."""
+
+    variant: Optional[str] = None
+    """Weight-file variant to load, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors).
+    Default: the repository's main weights."""
+
+    model_name: Optional[str] = None
+    """ORG/NAME to record the model under (results, run directory, model_info.json). Default: the
+    id as typed; local/<folder> for a local directory."""
+
+    flow_shift: Optional[float] = None
+    """Shift of the flow-matching noise schedule (the scheduler's flow_shift or shift: sana, sd3,
+    wan, hunyuanvideo). Default: the checkpoint's."""
 
     weights: Literal["pretrained", "random", "tiny"] = "pretrained"
     """pretrained: from_pretrained from a hub id or local directory. random: the full-size
@@ -125,6 +143,12 @@ class TextToImage:
     """Where the dataset's prompts are cached. Default: $MLENERGY_CACHE_DIR/prompts, else
     ~/.cache/mlenergy/prompts."""
 
+    prompt_sampling: Literal["shuffle", "leaderboard"] = "shuffle"
+    """shuffle: one seeded shuffle of the pool, measured prompts first. leaderboard: the ML.ENERGY
+    v3 benchmark's sampling (random.seed(seed), then random.sample of iterations x batch prompts),
+    so a run measures the prompts of the leaderboard's shared requests file for its seed, batch
+    size and iteration count."""
+
     @property
     def task(self) -> Task:
         return TEXT_TO_IMAGE
@@ -136,7 +160,7 @@ class TextToVideo(TextToImage):
     """Generate videos from text prompts."""
 
     model_id: str = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
-    """Registered text-to-video model id, or a local directory with --workload.family."""
+    """A text-to-video hub id (ORG/NAME), or a local directory of a diffusers pipeline."""
 
     prompt_dataset: str = VIDEO_PROMPT_DATASET
     """Hugging Face dataset id, or a local parquet file or directory with a `text` column."""

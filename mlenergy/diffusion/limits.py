@@ -174,7 +174,7 @@ def _prompts(plan: RunPlan) -> None:
                 f"prompts file {workload.prompts_file}"
         else:
             cache = prompts.cache_file(workload.prompt_dataset, workload.prompt_cache_dir,
-                                       task=plan.task)
+                                       task=plan.task.name)
             if not cache.exists():
                 return
             pool, where = prompts.read_cache(cache), f"prompt cache {cache}"

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import string
+from pathlib import Path
 from typing import Any, Iterator, Literal, Mapping
 
 import torch
 
+from mlenergy.diffusion import hub
 from mlenergy.diffusion.families import Component, Family
 from mlenergy.diffusion.registry import ModelSpec
 
@@ -65,6 +67,22 @@ def llama_tokenizer():
                           eos_token="</s>", pad_token="<pad>")
 
 
+def gemma_tokenizer():
+    """One token a word (or punctuation mark), about as many as Gemma's own tokenizer makes:
+    SANA pads its text to the length of its long system instruction plus the prompt's, so the
+    instruction's token count sets how much the text encoder computes (a letter a token would
+    make it five times longer)."""
+    import tokenizers
+    from transformers import GemmaTokenizer
+
+    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, "<mask>": 4}
+    for ch in _LETTERS:
+        vocab[ch] = len(vocab)
+    words = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    words.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    return GemmaTokenizer(tokenizer_object=words)
+
+
 def _in_memory_tokenizer(kind: str, max_sequence_length: int | None):
     if kind in ("clip", "clip_with_projection"):
         return clip_tokenizer()
@@ -74,6 +92,8 @@ def _in_memory_tokenizer(kind: str, max_sequence_length: int | None):
         return bert_tokenizer()
     if kind == "llama":
         return llama_tokenizer()
+    if kind == "gemma2":
+        return gemma_tokenizer()
     raise ValueError(f"no tokenizer for {kind}")
 
 
@@ -95,6 +115,9 @@ def _text_encoder(component: Component, config: Mapping[str, Any]):
                                           "eos_token_id": 2})
     elif component.kind == "bert":
         cfg = transformers.BertConfig(**{**config, "pad_token_id": 0})
+    elif component.kind == "gemma2":
+        cfg = transformers.Gemma2Config(**{**config, "pad_token_id": 0, "eos_token_id": 1,
+                                           "bos_token_id": 2})
     else:
         raise ValueError(component.kind)
     return getattr(transformers, component.cls)(cfg)
@@ -168,41 +191,65 @@ def build_pipeline(
     denoiser_cls=None,
 ):
     family = spec.family
-    if weights == "tiny":
-        pipeline = build_from_configs(family, family.tiny, dtype=dtype, device=device,
-                                      max_sequence_length=max_sequence_length,
-                                      denoiser_cls=denoiser_cls)
-    elif weights == "random":
-        pipeline = build_from_configs(family, spec.architecture, dtype=dtype, device=device,
-                                      max_sequence_length=max_sequence_length,
-                                      denoiser_cls=denoiser_cls)
-    else:
+    if weights == "pretrained":
         pipeline = load_pretrained(spec, dtype=dtype, device=device, denoiser_cls=denoiser_cls)
+    else:
+        pipeline = build_from_configs(family, spec.component_configs(weights), dtype=dtype,
+                                      device=device, max_sequence_length=max_sequence_length,
+                                      denoiser_cls=denoiser_cls)
+    if spec.scheduler_overrides:
+        # A fresh scheduler from the changed config: assigning to a built scheduler's config
+        # would leave its registered config (and saved copies of it) saying otherwise.
+        scheduler = pipeline.scheduler
+        pipeline.scheduler = type(scheduler).from_config(
+            {**scheduler.config, **spec.scheduler_overrides})
     if family.vae_tiling:
         pipeline.vae.enable_tiling()
+    if family.vae_slicing:
+        pipeline.vae.enable_slicing()
     return pipeline
 
 
 def load_pretrained(spec: ModelSpec, *, dtype: torch.dtype, device: torch.device | str,
                     denoiser_cls=None):
+    """from_pretrained from a local directory, or from the local Hugging Face cache once local
+    rank 0 of each node has downloaded (or verified) the snapshot (`hub.local_snapshot`)."""
     import diffusers
 
     family = spec.family
     pipeline_cls = getattr(diffusers, family.diffusers_pipeline)
     try:
+        folder = spec.load_id if Path(spec.load_id).is_dir() else hub.local_snapshot(
+            spec.load_id, spec.revision, spec.variant, pipeline_cls,
+            tuple(family.pretrained_subfolders.values()))
         components = {}
+        for slot, subfolder in family.pretrained_subfolders.items():
+            # Not in model_index.json, so not offered in other variants: the main weights.
+            cls = getattr(diffusers, family.components[slot].cls)
+            components[slot] = cls.from_pretrained(folder, subfolder=subfolder, dtype=dtype)
         if denoiser_cls is not None:
             components[family.denoiser_slot] = denoiser_cls.from_pretrained(
-                spec.model_id, subfolder=family.denoiser_slot, torch_dtype=dtype)
-        pipeline = pipeline_cls.from_pretrained(spec.model_id, torch_dtype=dtype,
+                folder, subfolder=family.denoiser_slot, dtype=dtype, variant=spec.variant)
+        pipeline = pipeline_cls.from_pretrained(folder, dtype=dtype, variant=spec.variant,
                                                 **components, **family.pipeline_kwargs)
     except (OSError, ValueError) as err:
+        where = spec.load_id + (f" at revision {spec.revision}" if spec.revision else "")
         raise WeightsNotFoundError(
-            f"could not load weights for {spec.model_id} ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''}); download them first, or measure "
-            "the architecture with --workload.weights random"
+            f"could not load weights for {spec.model_id} from {where} ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}); download them first "
+            f"(`hf download {spec.load_id}`), or measure the architecture with "
+            "--workload.weights random"
         ) from err
     return pipeline.to(device)
+
+
+def denoiser_parameters_of(family: Family, configs: Mapping[str, Mapping[str, Any]]) -> int:
+    """Parameters of the denoiser of `configs` (slot -> config), built on the meta device: no
+    memory, no time."""
+    component = family.components[family.denoiser_slot]
+    with _default_dtype_and_device(torch.bfloat16, "meta"):
+        module = _component(component, configs[family.denoiser_slot])
+    return sum(p.numel() for p in module.parameters())
 
 
 def denoiser_parameter_count(pipeline, family: Family) -> int:

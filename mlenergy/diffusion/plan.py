@@ -9,13 +9,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from mlenergy.diffusion import limits, prompts
+from mlenergy.diffusion import limits, prompts, resolve
 from mlenergy.diffusion import options as run_options
 from mlenergy.diffusion.config import BenchmarkConfig, ConfigError, TextToVideo
-from mlenergy.diffusion.families import FAMILIES
 from mlenergy.diffusion.launch import Launch
 from mlenergy.diffusion.options import Options
-from mlenergy.diffusion.registry import MODELS, ModelSpec, known_model_ids, models_of_family
+from mlenergy.diffusion.registry import ModelSpec, known_model_ids
 from mlenergy.diffusion.task import Task
 
 __all__ = ["ConfigError", "Launch", "RunPlan", "make_plan", "default_base_dir"]
@@ -65,41 +64,9 @@ class RunPlan:
         return self.world_size if self.device_type == "cuda" else 0
 
 
-def _resolve_spec(workload) -> ModelSpec:
-    model_id = workload.model_id
-    if workload.family is not None and workload.family not in FAMILIES:
-        raise ConfigError(
-            f"unknown --workload.family {workload.family!r}; choose one of: "
-            + ", ".join(sorted(FAMILIES))
-        )
-    if model_id in MODELS:
-        spec = MODELS[model_id]
-        if workload.family is not None and workload.family != spec.family_name:
-            raise ConfigError(
-                f"{model_id} is a {spec.family_name} model, not {workload.family}; "
-                "drop --workload.family"
-            )
-        return spec
-    if Path(model_id).is_dir():
-        if workload.family is None:
-            raise ConfigError(
-                f"{model_id} is a local directory: name its pipeline family with "
-                "--workload.family (" + ", ".join(sorted(FAMILIES)) + ")"
-            )
-        # A local copy of a family: take the family's first registered model's defaults.
-        return dataclasses.replace(models_of_family(workload.family)[0], model_id=model_id,
-                                   nickname=Path(model_id).name, aliases=())
-    raise ConfigError(
-        f"unknown model id {model_id!r}; known {workload.task} models: "
-        + ", ".join(known_model_ids(workload.task))
-        + " (or pass a local directory with --workload.family)"
-    )
-
-
 def default_base_dir(task: str, model_id: str, root: Path = Path("run")) -> Path:
     """`root/diffusion/<task>/<org>/<model>`: the layout the ML.ENERGY toolkit globs."""
-    model_dir = model_id if model_id in MODELS else Path(model_id).name
-    return Path(root) / "diffusion" / task / model_dir
+    return Path(root) / "diffusion" / task / resolve.record_id(model_id)
 
 
 def _run_dir_name(v: dict, spec: ModelSpec, options: Options) -> str:
@@ -120,7 +87,8 @@ def _run_dir_name(v: dict, spec: ModelSpec, options: Options) -> str:
         if v[key] is not None and v[key] != default:
             parts.append(f"{token}-{run_options.format_value(v[key])}")
     # Options come after the shape, in their own order.
-    parts += [t for t in options.dir_tokens()]
+    parts += options.dir_tokens()
+    parts += resolve.run_dir_tokens(spec)
     return "+".join(parts)
 
 
@@ -190,35 +158,13 @@ def _video_shape(workload: TextToVideo, spec: ModelSpec, arch: dict) -> tuple[in
     return frames, fps
 
 
-def _check_pretrained_available(spec: ModelSpec, hub_offline: bool) -> None:
-    if Path(spec.model_id).is_dir():
-        if not (Path(spec.model_id) / "model_index.json").is_file():
-            raise ConfigError(
-                f"{spec.model_id} has no model_index.json: point --workload.model_id at a "
-                "diffusers pipeline directory"
-            )
-        return
-    if hub_offline:
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import LocalEntryNotFoundError
-
-        try:
-            snapshot_download(spec.model_id, local_files_only=True)
-        except (LocalEntryNotFoundError, OSError, ValueError):
-            raise ConfigError(
-                f"weights of {spec.model_id} are not in the local Hugging Face cache and "
-                "HF_HUB_OFFLINE is set; download them, or measure the architecture with "
-                "--workload.weights random"
-            ) from None
-
-
 def make_plan(config: BenchmarkConfig, launch: Launch | None = None) -> RunPlan:
     """Resolve every default and validate, before anything loads. `launch` holds the launch's
     facts (process counts, devices); by default this process's, so a configuration can also be
     checked for another machine."""
     launch = launch or Launch.from_environment()
     workload = config.workload
-    spec = _resolve_spec(workload)
+    spec = resolve.resolve_spec(workload)
     _check_task(spec, workload.task)
     arch = spec.family.tiny if workload.weights == "tiny" else spec.architecture
     # What the model can generate first: it does not depend on how the run is launched.
@@ -288,7 +234,7 @@ def _check_inputs(config: BenchmarkConfig, spec: ModelSpec, launch: Launch) -> N
         except prompts.PromptsError as err:
             raise ConfigError(str(err)) from None
     if workload.weights == "pretrained":
-        _check_pretrained_available(spec, launch.hub_offline)
+        resolve.check_pretrained(spec, launch.hub_offline)
 
 
 def _iteration_counts(config: BenchmarkConfig, steps: int, video: bool) -> dict:

@@ -3,6 +3,8 @@
 The architecture values are those of each model's published `config.json` files. They let
 `--workload.weights random` build the real architecture with random weights, so hardware can be
 measured without downloading anything: time and energy do not depend on the weight values.
+What a user types (any hub id, an alias, a local directory) becomes a `ModelSpec` in
+`resolve.py`; the registry's rows are its defaults.
 """
 
 from __future__ import annotations
@@ -11,10 +13,37 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from mlenergy.diffusion.families import FAMILIES, Family, Task
+from mlenergy.diffusion.published import (
+    CLIP_G,
+    CLIP_L,
+    COGVIDEOX_DDIM,
+    DC_AE_F32C32,
+    GEMMA2_2B,
+    HUNYUAN_BERT,
+    LLAVA_LLAMA3_8B,
+    MT5_XL,
+    PIXART_XL_1024,
+    SANA15_TRANSFORMER,
+    SANA_SCHEDULER,
+    SD3_SCHEDULER,
+    SDXL_SCHEDULER,
+    T5_XXL,
+    UMT5_XXL,
+    VAE_FLUX,
+    VAE_SD,
+    VAE_SD3,
+    VAE_SDXL,
+    VAE_SVD_TEMPORAL_DECODER,
+    WAN_SCHEDULER,
+    WAN_TRANSFORMER,
+    WAN_VAE,
+)
 
 
 @dataclass(frozen=True)
 class ModelSpec:
+    # The id results, run directories and model_info.json carry: in the registry, the model's
+    # hub id; once resolved, the id the user typed (or the name given to a local directory).
     model_id: str
     family_name: str
     nickname: str
@@ -31,10 +60,32 @@ class ModelSpec:
     num_frames: int | None = None
     fps: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # Pretrained loading. In the registry, `revision` is the branch or commit of `model_id` that
+    # holds the diffusers-format pipeline (None: the main branch). `source` is what
+    # `from_pretrained` loads: a hub id or a local directory (None: `model_id`).
+    revision: str | None = None
+    variant: str | None = None
+    source: str | None = None
+    # Set when resolved: where each default came from (default -> source, in words), the configs
+    # that replace the family's tiny ones (a checkpoint's scheduler), and scheduler settings
+    # applied to every build (--workload.flow_shift).
+    defaults_source: Mapping[str, str] = field(default_factory=dict)
+    tiny_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    scheduler_overrides: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def family(self) -> Family:
         return FAMILIES[self.family_name]
+
+    @property
+    def load_id(self) -> str:
+        return self.source or self.model_id
+
+    def component_configs(self, weights: str) -> Mapping[str, Mapping[str, Any]]:
+        """Slot -> config of the random-weight pipeline `weights` (random or tiny) builds."""
+        if weights == "tiny":
+            return {**self.family.tiny, **self.tiny_overrides}
+        return self.architecture
 
     @property
     def task(self) -> Task:
@@ -44,62 +95,6 @@ class ModelSpec:
     def t5_slot(self) -> str | None:
         return self.family.t5_slot
 
-
-# Text encoders, as published.
-CLIP_L = dict(
-    vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-    num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
-)
-CLIP_G = dict(
-    vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
-    num_attention_heads=20, max_position_embeddings=77, hidden_act="gelu", projection_dim=1280,
-)
-T5_XXL = dict(
-    vocab_size=32128, d_model=4096, d_ff=10240, d_kv=64, num_layers=24, num_heads=64,
-    feed_forward_proj="gated-gelu", relative_attention_num_buckets=32, layer_norm_epsilon=1e-6,
-)
-MT5_XL = dict(
-    vocab_size=250112, d_model=2048, d_ff=5120, d_kv=64, num_layers=24, num_heads=32,
-    feed_forward_proj="gated-gelu", relative_attention_num_buckets=32, layer_norm_epsilon=1e-6,
-)
-UMT5_XXL = dict(
-    vocab_size=256384, d_model=4096, d_ff=10240, d_kv=64, num_layers=24, num_heads=64,
-    feed_forward_proj="gated-gelu", relative_attention_num_buckets=32, layer_norm_epsilon=1e-6,
-)
-# HunyuanVideo's text encoder: the language model of LLaVA-LLaMA-3-8B.
-LLAVA_LLAMA3_8B = dict(
-    vocab_size=128320, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-    num_attention_heads=32, num_key_value_heads=8, rms_norm_eps=1e-5, rope_theta=500000.0,
-    max_position_embeddings=8192,
-)
-HUNYUAN_BERT = dict(
-    vocab_size=47020, hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-    num_attention_heads=16, max_position_embeddings=512,
-)
-
-# VAEs, as published.
-_VAE_BASE = dict(
-    in_channels=3, out_channels=3,
-    down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-    block_out_channels=[128, 256, 512, 512], layers_per_block=2, norm_num_groups=32,
-    sample_size=1024,
-)
-VAE_FLUX = dict(_VAE_BASE, latent_channels=16, scaling_factor=0.3611, shift_factor=0.1159,
-                use_quant_conv=False, use_post_quant_conv=False)
-VAE_SD3 = dict(_VAE_BASE, latent_channels=16, scaling_factor=1.5305, shift_factor=0.0609,
-               use_quant_conv=False, use_post_quant_conv=False)
-VAE_SDXL = dict(_VAE_BASE, latent_channels=4, scaling_factor=0.13025)
-VAE_SD = dict(_VAE_BASE, latent_channels=4, scaling_factor=0.18215, sample_size=512)
-
-_PIXART_XL_1024 = dict(
-    num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=28,
-    cross_attention_dim=1152, sample_size=128, patch_size=2, caption_channels=4096,
-    norm_type="ada_norm_single", num_embeds_ada_norm=1000, norm_elementwise_affine=False,
-    norm_eps=1e-6, attention_bias=True, activation_fn="gelu-approximate",
-)
-_SD3_SCHEDULER = dict(shift=3.0)
-_SDXL_SCHEDULER = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                       steps_offset=1, timestep_spacing="leading")
 
 _MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
@@ -129,7 +124,7 @@ _MODELS: tuple[ModelSpec, ...] = (
         max_sequence_length=300,
         architecture={
             "text_encoder": T5_XXL,
-            "transformer": dict(_PIXART_XL_1024, use_additional_conditions=False,
+            "transformer": dict(PIXART_XL_1024, use_additional_conditions=False,
                                 interpolation_scale=2),
             "vae": VAE_SDXL,
             "scheduler": dict(),
@@ -143,7 +138,7 @@ _MODELS: tuple[ModelSpec, ...] = (
         max_sequence_length=120,
         architecture={
             "text_encoder": T5_XXL,
-            "transformer": dict(_PIXART_XL_1024, use_additional_conditions=True),
+            "transformer": dict(PIXART_XL_1024, use_additional_conditions=True),
             "vae": VAE_SD,
             "scheduler": dict(),
         },
@@ -165,7 +160,7 @@ _MODELS: tuple[ModelSpec, ...] = (
                 pos_embed_max_size=192,
             ),
             "vae": VAE_SD3,
-            "scheduler": _SD3_SCHEDULER,
+            "scheduler": SD3_SCHEDULER,
         },
     ),
     ModelSpec(
@@ -186,7 +181,7 @@ _MODELS: tuple[ModelSpec, ...] = (
                 dual_attention_layers=list(range(13)),
             ),
             "vae": VAE_SD3,
-            "scheduler": _SD3_SCHEDULER,
+            "scheduler": SD3_SCHEDULER,
         },
     ),
     ModelSpec(
@@ -206,7 +201,7 @@ _MODELS: tuple[ModelSpec, ...] = (
                 pos_embed_max_size=192, qk_norm="rms_norm",
             ),
             "vae": VAE_SD3,
-            "scheduler": _SD3_SCHEDULER,
+            "scheduler": SD3_SCHEDULER,
         },
     ),
     ModelSpec(
@@ -251,31 +246,42 @@ _MODELS: tuple[ModelSpec, ...] = (
                 projection_class_embeddings_input_dim=2816,
             ),
             "vae": VAE_SDXL,
-            "scheduler": _SDXL_SCHEDULER,
+            "scheduler": SDXL_SCHEDULER,
+        },
+    ),
+    ModelSpec(
+        model_id="Efficient-Large-Model/SANA1.5_1.6B_1024px_diffusers",
+        family_name="sana",
+        nickname="SANA 1.5 1.6B",
+        steps=20, height=1024, width=1024, guidance_scale=4.5, dtype="bfloat16",
+        max_sequence_length=300,
+        architecture={
+            "text_encoder": GEMMA2_2B,
+            "transformer": dict(SANA15_TRANSFORMER, num_layers=20),
+            "vae": DC_AE_F32C32,
+            "scheduler": SANA_SCHEDULER,
+        },
+    ),
+    ModelSpec(
+        model_id="Efficient-Large-Model/SANA1.5_4.8B_1024px_diffusers",
+        family_name="sana",
+        nickname="SANA 1.5 4.8B",
+        steps=20, height=1024, width=1024, guidance_scale=4.5, dtype="bfloat16",
+        max_sequence_length=300,
+        architecture={
+            "text_encoder": GEMMA2_2B,
+            # SANA 1.5 grew the 1.6B model in depth only: 60 blocks of the same width.
+            "transformer": dict(SANA15_TRANSFORMER, num_layers=60),
+            "vae": DC_AE_F32C32,
+            "scheduler": SANA_SCHEDULER,
         },
     ),
 )
 
-_COGVIDEOX_DDIM = dict(
-    beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
-    num_train_timesteps=1000, prediction_type="v_prediction", rescale_betas_zero_snr=True,
-    set_alpha_to_one=True, snr_shift_scale=3.0, steps_offset=0, timestep_spacing="trailing",
-)
-_WAN_TRANSFORMER = dict(
-    patch_size=[1, 2, 2], attention_head_dim=128, in_channels=16, out_channels=16, text_dim=4096,
-    freq_dim=256, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6,
-    rope_max_seq_len=1024,
-)
-# Wan 2.1's published sampler at 480p: UniPC over flow-matching sigmas, shift 3.
-_WAN_SCHEDULER = dict(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0,
-                      num_train_timesteps=1000)
-_WAN_VAE = dict(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
-                temperal_downsample=[False, True, True])
-
 _VIDEO_MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
-        model_id="THUDM/CogVideoX-2b",
-        aliases=("zai-org/CogVideoX-2b",),
+        model_id="zai-org/CogVideoX-2b",
+        aliases=("THUDM/CogVideoX-2b",),
         family_name="cogvideox",
         nickname="CogVideoX 2B",
         steps=50, height=480, width=720, num_frames=49, fps=8, guidance_scale=6.0,
@@ -289,12 +295,12 @@ _VIDEO_MODELS: tuple[ModelSpec, ...] = (
                 max_text_seq_length=226, spatial_interpolation_scale=1.875,
             ),
             "vae": dict(scaling_factor=1.15258426),
-            "scheduler": _COGVIDEOX_DDIM,
+            "scheduler": COGVIDEOX_DDIM,
         },
     ),
     ModelSpec(
-        model_id="THUDM/CogVideoX1.5-5B",
-        aliases=("zai-org/CogVideoX1.5-5B",),
+        model_id="zai-org/CogVideoX1.5-5B",
+        aliases=("THUDM/CogVideoX1.5-5B",),
         family_name="cogvideox",
         nickname="CogVideoX 1.5 5B",
         steps=50, height=768, width=1360, num_frames=81, fps=8, guidance_scale=6.0,
@@ -309,7 +315,7 @@ _VIDEO_MODELS: tuple[ModelSpec, ...] = (
                 use_rotary_positional_embeddings=True, use_learned_positional_embeddings=False,
             ),
             "vae": dict(scaling_factor=0.7, invert_scale_latents=True),
-            "scheduler": _COGVIDEOX_DDIM,
+            "scheduler": COGVIDEOX_DDIM,
         },
     ),
     ModelSpec(
@@ -320,10 +326,10 @@ _VIDEO_MODELS: tuple[ModelSpec, ...] = (
         dtype="bfloat16", max_sequence_length=512,
         architecture={
             "text_encoder": UMT5_XXL,
-            "transformer": dict(_WAN_TRANSFORMER, num_attention_heads=12, ffn_dim=8960,
+            "transformer": dict(WAN_TRANSFORMER, num_attention_heads=12, ffn_dim=8960,
                                 num_layers=30),
-            "vae": _WAN_VAE,
-            "scheduler": _WAN_SCHEDULER,
+            "vae": WAN_VAE,
+            "scheduler": WAN_SCHEDULER,
         },
     ),
     ModelSpec(
@@ -334,14 +340,18 @@ _VIDEO_MODELS: tuple[ModelSpec, ...] = (
         dtype="bfloat16", max_sequence_length=512,
         architecture={
             "text_encoder": UMT5_XXL,
-            "transformer": dict(_WAN_TRANSFORMER, num_attention_heads=40, ffn_dim=13824,
+            "transformer": dict(WAN_TRANSFORMER, num_attention_heads=40, ffn_dim=13824,
                                 num_layers=40),
-            "vae": _WAN_VAE,
-            "scheduler": _WAN_SCHEDULER,
+            "vae": WAN_VAE,
+            "scheduler": WAN_SCHEDULER,
         },
     ),
     ModelSpec(
         model_id="tencent/HunyuanVideo",
+        # The main branch of tencent/HunyuanVideo holds the original weights; the diffusers
+        # pipeline is on this pull-request branch (the ML.ENERGY v3 runs loaded it), and a copy
+        # of it at hunyuanvideo-community/HunyuanVideo.
+        revision="refs/pr/18",
         aliases=("hunyuanvideo-community/HunyuanVideo",),
         family_name="hunyuanvideo",
         nickname="HunyuanVideo",
@@ -376,7 +386,7 @@ _VIDEO_MODELS: tuple[ModelSpec, ...] = (
                 num_embeds_ada_norm=1000, activation_fn="gelu-approximate", attention_bias=True,
                 norm_elementwise_affine=False, norm_eps=1e-6,
             ),
-            "vae": VAE_SD,
+            "vae": VAE_SVD_TEMPORAL_DECODER,
             "scheduler": dict(beta_schedule="linear", beta_start=0.0001, beta_end=0.02,
                               clip_sample=False, steps_offset=1),
         },

@@ -7,7 +7,7 @@ import dataclasses
 import re
 from typing import TYPE_CHECKING
 
-from mlenergy.diffusion import rundir, stats
+from mlenergy.diffusion import resolve, rundir, stats
 
 if TYPE_CHECKING:
     from mlenergy.diffusion.plan import RunPlan
@@ -23,16 +23,6 @@ def requests_document(plan: RunPlan, warmup: list[list[str]], measured: list[lis
     docs = [{"batch_size": len(b), "prompts": b, "warmup": True} for b in warmup]
     docs += [{"batch_size": len(b), "prompts": b, "warmup": False} for b in measured]
     return docs
-
-
-def model_info(plan: RunPlan, denoiser_parameters: int) -> dict:
-    return {
-        "model_id": plan.spec.model_id,
-        "nickname": plan.spec.nickname,
-        "total_parameters_billion": round(denoiser_parameters / 1e9, 3),
-        "weight_precision": plan.dtype,
-        "weights": plan.weights,
-    }
 
 
 def configurations(plan: RunPlan) -> dict:
@@ -130,6 +120,7 @@ def _run_facts(record: RunRecord) -> dict:
         "dtype": plan.dtype,
         "max_sequence_length": plan.max_sequence_length,
         "prompt_source": record.prompt_source,
+        **resolve.results_fields(plan.spec, plan.config.workload),
         "average_power_watts": record.average_power,
         "latency_per_iteration": stats.summarize(record.times),
         "energy_per_iteration": stats.summarize(record.energies) if measured else None,

@@ -15,6 +15,7 @@ from typing import Annotated, Literal, Optional
 
 import tyro
 
+from mlenergy.diffusion import presets
 from mlenergy.diffusion import files
 from mlenergy.diffusion.sweep import grid as grid_module
 from mlenergy.diffusion.sweep import local, sharing, slurm
@@ -31,7 +32,7 @@ class SweepArgs:
     with ulysses x ring processes, here (one at a time, or --pack) or as Slurm job arrays.
     Flags after `--` go to every point's benchmark (e.g. -- --workload.weights random)."""
 
-    preset: Optional[Literal["leaderboard"]] = None
+    preset: Optional[Literal[tuple(presets.PRESETS)]] = None  # type: ignore[valid-type]
     """leaderboard: batch 1 2 4 8 16 and (ulysses, ring) in 1x1 1x2 2x1 1x4 2x2 4x1 1x8 2x4 4x2
     8x1, every registered model of the task; --models/--batch_sizes/--parallel override it."""
     task: Literal["text-to-image", "text-to-video"] = "text-to-image"
@@ -139,12 +140,10 @@ def check_args(args: SweepArgs) -> None:
 
 
 def make_grid(args: SweepArgs, benchmark_args: list[str]) -> Grid:
-    preset = grid_module.PRESETS.get(args.preset, {})
-    from mlenergy.diffusion.registry import known_model_ids
-
-    models = args.models or (tuple(known_model_ids(args.task)) if args.preset else ())
+    preset = presets.for_task(args.preset, args.task)
+    models = args.models or tuple(preset.get("models", ()))
     batch_sizes = args.batch_sizes or preset.get("batch_sizes", ())
-    parallel = args.parallel or preset.get("parallel", ())
+    parallel = args.parallel or tuple(f"{u}x{r}" for u, r in preset.get("parallel", ()))
     missing = [flag for flag, v in (("--models", models), ("--batch_sizes", batch_sizes),
                                     ("--parallel", parallel)) if not v]
     if missing:
@@ -154,7 +153,8 @@ def make_grid(args: SweepArgs, benchmark_args: list[str]) -> Grid:
     grid_module.check_flags(option_sets, benchmark_args)
     return Grid(task=args.task, models=tuple(models), batch_sizes=tuple(batch_sizes),
                 parallel=tuple(grid_module.parse_parallel(p) for p in parallel),
-                option_sets=option_sets, common_args=tuple(benchmark_args), out_dir=args.out_dir)
+                option_sets=option_sets, common_args=tuple(benchmark_args), out_dir=args.out_dir,
+                model_flags={m: tuple(f) for m, f in preset.get("flags", {}).items()})
 
 
 def _device_type(args: SweepArgs) -> str:

@@ -7,16 +7,11 @@ import contextlib
 import dataclasses
 import io
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 from mlenergy.diffusion.sweep.point import Point, results_complete, results_path
-
-LEADERBOARD_BATCH_SIZES = (1, 2, 4, 8, 16)
-LEADERBOARD_PARALLEL = ("1x1", "1x2", "2x1", "1x4", "2x2", "4x1", "1x8", "2x4", "4x2", "8x1")
-PRESETS = {
-    "leaderboard": dict(batch_sizes=LEADERBOARD_BATCH_SIZES, parallel=LEADERBOARD_PARALLEL),
-}
 
 # Set by the grid itself; the same flag among the common benchmark flags would be ambiguous.
 GRID_FLAGS = ("--ulysses_degree", "--ring_degree", "--workload.model_id",
@@ -37,6 +32,8 @@ class Grid:
     option_sets: tuple[tuple[str, ...], ...]
     common_args: tuple[str, ...]
     out_dir: Path
+    # A preset's flags for each model's points; flags the user gives win over them.
+    model_flags: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def parse_parallel(text: str) -> tuple[int, int]:
@@ -52,6 +49,21 @@ def parse_parallel(text: str) -> tuple[int, int]:
 
 def _flag_names(args) -> list[str]:
     return [a.split("=", 1)[0] for a in args if a.startswith("--")]
+
+
+def _without(flags, names: set[str]) -> list[str]:
+    """`flags` (each `--name value` or `--name=value`) less those named in `names`."""
+    out, i = [], 0
+    flags = list(flags)
+    while i < len(flags):
+        name = flags[i].split("=", 1)[0]
+        takes_value = "=" not in flags[i] and i + 1 < len(flags) \
+            and not flags[i + 1].startswith("--")
+        step = 2 if takes_value else 1
+        if name not in names:
+            out += flags[i:i + step]
+        i += step
+    return out
 
 
 def check_flags(option_sets, common_args) -> None:
@@ -100,9 +112,11 @@ def make_points(grid: Grid) -> list[Point]:
             for u, r in grid.parallel:
                 for batch in grid.batch_sizes:
                     base = default_base_dir(grid.task, model_id, grid.out_dir)
+                    given = set(_flag_names([*flags, *grid.common_args]))
                     argv = [f"workload:{grid.task}", "--workload.model_id", model_id,
                             "--workload.batch_size", str(batch), "--workload.base_dir",
                             str(base), "--ulysses_degree", str(u), "--ring_degree", str(r),
+                            *_without(grid.model_flags.get(model_id, ()), given),
                             *flags, *grid.common_args]
                     points.append(Point(model_id, batch, u, r, shlex.join(flags), argv))
     return points
