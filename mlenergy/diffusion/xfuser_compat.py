@@ -53,3 +53,28 @@ def import_xfuser():
     usp.PROCESS_GROUP = yunchang.globals.PROCESS_GROUP
     _done = True
     return xfuser
+
+
+def keep_ring_attention_eager() -> bool:
+    """Leave xDiT's ring attention out of whatever torch.compile traces; returns whether this
+    call changed anything.
+
+    xfuser 0.7.0 runs ring attention (ring > 1, alone or with Ulysses) through
+    `xfuser.model_executor.layers.usp.ring_attn`, which parses torch's version with
+    `packaging` and drives torch's experimental `_templated_ring_attention` from inside the
+    attention processor, i.e. inside every compiled transformer block. Dynamo in torch 2.11
+    dies tracing that region (`InternalTorchDynamoError: AttributeError:
+    'UserDefinedExceptionObjectVariable' object has no attribute 'call_setattr'`: its
+    `raise ... from ...` handling lacks that method for exception classes defined outside
+    builtins). Running only this call eagerly costs one graph break per attention layer and
+    keeps everything else (projections, norms, MLPs, the Ulysses all-to-alls) compiled.
+    `USP` looks `ring_attn` up in its module at every call, so replacing it there suffices.
+    """
+    import xfuser.model_executor.layers.usp as usp
+
+    if getattr(usp.ring_attn, "_mlenergy_eager", False):
+        return False
+    eager = torch.compiler.disable(usp.ring_attn)
+    eager._mlenergy_eager = True
+    usp.ring_attn = eager
+    return True
