@@ -33,7 +33,7 @@ class _PowerSampler(threading.Thread):
         self._handle = pynvml.nvmlDeviceGetHandleByUUID(
             uuid if uuid.startswith("GPU-") else f"GPU-{uuid}")
         self._period = period_s
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self.samples: list[tuple[float, float]] = []
 
     def read_watts(self) -> float | None:
@@ -45,14 +45,14 @@ class _PowerSampler(threading.Thread):
         return field.value.uiVal / 1000.0
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             watts = self.read_watts()
             if watts is not None:
                 self.samples.append((time.time_ns() / 1e9, watts))
             time.sleep(self._period)
 
     def stop(self) -> list[tuple[float, float]]:
-        self._stop.set()
+        self._halt.set()
         self.join()
         return self.samples
 

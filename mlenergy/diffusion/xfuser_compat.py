@@ -78,3 +78,23 @@ def keep_ring_attention_eager() -> bool:
     eager._mlenergy_eager = True
     usp.ring_attn = eager
     return True
+
+
+def make_ring_attention_traceable() -> bool:
+    """Let torch.compile trace xDiT's ring attention by answering its torch-version check with
+    a constant. `ring_attn` asks `version_at_least(torch.__version__, "2.6.0")` at every call;
+    under dynamo that runs packaging's `Version()`, whose `raise InvalidVersion(...) from None`
+    is what torch 2.11's dynamo cannot trace. Returns whether this call changed anything."""
+    import xfuser.model_executor.layers.usp as usp
+    from xfuser.compat import version_at_least
+
+    if getattr(usp.version_at_least, "_mlenergy_constant", False):
+        return False
+    answers = {"2.6.0": version_at_least(torch.__version__, "2.6.0")}
+
+    def this_torch_at_least(installed: str, floor: str) -> bool:
+        return answers[floor]
+
+    this_torch_at_least._mlenergy_constant = True
+    usp.version_at_least = this_torch_at_least
+    return True

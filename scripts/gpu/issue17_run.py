@@ -5,6 +5,7 @@ sessions before the options exist as flags. Same arguments as mlenergy/diffusion
     MLENERGY_FP8_DENOISER=1      torchao FP8 (row-wise) of the denoiser's linear layers
     MLENERGY_INDUCTOR_REORDER=1  inductor's reorder_for_compute_comm_overlap
     MLENERGY_UNFIXED_RING=1      compile ring attention too (reproduces the dynamo crash)
+    MLENERGY_TRACED_RING=1       compile ring attention, its torch-version check made constant
     MLENERGY_PROBE_RAISES=1      print every exception dynamo raises while tracing, with frames
     MLENERGY_PROFILE_STEPS=N     after the measured iterations, profile one call of N steps
     MLENERGY_EXTRA_OUT=DIR       where the FP8 summary and the profiles go (one file per rank)
@@ -106,6 +107,8 @@ def main() -> int:
         probe_raises()
     if ENV.get("MLENERGY_UNFIXED_RING") == "1":
         xfuser_compat.keep_ring_attention_eager = lambda: False
+    if ENV.get("MLENERGY_TRACED_RING") == "1":
+        xfuser_compat.keep_ring_attention_eager = xfuser_compat.make_ring_attention_traceable
     if ENV.get("MLENERGY_INDUCTOR_REORDER") == "1":
         torch._inductor.config.reorder_for_compute_comm_overlap = True
     patch_compile()
