@@ -199,10 +199,6 @@ def compile_denoiser(plan: RunPlan, denoiser) -> str | None:
     compiled, for the results."""
     if not plan.config.use_torch_compile:
         return None
-    if plan.ring_degree > 1:
-        from mlenergy.diffusion.xfuser_compat import keep_ring_attention_eager
-
-        keep_ring_attention_eager()
     if compiles_through_xdit(plan):
         if plan.config.use_teacache or plan.config.use_fbcache:
             # Measured on FLUX.1-dev (docs/benchmarks.md): minutes of compiling against seconds.

@@ -87,7 +87,8 @@ def fuse_qkv(denoiser: torch.nn.Module) -> int:
     """Fuse each attention layer's query, key and value projections into one linear layer
     (diffusers' `fuse_projections`), then drop the separate ones, which nothing calls any
     more and which would otherwise stay in GPU memory (and be quantized for nothing).
-    Returns how many attention layers were fused; 0 where the model has no fusion."""
+    Returns how many attention layers are fused (a second call changes nothing); 0 where the
+    model has no fusion."""
     from diffusers.models.attention import AttentionModuleMixin
 
     attentions = [m for m in denoiser.modules() if isinstance(m, AttentionModuleMixin)]
@@ -103,7 +104,8 @@ def fuse_qkv(denoiser: torch.nn.Module) -> int:
         if hasattr(attention, "to_added_qkv"):
             separate += ["add_q_proj", "add_k_proj", "add_v_proj"]
         for name in separate:
-            delattr(attention, name)
+            if hasattr(attention, name):
+                delattr(attention, name)
     return fused
 
 

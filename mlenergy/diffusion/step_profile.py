@@ -85,10 +85,14 @@ def spans_of(events) -> tuple[list[tuple[float, float, bool]], list[waiting.Span
     for event in events:
         start = event.start_ns() / 1e9
         end = start + event.duration_ns() / 1e9
-        if event.device_type() == DeviceType.CUDA:
+        if event.is_user_annotation():
+            # Kineto mirrors every annotated range onto the GPU timeline (the step marks,
+            # "nccl:all_to_all"): they are not GPU work, and a step mark there would cover the
+            # whole step. The step windows are the CPU copies, drawn after a synchronize.
+            if event.device_type() == DeviceType.CPU and event.name() == STEP_MARK:
+                windows.append((start, end))
+        elif event.device_type() == DeviceType.CUDA:
             kernels.append((start, end, "nccl" in event.name().lower()))
-        elif event.name() == STEP_MARK:
-            windows.append((start, end))
     return kernels, sorted(windows)
 
 

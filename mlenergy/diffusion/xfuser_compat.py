@@ -55,36 +55,20 @@ def import_xfuser():
     return xfuser
 
 
-def keep_ring_attention_eager() -> bool:
-    """Leave xDiT's ring attention out of whatever torch.compile traces; returns whether this
-    call changed anything.
-
-    xfuser 0.7.0 runs ring attention (ring > 1, alone or with Ulysses) through
-    `xfuser.model_executor.layers.usp.ring_attn`, which parses torch's version with
-    `packaging` and drives torch's experimental `_templated_ring_attention` from inside the
-    attention processor, i.e. inside every compiled transformer block. Dynamo in torch 2.11
-    dies tracing that region (`InternalTorchDynamoError: AttributeError:
-    'UserDefinedExceptionObjectVariable' object has no attribute 'call_setattr'`: its
-    `raise ... from ...` handling lacks that method for exception classes defined outside
-    builtins). Running only this call eagerly costs one graph break per attention layer and
-    keeps everything else (projections, norms, MLPs, the Ulysses all-to-alls) compiled.
-    `USP` looks `ring_attn` up in its module at every call, so replacing it there suffices.
-    """
-    import xfuser.model_executor.layers.usp as usp
-
-    if getattr(usp.ring_attn, "_mlenergy_eager", False):
-        return False
-    eager = torch.compiler.disable(usp.ring_attn)
-    eager._mlenergy_eager = True
-    usp.ring_attn = eager
-    return True
-
-
 def make_ring_attention_traceable() -> bool:
-    """Let torch.compile trace xDiT's ring attention by answering its torch-version check with
-    a constant. `ring_attn` asks `version_at_least(torch.__version__, "2.6.0")` at every call;
-    under dynamo that runs packaging's `Version()`, whose `raise InvalidVersion(...) from None`
-    is what torch 2.11's dynamo cannot trace. Returns whether this call changed anything."""
+    """Let torch.compile trace xDiT's ring attention (ring > 1, alone or with Ulysses); returns
+    whether this call changed anything.
+
+    xfuser 0.7.0's `usp.ring_attn` asks `version_at_least(torch.__version__, "2.6.0")` at every
+    call, inside every compiled transformer block. Under dynamo that runs packaging's
+    `Version()`, which there reaches `raise InvalidVersion(...) from None`, and torch 2.11's
+    dynamo cannot trace a `raise ... from` of an exception class defined outside builtins:
+    `InternalTorchDynamoError: AttributeError: 'UserDefinedExceptionObjectVariable' object has
+    no attribute 'call_setattr'` (seen on 4x H200, 2026-11-28, packaging 26.3). The answer
+    cannot change within a process, so it is computed once here and `ring_attn`, which looks
+    the name up in its module at every call, gets it as a constant; the rest of ring attention
+    (torch's `_templated_ring_attention`) traces into the compiled graph.
+    """
     import xfuser.model_executor.layers.usp as usp
     from xfuser.compat import version_at_least
 

@@ -4,7 +4,7 @@
 #   GPU 0: 1 GPU bf16 (+ profile of 4 steps), then the dynamo probe of unfixed compiled ring
 #          on GPUs 0,1 (tiny weights)
 #   GPU 1: 1 GPU FP8 + fused QKV
-#   GPUs 2,3: ring 2 (ring attention kept eager), then Ulysses 2 (+ profile)
+#   GPUs 2,3: ring 2 (ring attention kept eager, the first fix), then Ulysses 2 (+ profile)
 # then on all four: Ulysses 2 x ring 2, then Ulysses 4; last, PSNR of FP8 against bf16.
 # A 4-GPU run starts only with 150 s left before the deadline (else skipped: device time).
 # Usage (repo root holding mlenergy/ and scripts/): bash scripts/gpu/issue17.sh [DEADLINE_S]
@@ -42,14 +42,14 @@ run() {
 nvidia-smi --query-gpu=index,name,power.limit,memory.used --format=csv
 python3 -c "import torch, packaging; print('torch', torch.__version__, 'packaging', packaging.__version__)"
 {
-  run r2 2,3 2 "MLENERGY_PROFILE_STEPS=4" --ring_degree 2 "${COMPILED[@]}" "${FLUX[@]}" --no_save_images
+  run r2 2,3 2 "MLENERGY_PROFILE_STEPS=4 MLENERGY_EAGER_RING=1" --ring_degree 2 "${COMPILED[@]}" "${FLUX[@]}" --no_save_images
   run u2 2,3 2 "MLENERGY_PROFILE_STEPS=4" --ulysses_degree 2 "${COMPILED[@]}" "${FLUX[@]}" \
     --no_save_images
 } > "$W/logs/group-a.txt" 2>&1 &
 A=$!
 {
   run bf16 0 1 "MLENERGY_PROFILE_STEPS=4" "${COMPILED[@]}" "${FLUX[@]}"
-  CAP=150 run probe 0,1 2 "MLENERGY_UNFIXED_RING=1 MLENERGY_PROBE_RAISES=1" --ring_degree 2 \
+  CAP=150 run probe 0,1 2 "MLENERGY_UNFIXED_RING=1" --ring_degree 2 \
     --use_torch_compile --compile_scope blocks --warmup_iters 2 --benchmark_iters 1 \
     workload:text-to-image --workload.model_id black-forest-labs/FLUX.1-dev \
     --workload.weights tiny --workload.height 256 --workload.width 256 \
@@ -61,13 +61,11 @@ run fp8 1 1 "MLENERGY_FUSE_QKV=1 MLENERGY_FP8_DENOISER=1" "${COMPILED[@]}" "${FL
 C=$!
 wait $A $B $C
 cat "$W/logs/group-a.txt" "$W/logs/group-b.txt" "$W/logs/group-c.txt"
-NEED=150 run u2r2 0,1,2,3 4 "MLENERGY_PROFILE_STEPS=4" --ulysses_degree 2 --ring_degree 2 "${COMPILED[@]}" "${FLUX[@]}" \
+NEED=150 run u2r2 0,1,2,3 4 "MLENERGY_PROFILE_STEPS=4 MLENERGY_EAGER_RING=1" --ulysses_degree 2 --ring_degree 2 "${COMPILED[@]}" "${FLUX[@]}" \
   --no_save_images
 NEED=150 run u4 0,1,2,3 4 "MLENERGY_PROFILE_STEPS=4" --ulysses_degree 4 "${COMPILED[@]}" "${FLUX[@]}" --no_save_images
 fp8_dir=$(ls -d "$W"/runs/fp8/*/ 2>/dev/null | head -1)
 bf16_dir=$(ls -d "$W"/runs/bf16/*/ 2>/dev/null | head -1)
 [ -n "$fp8_dir" ] && [ -n "$bf16_dir" ] && python3 -m mlenergy.diffusion.quality "$fp8_dir" "$bf16_dir" --write
-grep -h "probe rank" "$W/logs/probe.log" 2>/dev/null | sort | uniq -c | head -5
-grep -h -A8 "probe rank 1" "$W/logs/probe.log" 2>/dev/null | head -40
-grep -h "Error" "$W/logs/probe.log" 2>/dev/null | head -5
+grep -h -A16 "^from user code" "$W/logs/probe.log" 2>/dev/null | head -17
 echo "done at ${SECONDS} s"

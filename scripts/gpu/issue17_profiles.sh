@@ -42,11 +42,11 @@ A=$!
 run u2 2,3 2 "" --ulysses_degree 2 "${ARGS[@]}" > "$W/logs/p1b.txt" 2>&1 &
 B=$!
 wait $A $B; cat "$W/logs/p1a.txt" "$W/logs/p1b.txt"
-run u2r2-traced 0,1,2,3 4 "MLENERGY_TRACED_RING=1" --ulysses_degree 2 --ring_degree 2 "${ARGS[@]}" \
-  || run u2r2-eager 0,1,2,3 4 "" --ulysses_degree 2 --ring_degree 2 "${ARGS[@]}"
-run r2-traced 0,1 2 "MLENERGY_TRACED_RING=1" --ring_degree 2 "${ARGS[@]}" > "$W/logs/p3a.txt" 2>&1 &
+run u2r2-traced 0,1,2,3 4 "" --ulysses_degree 2 --ring_degree 2 "${ARGS[@]}" \
+  || run u2r2-eager 0,1,2,3 4 "MLENERGY_EAGER_RING=1" --ulysses_degree 2 --ring_degree 2 "${ARGS[@]}"
+run r2-traced 0,1 2 "" --ring_degree 2 "${ARGS[@]}" > "$W/logs/p3a.txt" 2>&1 &
 A=$!
-run r2-eager 2,3 2 "" --ring_degree 2 "${ARGS[@]}" > "$W/logs/p3b.txt" 2>&1 &
+run r2-eager 2,3 2 "MLENERGY_EAGER_RING=1" --ring_degree 2 "${ARGS[@]}" > "$W/logs/p3b.txt" 2>&1 &
 B=$!
 wait $A $B; cat "$W/logs/p3a.txt" "$W/logs/p3b.txt"
 for f in "$W"/extra/*-rank0.json; do

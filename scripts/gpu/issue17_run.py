@@ -4,9 +4,8 @@ sessions before the options exist as flags. Same arguments as mlenergy/diffusion
     MLENERGY_FUSE_QKV=1          fuse each attention's QKV projections before compiling
     MLENERGY_FP8_DENOISER=1      torchao FP8 (row-wise) of the denoiser's linear layers
     MLENERGY_INDUCTOR_REORDER=1  inductor's reorder_for_compute_comm_overlap
-    MLENERGY_UNFIXED_RING=1      compile ring attention too (reproduces the dynamo crash)
-    MLENERGY_TRACED_RING=1       compile ring attention, its torch-version check made constant
-    MLENERGY_PROBE_RAISES=1      print every exception dynamo raises while tracing, with frames
+    MLENERGY_UNFIXED_RING=1      leave xDiT's ring attention as it is (reproduces the dynamo crash)
+    MLENERGY_EAGER_RING=1        run ring attention eagerly, out of the compiled blocks
     MLENERGY_PROFILE_STEPS=N     after the measured iterations, profile one call of N steps
     MLENERGY_EXTRA_OUT=DIR       where the FP8 summary and the profiles go (one file per rank)
 """
@@ -23,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from mlenergy.diffusion import benchmark, options, xfuser_compat  # noqa: E402
+from mlenergy.diffusion import benchmark, options, xdit  # noqa: E402
 
 ENV = os.environ
 OUT = Path(ENV.get("MLENERGY_EXTRA_OUT", "."))
@@ -36,23 +35,13 @@ def _write(name: str, text: str) -> None:
     (OUT / name).write_text(text)
 
 
-def probe_raises() -> None:
-    import torch._dynamo.symbolic_convert as sc
+def keep_ring_attention_eager() -> bool:
+    """The first fix tried: ring attention run eagerly, a graph break around it in every
+    block (measured slower than tracing it; docs/benchmarks.md)."""
+    import xfuser.model_executor.layers.usp as usp
 
-    original = sc.InstructionTranslatorBase.RAISE_VARARGS
-
-    def raise_varargs(self, inst):
-        frames = []
-        tx = self
-        while tx is not None:
-            frames.append(f"{tx.f_code.co_filename}:{tx.lineno} {tx.f_code.co_name}")
-            tx = getattr(tx, "parent", None)
-        top = self.stack[-1] if self.stack else None
-        print(f"[probe rank {RANK}] dynamo traces raise (arg {inst.arg}) of {top!r:.200}\n  "
-              + "\n  ".join(frames), file=sys.stderr, flush=True)
-        return original(self, inst)
-
-    sc.InstructionTranslatorBase.RAISE_VARARGS = raise_varargs
+    usp.ring_attn = torch.compiler.disable(usp.ring_attn)
+    return True
 
 
 def patch_compile() -> None:
@@ -77,7 +66,7 @@ def patch_compile() -> None:
 
 
 def patch_profile(steps: int) -> None:
-    from mlenergy.diffusion import step_profile, xdit
+    from mlenergy.diffusion import step_profile
 
     original = benchmark._measure
 
@@ -103,12 +92,10 @@ def patch_profile(steps: int) -> None:
 
 
 def main() -> int:
-    if ENV.get("MLENERGY_PROBE_RAISES") == "1":
-        probe_raises()
     if ENV.get("MLENERGY_UNFIXED_RING") == "1":
-        xfuser_compat.keep_ring_attention_eager = lambda: False
-    if ENV.get("MLENERGY_TRACED_RING") == "1":
-        xfuser_compat.keep_ring_attention_eager = xfuser_compat.make_ring_attention_traceable
+        xdit.make_ring_attention_traceable = lambda: False
+    if ENV.get("MLENERGY_EAGER_RING") == "1":
+        xdit.make_ring_attention_traceable = keep_ring_attention_eager
     if ENV.get("MLENERGY_INDUCTOR_REORDER") == "1":
         torch._inductor.config.reorder_for_compute_comm_overlap = True
     patch_compile()
