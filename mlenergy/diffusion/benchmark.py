@@ -143,7 +143,7 @@ def _load_pipeline(plan: RunPlan, ranks) -> tuple[Any, LoadRecord, Any]:
         pipeline = xdit.wrap_pipeline(plan, built, engine)
         # After wrapping: xDiT may have replaced the denoiser with its parallel wrapper.
         denoiser = getattr(built, slot)
-        compiled = options_apply.finish_pipeline(plan, built, denoiser, ranks.device)
+        compiled = options_apply.finish_pipeline(plan, built, denoiser, ranks.device, effects)
     logger.info("Pipeline ready in %.1f s: denoiser of %s, %s of weights", loading.seconds,
                 console.count_text(denoiser_parameters, "parameters"),
                 console.bytes_text(parameter_gb * 1e9))

@@ -27,9 +27,11 @@ def prepare_weights(plan: RunPlan, pipeline, denoiser) -> dict:
     return {"fp8_t5_encoder": fp8_t5}
 
 
-def finish_pipeline(plan: RunPlan, pipeline, denoiser, device: torch.device) -> str | None:
+def finish_pipeline(plan: RunPlan, pipeline, denoiser, device: torch.device,
+                    effects: dict) -> str | None:
     """Options applied after xDiT has wrapped the pipeline (its step cache and attention
-    processors must be inside what gets compiled). Returns what was compiled."""
+    processors must be inside what gets compiled); their results.json entries go into
+    `effects`. Returns what was compiled."""
     compiled = compile_denoiser(plan, denoiser)
     enable_offload(plan, pipeline, device)
     return compiled

@@ -13,7 +13,7 @@ import torch
 
 from mlenergy.diffusion import options_apply, watchdog
 from mlenergy.diffusion.plan import RunPlan
-from mlenergy.diffusion.xfuser_compat import import_xfuser
+from mlenergy.diffusion.xfuser_compat import import_xfuser, make_ring_attention_traceable
 
 
 def engine_config(plan: RunPlan):
@@ -62,6 +62,9 @@ def wrap_pipeline(plan: RunPlan, pipeline, engine):
     `options_apply.compile_denoiser`'s,
     after this."""
     xfuser = import_xfuser()
+    if plan.config.use_torch_compile and plan.ring_degree > 1:
+        # Before the first call, when compilation happens, whatever scope compiles.
+        make_ring_attention_traceable()
     if plan.spec.family.xfuser_pipeline is None:
         # The denoiser is already xDiT's; it reads the parallel layout from the runtime state.
         from xfuser.core.distributed import initialize_runtime_state

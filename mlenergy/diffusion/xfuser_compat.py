@@ -65,3 +65,32 @@ def _import_xfuser_here():
 
     usp.PROCESS_GROUP = yunchang.globals.PROCESS_GROUP
     return xfuser
+
+
+def make_ring_attention_traceable() -> bool:
+    """Let torch.compile trace xDiT's ring attention (ring > 1, alone or with Ulysses); returns
+    whether this call changed anything.
+
+    xfuser 0.7.0's `usp.ring_attn` asks `version_at_least(torch.__version__, "2.6.0")` at every
+    call, inside every compiled transformer block. Under dynamo that runs packaging's
+    `Version()`, which there reaches `raise InvalidVersion(...) from None`, and torch 2.11's
+    dynamo cannot trace a `raise ... from` of an exception class defined outside builtins:
+    `InternalTorchDynamoError: AttributeError: 'UserDefinedExceptionObjectVariable' object has
+    no attribute 'call_setattr'` (seen on 4x H200, 2026-11-28, packaging 26.3). The answer
+    cannot change within a process, so it is computed once here and `ring_attn`, which looks
+    the name up in its module at every call, gets it as a constant; the rest of ring attention
+    (torch's `_templated_ring_attention`) traces into the compiled graph.
+    """
+    import xfuser.model_executor.layers.usp as usp
+    from xfuser.compat import version_at_least
+
+    if getattr(usp.version_at_least, "_mlenergy_constant", False):
+        return False
+    answers = {"2.6.0": version_at_least(torch.__version__, "2.6.0")}
+
+    def this_torch_at_least(installed: str, floor: str) -> bool:
+        return answers[floor]
+
+    this_torch_at_least._mlenergy_constant = True
+    usp.version_at_least = this_torch_at_least
+    return True

@@ -1,0 +1,98 @@
+"""FP8 of the denoiser (refused in one line where it cannot run; weight bytes accounted through
+torchao's float8 tensors) and fused QKV projections."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mlenergy.diffusion import options, quantize
+from mlenergy.diffusion.quantize import Gpu, fp8_refusal
+
+H100 = Gpu("NVIDIA H100 80GB HBM3", (9, 0))
+
+
+@pytest.mark.parametrize("device, dtype, gpus, torchao, expected", [
+    ("cpu", "bfloat16", [], "0.18.0", "this run has no GPU"),
+    ("cuda", "bfloat16", [H100, Gpu("NVIDIA A100-SXM4-80GB", (8, 0))], "0.18.0",
+     "GPU 1 (NVIDIA A100-SXM4-80GB) has 8.0"),
+    ("cuda", "float16", [H100], "0.18.0", "this run uses float16"),
+    ("cuda", "bfloat16", [H100], None, "needs torchao 0.18.0, which is not installed"),
+    ("cuda", "bfloat16", [H100], "0.15.0", "but 0.15.0 is installed"),
+])
+def test_fp8_is_refused_in_one_line_that_says_why(device, dtype, gpus, torchao, expected):
+    reason = fp8_refusal(device, dtype, gpus, torchao)
+    assert reason is not None and expected in reason and "\n" not in reason
+    assert reason.startswith("--quantize_denoiser fp8 ")
+
+
+def test_fp8_is_allowed_on_ada_hopper_and_blackwell_with_the_pinned_torchao():
+    for capability in [(8, 9), (9, 0), (10, 0)]:
+        assert fp8_refusal("cuda", "bfloat16", [Gpu("gpu", capability)], "0.18.0") is None
+
+
+def test_this_cpu_machine_is_refused_before_anything_loads():
+    assert not torch.cuda.is_available()
+    assert quantize.visible_gpus() == []
+    assert "this run has no GPU" in quantize.check_fp8("cpu", "bfloat16")
+
+
+def test_fp8_summary_counts_the_float8_payload_and_its_scales():
+    from torchao.quantization import Float8Tensor, PerRow
+
+    model = torch.nn.Sequential(torch.nn.Linear(64, 128, dtype=torch.bfloat16),
+                                torch.nn.Linear(128, 8, dtype=torch.bfloat16))
+    before = options.module_bytes(model)
+    first = model[0]
+    # The tensor quantize_ installs on a GPU; built directly here since quantize_ refuses CPUs.
+    first.weight = torch.nn.Parameter(Float8Tensor.from_hp(first.weight.detach(),
+                                                           granularity=PerRow()),
+                                      requires_grad=False)
+    summary = quantize.fp8_summary(model, before, seconds=0.5)
+    assert summary["linear_layers"] == 2 and summary["fp8_linear_layers"] == 1
+    assert summary["bf16_linear_layers"] == ["1"]
+    # One byte per weight and one float32 scale per output row, plus the untouched layers.
+    untouched = 128 * 2 + 128 * 8 * 2 + 8 * 2
+    assert summary["bytes_before"] == 64 * 128 * 2 + untouched
+    assert summary["bytes_after"] == 64 * 128 + 128 * 4 + untouched
+
+
+def _tiny_flux_transformer():
+    from mlenergy.diffusion import pipelines
+    from mlenergy.diffusion.registry import MODELS
+
+    spec = MODELS["black-forest-labs/FLUX.1-dev"]
+    torch.manual_seed(0)
+    pipeline = pipelines.build_pipeline(spec, "tiny", dtype=torch.float32, device="cpu",
+                                        max_sequence_length=spec.family.tiny_max_sequence_length)
+    return pipeline.transformer
+
+
+def _forward(transformer):
+    torch.manual_seed(1)
+    config = transformer.config
+    tokens, text = 16, 8
+    return transformer(
+        hidden_states=torch.randn(1, tokens, config.in_channels),
+        encoder_hidden_states=torch.randn(1, text, config.joint_attention_dim),
+        pooled_projections=torch.randn(1, config.pooled_projection_dim),
+        timestep=torch.tensor([0.5]), guidance=torch.tensor([3.5]),
+        img_ids=torch.zeros(tokens, 3), txt_ids=torch.zeros(text, 3), return_dict=False)[0]
+
+
+def test_fused_qkv_computes_the_same_and_drops_the_separate_projections():
+    from diffusers.models.attention import AttentionModuleMixin
+
+    transformer = _tiny_flux_transformer()
+    reference = _forward(transformer)
+    bytes_before = options.module_bytes(transformer)
+    fused = quantize.fuse_qkv(transformer)
+    attentions = [m for m in transformer.modules() if isinstance(m, AttentionModuleMixin)]
+    assert fused == len(attentions) == 2  # one double-stream and one single-stream block
+    for attention in attentions:
+        assert attention.fused_projections and not hasattr(attention, "to_q")
+    assert not any(hasattr(a, "add_q_proj") for a in attentions if hasattr(a, "to_added_qkv"))
+    # Same weights, regrouped: no byte more than before.
+    assert options.module_bytes(transformer) == bytes_before
+    torch.testing.assert_close(_forward(transformer), reference, rtol=1e-5, atol=1e-5)
+    assert quantize.fuse_qkv(transformer) == 2  # already fused: nothing left to drop
