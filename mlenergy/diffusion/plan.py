@@ -171,8 +171,8 @@ def make_plan(config: BenchmarkConfig, launch: Launch | None = None) -> RunPlan:
     num_frames, fps = _video_shape(workload, spec, arch) if isinstance(workload, TextToVideo) \
         else (None, None)
     _check_parallelism(config, spec, arch, launch)
-    options = run_options.resolve(config, spec, launch)
     shape = _shape(config, spec, launch)
+    options = run_options.resolve(config, spec, launch, shape["dtype"])
     counts = _iteration_counts(config, shape["inference_steps"], video=num_frames is not None)
     _check_inputs(config, spec, launch)
     values = dict(shape, seed=workload.seed, weights=workload.weights,
