@@ -316,3 +316,20 @@ def test_a_second_process_finds_the_first_ones_compiled_kernels(tmp_path):
     assert first["dir"] == second["dir"] == str(tmp_path / "kernels")
     assert (first["fx_graph_cache_hits"], first["fx_graph_cache_misses"]) == (0, 1)
     assert (second["fx_graph_cache_hits"], second["fx_graph_cache_misses"]) == (1, 0)
+
+
+def test_fp8_denoiser_is_refused_without_fp8_gpus_and_named_in_the_run_directory():
+    with pytest.raises(ConfigError, match="needs NVIDIA GPUs with FP8 tensor cores"):
+        plan_for("--quantize_denoiser fp8 workload:t2i --workload.weights tiny", device_type="cpu")
+    # Planned here for GPUs elsewhere (a sweep emitting Slurm arrays): named, not refused.
+    plan = plan_for("--quantize_denoiser fp8 --use_torch_compile --compile_scope blocks "
+                    "workload:t2i --workload.weights random")
+    assert plan.options.quantize_denoiser == "fp8"
+    assert plan.run_dir.name.endswith("+compilescope-blocks+quantdenoiser-fp8")
+    assert results_configurations(plan)["quantize_denoiser"] == "fp8"
+
+
+def results_configurations(plan):
+    from mlenergy.diffusion import results
+
+    return results.configurations(plan)

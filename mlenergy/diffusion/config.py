@@ -218,6 +218,11 @@ class BenchmarkConfig:
     use_fp8_t5_encoder: bool = False
     """Store the T5 text encoder's weights in FP8 (optimum-quanto qfloat8; T5 families only)."""
 
+    quantize_denoiser: Optional[Literal["fp8"]] = None
+    """fp8: the denoiser's linear layers in FP8 (torchao float8 weights and dynamic activations,
+    one scale per row, after fusing the attention QKV projections); GPUs with FP8 tensor cores
+    (compute capability 8.9+), bfloat16, torchao 0.18.0 (the fp8-denoiser extra). Default: off."""
+
     enable_sequential_cpu_offload: bool = False
     """diffusers' sequential CPU offload: weights live in CPU memory and move to the GPU layer by
     layer (one GPU, one process)."""

@@ -68,6 +68,7 @@ class Options:
     compile_scope: str | None = field(default=None,
                                       metadata=_in_dir("compilescope", "transformer"))
     use_fp8_t5_encoder: bool = field(default=False, metadata=_in_dir("fp8t5", False))
+    quantize_denoiser: str | None = field(default=None, metadata=_in_dir("quantdenoiser"))
     enable_sequential_cpu_offload: bool = field(default=False,
                                                 metadata=_in_dir("offload", False))
     use_teacache: bool = field(default=False, metadata=_in_dir("cache", False, text="teacache"))
@@ -109,9 +110,11 @@ def format_value(value) -> str:
     return str(value)
 
 
-def resolve(config: BenchmarkConfig, spec: ModelSpec, launch: Launch) -> Options:
-    """Check the options against the model and the launch, and decide every default."""
+def resolve(config: BenchmarkConfig, spec: ModelSpec, launch: Launch, dtype: str) -> Options:
+    """Check the options against the model, the launch and the run's dtype, and decide every
+    default."""
     _check_compile(config, spec, launch.device_type)
+    _check_quantize_denoiser(config, launch, dtype)
     _check_caches(config, spec)
     _check_fp8_t5(config, spec)
     _check_offload(config, launch.device_type)
@@ -125,6 +128,7 @@ def resolve(config: BenchmarkConfig, spec: ModelSpec, launch: Launch) -> Options
         compile_backend=config.compile_backend if compiling else None,
         compile_scope=scope,
         use_fp8_t5_encoder=config.use_fp8_t5_encoder,
+        quantize_denoiser=config.quantize_denoiser,
         enable_sequential_cpu_offload=config.enable_sequential_cpu_offload,
         use_teacache=config.use_teacache,
         use_fbcache=config.use_fbcache,
@@ -226,6 +230,19 @@ def _check_fp8_t5(config: BenchmarkConfig, spec: ModelSpec) -> None:
             importlib.util.find_spec("optimum.quanto") is None:
         raise ConfigError("--use_fp8_t5_encoder needs optimum-quanto: "
                           "pip install 'mlenergy-diffusion-benchmark[fp8]'")
+
+
+def _check_quantize_denoiser(config: BenchmarkConfig, launch: Launch, dtype: str) -> None:
+    if config.quantize_denoiser is None:
+        return
+    from mlenergy.diffusion import quantize
+
+    gpus = quantize.visible_gpus()
+    if launch.device_type == "cuda" and not gpus:
+        return  # planned here for GPUs elsewhere (a sweep): their run checks again
+    reason = quantize.fp8_refusal(launch.device_type, dtype, gpus, quantize.installed_torchao())
+    if reason is not None:
+        raise ConfigError(reason)
 
 
 def _check_offload(config: BenchmarkConfig, device_type: str) -> None:
