@@ -32,7 +32,7 @@ VIDEO_PROMPT_DATASET = "RaphaelLiu/EvalCrafter_T2V_Dataset"
 
 
 def _field_docstrings(cls: type) -> dict[str, str]:
-    """The string below each field of `cls` and its bases, one paragraph per blank line."""
+    """The string below each field of `cls` and its bases, as `one_paragraph` makes it."""
     docs: dict[str, str] = {}
     for klass in reversed(cls.__mro__[:-1]):
         body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
@@ -44,7 +44,8 @@ def _field_docstrings(cls: type) -> dict[str, str]:
 
 
 def one_paragraph(text: str) -> str:
-    """A docstring as tyro should show it: paragraphs (blank-line separated) joined into lines."""
+    """A docstring as tyro should show it: each paragraph (blank lines part them) on one line,
+    for tyro to wrap to the terminal's width."""
     return "\n\n".join(" ".join(p.split()) for p in inspect.cleandoc(text).split("\n\n"))
 
 
@@ -67,7 +68,6 @@ def help_from_docstrings(cls: type) -> type:
         cls.__annotations__[name] = Annotated[hints[name],
                                               tyro.conf.arg(help=doc, help_behavior_hint=hint)]
     return cls
-
 
 
 @help_from_docstrings
