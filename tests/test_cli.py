@@ -144,7 +144,7 @@ def test_more_processes_than_gpus():
 def test_local_directory_needs_its_family(tmp_path):
     with pytest.raises(ConfigError, match="--workload.family"):
         plan_for(f"workload:t2i --workload.model_id {tmp_path}")
-    (tmp_path / "model_index.json").write_text("{}")
+    (tmp_path / "model_index.json").write_text('{"_class_name": "FluxPipeline"}')
     plan = plan_for(f"workload:t2i --workload.model_id {tmp_path} --workload.family flux")
     assert plan.spec.family_name == "flux" and plan.inference_steps == 28
     assert plan.run_dir.parent == Path("run/diffusion/text-to-image") / tmp_path.name
