@@ -66,8 +66,37 @@ def load_results(run_dir: Path) -> dict:
     return json.loads((run_dir / "results.json").read_text())
 
 
+def _flag_spans(args: list[str]) -> list[tuple[str, list[str]]]:
+    """(setting, tokens) per flag: `--x v`, `--x=v`, or a switch `--x` / `--no_x`."""
+    spans, i = [], 0
+    while i < len(args):
+        token = args[i]
+        if not token.startswith("--"):
+            spans.append(("", [token]))
+            i += 1
+            continue
+        name = token.split("=", 1)[0][2:]
+        head, _, leaf = name.rpartition(".")
+        setting = f"{head}.{leaf[3:]}" if head and leaf.startswith("no_") else \
+            leaf[3:] if not head and leaf.startswith("no_") else name
+        takes_value = "=" not in token and i + 1 < len(args) and \
+            not args[i + 1].startswith(("--", "workload:"))
+        spans.append((setting, args[i:i + 1 + takes_value]))
+        i += 1 + takes_value
+    return spans
+
+
+def with_flags(args: list[str], *extra: str) -> list[str]:
+    """`args` then `extra`, a flag in `extra` replacing the same one in `args` (the benchmark
+    refuses a flag given twice)."""
+    overrides = {setting for setting, _ in _flag_spans(list(extra)) if setting}
+    kept = [tok for setting, toks in _flag_spans(list(args)) if setting not in overrides
+            for tok in toks]
+    return [*kept, *extra]
+
+
 @pytest.fixture
 def tiny_flux_args(tmp_path):
     def make(base: Path, *extra: str) -> list[str]:
-        return [*TINY_FLUX, "--workload.base_dir", str(base), *extra]
+        return with_flags([*TINY_FLUX, "--workload.base_dir", str(base)], *extra)
     return make

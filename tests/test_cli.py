@@ -150,7 +150,7 @@ def test_launch_facts_come_from_the_environment_once(monkeypatch):
 def test_local_directory_needs_its_family(tmp_path):
     with pytest.raises(ConfigError, match="--workload.family"):
         plan_for(f"workload:t2i --workload.model_id {tmp_path}")
-    (tmp_path / "model_index.json").write_text("{}")
+    (tmp_path / "model_index.json").write_text('{"_class_name": "FluxPipeline"}')
     plan = plan_for(f"workload:t2i --workload.model_id {tmp_path} --workload.family flux")
     assert plan.spec.family_name == "flux" and plan.inference_steps == 28
     # Recorded under local/<folder>, never as a path: the toolkit reads <org>/<model>.

@@ -108,6 +108,8 @@ def test_the_activation_bound_leaves_real_workloads_alone():
     """The estimate is a lower bound: the published workloads stay far below a GPU's memory."""
     for argv in (["workload:t2i", "--workload.weights", "random"],
                  ["workload:t2i", "--workload.weights", "random", "--workload.batch_size", "8"],
+                 ["workload:t2i", "--workload.weights", "random", "--workload.model_id",
+                  "stabilityai/stable-diffusion-xl-base-1.0"],
                  ["workload:t2v", "--workload.weights", "random", "--workload.model_id",
                   "Wan-AI/Wan2.1-T2V-14B-Diffusers"],
                  ["workload:t2v", "--workload.weights", "random", "--workload.model_id",

@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, TINY_FLUX, load_results, only_run_dir, run_benchmark
+from conftest import REPO, TINY_FLUX, load_results, only_run_dir, run_benchmark, with_flags
 from mlenergy.diffusion import options, options_apply
 from mlenergy.diffusion.probes.compile import CompileTracker
 from mlenergy.diffusion.config import parse_cli
@@ -141,14 +141,15 @@ STEPS4 = ["--workload.inference_steps", "4", "--benchmark_iters", "2"]
 def reference(tmp_path_factory):
     """An exact run: the reference the lossy runs are compared with."""
     tmp = tmp_path_factory.mktemp("reference")
-    proc = run_benchmark([*TINY_FLUX, "--workload.base_dir", str(tmp / "out"), *STEPS4], tmp)
+    proc = run_benchmark(with_flags([*TINY_FLUX, "--workload.base_dir", str(tmp / "out")],
+                                    *STEPS4), tmp)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return only_run_dir(tmp / "out")
 
 
 def _run(tmp_path, *extra, nproc=1):
     base = tmp_path / "out"
-    args = [*TINY_FLUX, "--workload.base_dir", str(base), *STEPS4, *extra]
+    args = with_flags([*TINY_FLUX, "--workload.base_dir", str(base)], *STEPS4, *extra)
     if nproc > 1:
         args = ["--ulysses_degree", str(nproc), *args]
     proc = run_benchmark(args, tmp_path, nproc=nproc)

@@ -128,7 +128,9 @@ def activation_floor_bytes(plan: RunPlan) -> tuple[int, str]:
                            else 0)
     decode = pixels * decode_channels * itemsize
     denoiser = arch.get(family.denoiser_slot, {})
-    hidden = denoiser.get("num_attention_heads", 0) * denoiser.get("attention_head_dim", 0)
+    heads, head_dim = denoiser.get("num_attention_heads"), denoiser.get("attention_head_dim")
+    # UNets give per-block lists: their widths vary, so only the decoder bounds them here.
+    hidden = heads * head_dim if isinstance(heads, int) and isinstance(head_dim, int) else 0
     latent_frames = 1 + (frames - 1) // family.temporal_factor
     latent_frames = max(1, latent_frames // (denoiser.get("patch_size_t") or 1))
     tokens = (plan.height // family.spatial_factor) * (plan.width // family.spatial_factor) \
