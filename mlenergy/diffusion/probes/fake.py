@@ -83,7 +83,9 @@ class ScriptedAccess:
         return {i: self.counter_j(i, now) for i in range(self.count)}
 
     def compute_processes(self):
-        return {i: list(self.foreign_pids) for i in range(self.count)}
+        # The process that asks holds a context on its GPU, as a rank does on a real one.
+        return {i: ([os.getpid()] if i == 0 else []) + list(self.foreign_pids)
+                for i in range(self.count)}
 
     def describe(self) -> dict:
         return {"driver": "scripted", "cudnn": None,
