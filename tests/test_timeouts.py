@@ -22,18 +22,22 @@ HANG_LINE = re.compile(r"hang injected on rank (\d+) .* at (\d+\.\d+)")
 
 
 def processes_mentioning(text: str) -> list[tuple[int, str]]:
-    ps = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    """Live processes whose command line holds `text` (a directory only the test's runs name;
+    it lies under pytest's temporary directory, so no filtering on "pytest" here)."""
+    ps = subprocess.run(["ps", "-ww", "-eo", "pid,stat,args"], capture_output=True,
+                        text=True).stdout
     found = []
     for line in ps.splitlines()[1:]:
-        pid, _, args = line.strip().partition(" ")
-        if text in args and "pytest" not in args and int(pid) != os.getpid():
+        pid, stat, args = line.split(None, 2)
+        if text in args and int(pid) != os.getpid() and not stat.startswith("Z"):
             found.append((int(pid), args))
     return found
 
 
 class Started:
     """A command in a session of its own, its output in a file; whatever of it is left when the
-    test ends is killed, by process group and by the processes that name `marker`."""
+    test ends is killed, by process group and by the processes that name `marker` (torchrun
+    starts each worker in a session of its own)."""
 
     def __init__(self, cmd: list[str], log: Path, marker: str, **env: str):
         self.log, self.marker = log, marker
