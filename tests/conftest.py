@@ -1,14 +1,35 @@
-"""Shared helpers: run the real benchmark as users do (python -m, or torchrun over gloo)."""
+"""Shared helpers: run the real benchmark as users do (python -m, or torchrun over gloo).
+
+The suite sets its own environment before any test module loads, so that it behaves the same
+whatever the caller exported: no Hugging Face cache of the caller's (an empty HF_HOME), the hub
+offline, and none of the benchmark's own variables (test hooks, scripted GPUs, timeouts).
+"""
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+
+def _hermetic_environment() -> None:
+    for key in list(os.environ):
+        if key.startswith(("HF_", "HUGGINGFACE_", "MLENERGY_")) or key == "TRANSFORMERS_CACHE":
+            del os.environ[key]
+    hf_home = tempfile.mkdtemp(prefix="mlenergy-tests-hf-home-")
+    atexit.register(shutil.rmtree, hf_home, ignore_errors=True)
+    os.environ.update(HF_HOME=hf_home, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+
+
+_hermetic_environment()
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRY = REPO / "mlenergy" / "diffusion" / "benchmark.py"
@@ -100,3 +121,82 @@ def tiny_flux_args(tmp_path):
     def make(base: Path, *extra: str) -> list[str]:
         return with_flags([*TINY_FLUX, "--workload.base_dir", str(base)], *extra)
     return make
+
+
+# -- runs on scripted GPUs (mlenergy/diffusion/probes/fake.py) --------------------------------
+
+TOOLKIT_GPU = "scripted"
+TOOLKIT_MODEL = Path("text-to-image") / "black-forest-labs" / "FLUX.1-dev"
+
+
+def write_gpu_script(path: Path, events: Path | None = None, **script) -> Path:
+    """A scripted-GPU file; its fences and windows go to `events` when given."""
+    if events is not None:
+        script["events"] = str(events)
+    path.write_text(json.dumps(script))
+    return path
+
+
+def read_events(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def toolkit_base_dir(root: Path) -> Path:
+    """Where a run must write so that `mlenergy-data` finds it under `root`: the layout
+    <root>/diffusion/<gpu>/current/run/diffusion/<task>/<org>/<model>/<params>/results.json."""
+    return root / "diffusion" / TOOLKIT_GPU / "current" / "run" / "diffusion" / TOOLKIT_MODEL
+
+
+def toolkit_config_dir(root: Path, base_dir: Path) -> Path:
+    """The toolkit's config dir, holding the model_info.json the run wrote."""
+    config_dir = root.parent / f"{root.name}-configs"
+    (config_dir / TOOLKIT_MODEL).mkdir(parents=True, exist_ok=True)
+    shutil.copy(base_dir / "model_info.json", config_dir / TOOLKIT_MODEL / "model_info.json")
+    return config_dir
+
+
+@dataclass
+class ScriptedRun:
+    """A finished run on scripted GPUs: its results, its event log and where the toolkit and
+    the report find it."""
+
+    run_dir: Path
+    doc: dict
+    events: list[dict]
+    script: dict
+    root: Path
+    config_dir: Path
+    nproc: int
+    args: list[str]
+
+
+def scripted_run(tmp: Path, args: list[str], script: dict, nproc: int = 1,
+                 **env: str) -> ScriptedRun:
+    """Run the benchmark on scripted GPUs, every pipeline call and saved image recorded in the
+    same event log as the GPUs' fences and windows."""
+    root = tmp / "results"
+    base = toolkit_base_dir(root)
+    events = tmp / "events.jsonl"
+    gpus = write_gpu_script(tmp / "gpus.json", events, **script)
+    full_args = [*args, "--workload.base_dir", str(base)]
+    proc = run_benchmark(full_args, tmp, nproc=nproc, MLENERGY_FAKE_GPUS=str(gpus),
+                         MLENERGY_RECORD_CALLS=str(events), **env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_dir = only_run_dir(base)
+    return ScriptedRun(run_dir=run_dir, doc=load_results(run_dir), events=read_events(events),
+                       script=script, root=root, config_dir=toolkit_config_dir(root, base),
+                       nproc=nproc, args=full_args)
+
+
+# Two processes under Ulysses 2 on one node's two scripted GPUs. Rank 1's device drains slowly at
+# every fence, so a window that opened without waiting for it would show; the power timeline
+# reads 10% low, so the timeline self-check must fail.
+ULYSSES2_SCRIPT = {"power_w": [300.0, 500.0], "sync_delay_s": {"1": 0.3},
+                   "timeline_scale": 0.9}
+
+
+@pytest.fixture(scope="session")
+def ulysses2_scripted_run(tmp_path_factory) -> ScriptedRun:
+    tmp = tmp_path_factory.mktemp("ulysses2-scripted")
+    return scripted_run(tmp, ["--ulysses_degree", "2", *TINY_FLUX, "--benchmark_iters", "2",
+                              "--idle_baseline_s", "0.5"], ULYSSES2_SCRIPT, nproc=2)

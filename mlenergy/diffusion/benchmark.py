@@ -109,7 +109,7 @@ def run(plan: RunPlan) -> None:
 
     pipeline, loaded, denoiser = _load_pipeline(plan, ranks)
     probes = Probes.start(plan, gpus, pipeline)
-    pipeline = testing.with_injected_failure(pipeline, ranks.rank, len(schedule.warmup))
+    pipeline = testing.with_test_hooks(pipeline, ranks.rank, len(schedule.warmup))
     warmup = _warm_up(plan, ranks, pipeline, schedule.warmup, probes)
     measured = _measure(plan, ranks, pipeline, schedule.measured, probes)
     record = _gather(plan, probes, measured, started=started, env=env, prompt_source=source,

@@ -13,6 +13,8 @@ The script (every key optional):
      "timeline_scale": 1.0,        # the power timeline reports power x this
      "name": "Scripted GPU",
      "foreign_pids": [],           # other processes reported on every GPU
+     "sync_delay_s": {"1": 0.3},   # per global rank: its device takes this long to drain at
+                                   # every synchronisation (a slow rank, to show the barrier)
      "events": "/path/events.jsonl"}   # append one line per fence and window, with rank and time
 """
 
@@ -48,6 +50,7 @@ class ScriptedAccess:
         self.name = script.get("name", "Scripted GPU")
         self.foreign_pids = list(script.get("foreign_pids", []))
         self.events = script.get("events")
+        self.sync_delay_s = float(script.get("sync_delay_s", {}).get(str(rank), 0.0))
         # All ranks of a node must read the same counters: one epoch for the whole run.
         self.epoch = float(os.environ.get(EPOCH_ENV) or script.get("epoch") or 0.0)
 
@@ -57,6 +60,8 @@ class ScriptedAccess:
 
     # -- what the probes call ----------------------------------------------------------------
     def synchronize(self, device) -> None:
+        # Logged once the device has drained: the time its queued work was done.
+        time.sleep(self.sync_delay_s)
         self._event("sync")
 
     def fenced(self) -> None:
@@ -78,7 +83,9 @@ class ScriptedAccess:
         return {i: self.counter_j(i, now) for i in range(self.count)}
 
     def compute_processes(self):
-        return {i: list(self.foreign_pids) for i in range(self.count)}
+        # The process that asks holds a context on its GPU, as a rank does on a real one.
+        return {i: ([os.getpid()] if i == 0 else []) + list(self.foreign_pids)
+                for i in range(self.count)}
 
     def describe(self) -> dict:
         return {"driver": "scripted", "cudnn": None,
