@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Iterator
 import torch
 
 from mlenergy.diffusion.options import ATTENTION_BACKENDS
+from mlenergy.diffusion import quantize
+from mlenergy.diffusion.quantize import module_bytes
 from mlenergy.diffusion.probes.compile import kernel_cache_report
 
 if TYPE_CHECKING:
@@ -44,8 +46,6 @@ def quantize_denoiser(plan: RunPlan, denoiser) -> dict | None:
     runs the FP8 matmuls."""
     if plan.options.quantize_denoiser is None:
         return None
-    from mlenergy.diffusion import quantize
-
     fused = quantize.fuse_qkv(denoiser)
     return {"fused_attention_layers": fused, **quantize.quantize_fp8(denoiser)}
 
@@ -140,20 +140,6 @@ def compile_report(plan: RunPlan, warmup_times: list[float], warmup_compiles: li
 
 
 # ---------------------------------------------------------------- FP8 T5
-
-def tensor_bytes(tensor: torch.Tensor) -> int:
-    """Bytes a tensor really holds, looking inside tensor subclasses (quantized weights keep an
-    FP8 payload and a scale, while reporting the original dtype and shape)."""
-    flatten = getattr(tensor, "__tensor_flatten__", None)
-    if flatten is not None and type(tensor) not in (torch.Tensor, torch.nn.Parameter):
-        names, _ = flatten()
-        return sum(tensor_bytes(getattr(tensor, n)) for n in names)
-    return tensor.numel() * tensor.element_size()
-
-
-def module_bytes(module: torch.nn.Module) -> int:
-    return sum(tensor_bytes(t) for t in (*module.parameters(), *module.buffers()))
-
 
 def quantize_t5_to_fp8(plan: RunPlan, pipeline) -> dict | None:
     """FP8 (qfloat8) weights for the T5 encoder's linear layers, as xDiT's own examples do it.

@@ -81,6 +81,22 @@ def check_fp8(device_type: str, dtype: str) -> str | None:
     return fp8_refusal(device_type, dtype, visible_gpus(), installed_torchao())
 
 
+# ---------------------------------------------------------------- bytes
+
+def tensor_bytes(tensor: torch.Tensor) -> int:
+    """Bytes a tensor really holds, looking inside tensor subclasses (quantized weights keep an
+    FP8 payload and a scale, while reporting the original dtype and shape)."""
+    flatten = getattr(tensor, "__tensor_flatten__", None)
+    if flatten is not None and type(tensor) not in (torch.Tensor, torch.nn.Parameter):
+        names, _ = flatten()
+        return sum(tensor_bytes(getattr(tensor, n)) for n in names)
+    return tensor.numel() * tensor.element_size()
+
+
+def module_bytes(module: torch.nn.Module) -> int:
+    return sum(tensor_bytes(t) for t in (*module.parameters(), *module.buffers()))
+
+
 # ---------------------------------------------------------------- fused QKV
 
 def fuse_qkv(denoiser: torch.nn.Module) -> int:
@@ -128,8 +144,6 @@ def linear_layers(module: torch.nn.Module) -> dict[str, torch.nn.Linear]:
 
 def fp8_summary(module: torch.nn.Module, bytes_before: int, seconds: float) -> dict:
     """results.json block for an FP8 denoiser: what was quantized and the bytes it saved."""
-    from mlenergy.diffusion.options_apply import module_bytes
-
     linears = linear_layers(module)
     kept = sorted(name for name, m in linears.items() if not _is_fp8_weight(m.weight))
     return {
@@ -154,8 +168,6 @@ def quantize_fp8(denoiser: torch.nn.Module) -> dict:
         PerRow,
         quantize_,
     )
-
-    from mlenergy.diffusion.options_apply import module_bytes
 
     before = module_bytes(denoiser)
     started = time.perf_counter()

@@ -62,22 +62,7 @@ def results_document(record: RunRecord) -> dict:
     if task.is_video:
         doc["num_frames"] = plan.num_frames
         doc["fps"] = plan.fps
-    doc.update({
-        "total_images": record.total_outputs,
-        "total_time": record.total_time,
-        "throughput_images_per_sec": record.throughput,
-        "avg_time_per_image": record.time_per_output,
-        "total_energy": record.total_energy,
-        "energy_per_image": record.energy_per_output,
-    })
-    if task.is_video:
-        # A video is one output: the same numbers as the image keys, under names that say so.
-        doc.update({
-            "total_videos": record.total_outputs,
-            "throughput_videos_per_sec": record.throughput,
-            "avg_time_per_video": record.time_per_output,
-            "energy_per_video": record.energy_per_output,
-        })
+    doc.update(_headline(record))
     doc["energy_measurement"] = record.whole.to_dict()
     if measured:
         doc["iteration_energy_measurements"] = [r.measurement.to_dict()
@@ -102,6 +87,27 @@ def results_document(record: RunRecord) -> dict:
     # What makes this run this run: a rerun with other settings must not pass for it.
     doc[rundir.IDENTITY_KEY] = rundir.identity(plan)
     return doc
+
+
+def _headline(record: RunRecord) -> dict:
+    """Totals and per-output numbers; a video is one output: the same numbers as the image keys,
+    under names that say so."""
+    out = {
+        "total_images": record.total_outputs,
+        "total_time": record.total_time,
+        "throughput_images_per_sec": record.throughput,
+        "avg_time_per_image": record.time_per_output,
+        "total_energy": record.total_energy,
+        "energy_per_image": record.energy_per_output,
+    }
+    if record.plan.task.is_video:
+        out.update({
+            "total_videos": record.total_outputs,
+            "throughput_videos_per_sec": record.throughput,
+            "avg_time_per_video": record.time_per_output,
+            "energy_per_video": record.energy_per_output,
+        })
+    return out
 
 
 def _run_facts(record: RunRecord) -> dict:
