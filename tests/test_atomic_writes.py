@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from conftest import REPO, TINY_FLUX, offline_env, write_gpu_script
-from mlenergy.diffusion import files
+from mlenergy.diffusion import files, rundir
 from mlenergy.diffusion.config import parse_cli
 from mlenergy.diffusion.launch import Launch
 from mlenergy.diffusion.plan import make_plan
@@ -64,5 +64,9 @@ def test_a_run_that_cannot_finish_writing_its_results_leaves_the_old_ones(tmp_pa
     # The run got as far as its results: the files written just before them are there.
     assert (run_dir / files.REQUESTS).is_file() and (run_dir / files.DRIVER_LOG).is_file()
     assert (tmp_path / "out" / files.MODEL_INFO).is_file()
-    assert results.read_bytes() == before
+    # The old results were moved aside, whole, before the run wrote anything (never old results
+    # beside new files); the failed write left neither results nor a temporary file.
+    [parked] = (tmp_path / "out" / rundir.SUPERSEDED_DIR).iterdir()
+    assert (parked / rundir.SUPERSEDED_RESULTS).read_bytes() == before
+    assert not results.exists()
     assert [p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")] == []
