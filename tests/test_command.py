@@ -105,7 +105,7 @@ def test_models_lists_the_registry(tmp_path):
     assert rows["black-forest-labs/FLUX.1-dev"][1:] == ["text-to-image", "flux", "1024x1024",
                                                         "28", "-", "-", "bfloat16", "3.5"]
     assert rows["Wan-AI/Wan2.1-T2V-1.3B-Diffusers"][3:7] == ["480x832", "50", "81", "15"]
-    assert "  zai-org/CogVideoX-2b -> THUDM/CogVideoX-2b" in table.stdout.splitlines()
+    assert "  THUDM/CogVideoX-2b -> zai-org/CogVideoX-2b" in table.stdout.splitlines()
     videos = cli("models", "--task", "text-to-video", "--json", tmp_path=tmp_path)
     listed = json.loads(videos.stdout)
     assert [m["model_id"] for m in listed] == [
