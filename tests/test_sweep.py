@@ -330,3 +330,21 @@ def test_the_readme_documents_every_sweep_and_report_flag():
     missing = [flag for flag in flags
                if f"`{flag}" not in readme and f"`{flag.replace('--', '--no_', 1)}" not in readme]
     assert not missing, f"README.md does not document {missing}"
+
+
+def test_a_reused_pid_never_makes_a_stranger_part_of_a_point(monkeypatch):
+    """PID reuse cannot be provoked on demand, so the process table is given: the point's
+    launcher (pid 100, started at tick 5) with a worker, then pid 100 reused by an unrelated
+    process (started at tick 9) with a child of its own."""
+    from mlenergy.diffusion.sweep import process
+
+    tables = iter([
+        {100: (1, "S", "5"), 101: (100, "S", "6")},
+        {100: (1, "S", "5"), 101: (100, "S", "6")},
+        {100: (7, "S", "9"), 102: (100, "S", "10"), 101: (1, "S", "6")},
+    ])
+    monkeypatch.setattr(process, "_process_table", lambda: next(tables))
+    tree = process.ProcessTree(100)
+    assert tree.known == {100: "5", 101: "6"}
+    # The orphaned worker is still the point's; the stranger on pid 100 and its child are not.
+    assert tree.alive() == [101]

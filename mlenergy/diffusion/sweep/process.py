@@ -43,7 +43,11 @@ class ProcessTree:
 
     def __init__(self, root_pid: int):
         self.root_pid = root_pid
-        self.known: dict[int, str] = {}  # pid -> start time, to survive PID reuse
+        # pid -> start time, to survive PID reuse. The root is taken once, here: were it
+        # re-added on a later refresh, a reused PID would make a stranger's tree ours to kill.
+        table = _process_table()
+        self.known: dict[int, str] = ({root_pid: table[root_pid][2]} if root_pid in table
+                                      else {})
         self.refresh()
 
     def refresh(self) -> dict:
@@ -51,8 +55,6 @@ class ProcessTree:
         # A tracked PID that now names another process has been reused: forget it.
         self.known = {pid: start for pid, start in self.known.items()
                       if pid not in table or table[pid][2] == start}
-        if self.root_pid in table and self.root_pid not in self.known:
-            self.known[self.root_pid] = table[self.root_pid][2]
         children: dict[int, list[int]] = {}
         for pid, (ppid, _, _) in table.items():
             children.setdefault(ppid, []).append(pid)
