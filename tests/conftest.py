@@ -116,6 +116,19 @@ def with_flags(args: list[str], *extra: str) -> list[str]:
     return [*kept, *extra]
 
 
+@pytest.fixture(autouse=True)
+def _in_process_failures_raise(monkeypatch):
+    """A failing rank ends with os._exit (what torchrun needs to see); called in this process
+    that would end the whole suite without a word, so here it raises instead."""
+    from mlenergy.diffusion import runtime
+
+    def fail(rank: int, err: BaseException) -> None:
+        raise AssertionError(f"rank {rank} failed in the test process: "
+                             f"{type(err).__name__}: {err}") from err
+
+    monkeypatch.setattr(runtime, "die", fail)
+
+
 @pytest.fixture
 def tiny_flux_args(tmp_path):
     def make(base: Path, *extra: str) -> list[str]:

@@ -14,6 +14,7 @@ import json
 import shutil
 from pathlib import Path
 
+import huggingface_hub.constants
 import numpy as np
 import pytest
 import torch
@@ -232,6 +233,9 @@ def test_gated_missing_and_unusable_repositories_fail_in_one_line_before_loading
         model_id, extra, message, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    # huggingface_hub reads HF_HUB_OFFLINE once, when it is first imported, and the suite
+    # starts offline (conftest): this process must go online the way a fresh one would.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     with RefusingHub({**REFUSALS, FLUX_DEV: (401, "GatedRepo")}) as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
         with pytest.raises(ConfigError) as err:

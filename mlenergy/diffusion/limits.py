@@ -2,14 +2,14 @@
 
 Numbers must be finite; seeds must fit the 64-bit generators; counts and sizes have ceilings, and
 sizes must leave the run's activations room in device memory (a lower bound estimated from the
-architecture); prompts must be no longer than the text encoders can read; the prompt cache, the
-local model and the places the run writes must be usable. Each refusal is one line.
+architecture); prompts must be no longer than the text encoders can read; the prompt cache and
+the places the run writes must be usable (a local model is checked where resolve.py reads it).
+Each refusal is one line.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from pathlib import Path
@@ -47,7 +47,6 @@ def check(plan: RunPlan) -> None:
     _memory(plan)
     _prompts(plan)
     _places(plan)
-    _local_model(plan)
     _collective_timeout()
 
 
@@ -212,18 +211,3 @@ def _places(plan: RunPlan) -> None:
         raise ConfigError(f"--reference_run {reference} is this run's own directory: the run "
                           "would overwrite the images it compares against; compare with "
                           "another run")
-
-
-def _local_model(plan: RunPlan) -> None:
-    model_dir = Path(plan.spec.model_id)
-    if plan.weights != "pretrained" or not model_dir.is_dir():
-        return
-    index = model_dir / "model_index.json"
-    try:
-        doc = json.loads(index.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise ConfigError(f"{index} is not readable JSON ({err}); point --workload.model_id at "
-                          "a complete diffusers pipeline directory") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("_class_name"), str):
-        raise ConfigError(f"{index} names no pipeline class (_class_name); point "
-                          "--workload.model_id at a complete diffusers pipeline directory")

@@ -11,6 +11,7 @@ model for the rest. `defaults_source` says which default came from where.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from pathlib import Path
 from typing import Any, Mapping
@@ -85,16 +86,32 @@ def _local(path: Path, workload) -> ModelSpec:
     if workload.revision is not None:
         raise ConfigError(f"{path} is a local directory, which has no revisions; drop "
                           "--workload.revision")
-    index = hub.local_json(path, hub.MODEL_INDEX)
+    if workload.weights == "pretrained":
+        index = _pipeline_index(path)
+    else:  # only its configs are wanted, where they are readable
+        index = hub.local_json(path, hub.MODEL_INDEX)
     family = _family(workload.family, index, str(path), workload.task.name)
-    if index is None and workload.weights == "pretrained":
-        raise ConfigError(f"{path} has no {hub.MODEL_INDEX}: point --workload.model_id at a "
-                          "diffusers pipeline directory (as save_pretrained writes it)")
     configs = {slot: hub.local_json(path, _config_file(slot, family))
                for slot in FAMILIES[family].components}
     return _from_checkpoint(record_id(str(path), workload.model_name), family, configs,
                             source=str(path.resolve()), nickname=path.resolve().name,
                             workload=workload)
+
+
+def _pipeline_index(path: Path) -> dict:
+    """The model_index.json of a local directory whose weights are loaded: it must name the
+    pipeline class `from_pretrained` builds."""
+    index = path / hub.MODEL_INDEX
+    fix = "point --workload.model_id at a diffusers pipeline directory (as save_pretrained writes it)"
+    if not index.is_file():
+        raise ConfigError(f"{path} has no {hub.MODEL_INDEX}: {fix}")
+    try:
+        doc = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ConfigError(f"{index} is not readable JSON ({err}); {fix}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("_class_name"), str):
+        raise ConfigError(f"{index} names no pipeline class (_class_name); {fix}")
+    return doc
 
 
 def _unregistered(repo: str, workload) -> ModelSpec:
