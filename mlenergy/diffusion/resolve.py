@@ -86,11 +86,10 @@ def _local(path: Path, workload) -> ModelSpec:
     if workload.revision is not None:
         raise ConfigError(f"{path} is a local directory, which has no revisions; drop "
                           "--workload.revision")
+    family = _family(workload.family, hub.local_json(path, hub.MODEL_INDEX), str(path),
+                     workload.task.name)
     if workload.weights == "pretrained":
-        index = _pipeline_index(path)
-    else:  # only its configs are wanted, where they are readable
-        index = hub.local_json(path, hub.MODEL_INDEX)
-    family = _family(workload.family, index, str(path), workload.task.name)
+        _check_pipeline_index(path)
     configs = {slot: hub.local_json(path, _config_file(slot, family))
                for slot in FAMILIES[family].components}
     return _from_checkpoint(record_id(str(path), workload.model_name), family, configs,
@@ -98,7 +97,7 @@ def _local(path: Path, workload) -> ModelSpec:
                             workload=workload)
 
 
-def _pipeline_index(path: Path) -> dict:
+def _check_pipeline_index(path: Path) -> None:
     """The model_index.json of a local directory whose weights are loaded: it must name the
     pipeline class `from_pretrained` builds."""
     index = path / hub.MODEL_INDEX
@@ -111,7 +110,6 @@ def _pipeline_index(path: Path) -> dict:
         raise ConfigError(f"{index} is not readable JSON ({err}); {fix}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("_class_name"), str):
         raise ConfigError(f"{index} names no pipeline class (_class_name); {fix}")
-    return doc
 
 
 def _unregistered(repo: str, workload) -> ModelSpec:
