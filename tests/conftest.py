@@ -117,9 +117,14 @@ def with_flags(args: list[str], *extra: str) -> list[str]:
 
 
 @pytest.fixture(autouse=True)
-def _in_process_failures_raise(monkeypatch):
-    """A failing rank ends with os._exit (what torchrun needs to see); called in this process
-    that would end the whole suite without a word, so here it raises instead."""
+def _in_process_runs_leave_the_suite_as_it_was(monkeypatch):
+    """The benchmark's main, called in this process, sets up the console for a process of its
+    own: our logger stops propagating (so caplog would see nothing in later tests) and Python
+    warnings become log records. Each test gets the logging it started with back. And a failing
+    rank ends with os._exit (what torchrun needs to see), which here would end the whole suite
+    without a word: it raises instead."""
+    import logging
+
     from mlenergy.diffusion import runtime
 
     def fail(rank: int, err: BaseException) -> None:
@@ -127,6 +132,12 @@ def _in_process_failures_raise(monkeypatch):
                              f"{type(err).__name__}: {err}") from err
 
     monkeypatch.setattr(runtime, "die", fail)
+    loggers = [logging.getLogger(name) for name in ("mlenergy.diffusion", "py.warnings")]
+    saved = [(lg, lg.propagate, lg.level, list(lg.handlers)) for lg in loggers]
+    yield
+    for lg, propagate, level, handlers in saved:
+        lg.propagate, lg.level, lg.handlers[:] = propagate, level, handlers
+    logging.captureWarnings(False)
 
 
 @pytest.fixture

@@ -271,12 +271,12 @@ def _error_line(proc) -> str:
 
 def test_an_incomparable_reference_is_refused_before_anything_runs(tmp_path, reference):
     base = tmp_path / "out"
-    args = [*TINY_FLUX, "--workload.base_dir", str(base), *STEPS4]
+    args = with_flags([*TINY_FLUX, "--workload.base_dir", str(base)], *STEPS4)
     line = _error_line(run_benchmark([*args, "--workload.seed", "7", "--reference_run",
                                       str(reference)], tmp_path))
     assert "has seed 48105 but this run has 7" in line
-    line = _error_line(run_benchmark([*args, "--benchmark_iters", "3", "--reference_run",
-                                      str(reference)], tmp_path))
+    line = _error_line(run_benchmark(with_flags(args, "--benchmark_iters", "3", "--reference_run",
+                                                str(reference)), tmp_path))
     assert "fewer than this run's 3" in line
     line = _error_line(run_benchmark([*args, "--no_save_images", "--reference_run",
                                       str(reference)], tmp_path))

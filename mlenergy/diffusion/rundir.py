@@ -69,10 +69,13 @@ def identity(plan) -> dict:
     prompt files are named by absolute path (and the prompts by content), so two folders of the
     same name are two runs."""
     config, workload = plan.config, plan.config.workload
-    model_path = Path(plan.spec.model_id)
+    # What from_pretrained loads: a local directory is recorded as local/<folder> (or the name
+    # given), so only its path tells two folders of the same name apart.
+    model_path = Path(plan.spec.load_id)
     return {
         "model_id": plan.spec.model_id,
-        "model_path": str(model_path.resolve()) if model_path.is_dir() else None,
+        "model_path": str(model_path.resolve()) if model_path.is_absolute() else None,
+        "revision": plan.spec.revision, "variant": plan.spec.variant,
         "task": plan.task.name, "weights": plan.weights, "dtype": plan.dtype,
         "batch_size": plan.batch_size, "height": plan.height, "width": plan.width,
         "inference_steps": plan.inference_steps, "guidance_scale": plan.guidance_scale,
