@@ -59,12 +59,14 @@ def offline_env(tmp_path: Path, **extra: str) -> dict:
 
 
 def run_benchmark(args: list[str], tmp_path: Path, nproc: int = 1, timeout: float = 300,
-                  **env: str) -> subprocess.CompletedProcess:
+                  entry: Path | None = None, **env: str) -> subprocess.CompletedProcess:
+    """The benchmark as users start it; `entry`: a script of the tests' that wraps it."""
     if nproc == 1:
-        cmd = [sys.executable, "-m", "mlenergy.diffusion.benchmark", *args]
+        cmd = [sys.executable, *([str(entry)] if entry else ["-m", "mlenergy.diffusion.benchmark"]),
+               *args]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-               "--master_port", str(_free_port()), str(ENTRY), *args]
+               "--master_port", str(_free_port()), str(entry or ENTRY), *args]
     return subprocess.run(cmd, cwd=REPO, env=offline_env(tmp_path, **env), capture_output=True,
                           text=True, timeout=timeout)
 
