@@ -200,7 +200,7 @@ def test_a_signal_to_the_sweep_stops_its_running_point_for_good(tmp_path, sig):
         [sys.executable, "-m", "mlenergy.diffusion.sweep", "--models", FLUX, "--batch_sizes",
          "1", "--parallel", "2x1", "--out_dir", str(out), "--", *many],
         cwd=REPO, env=offline_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True)
+        text=True, start_new_session=True)  # a job of its own, as in a shell
     try:
         # requests.json is written once every rank has joined the process group.
         deadline = time.monotonic() + 240
@@ -208,8 +208,16 @@ def test_a_signal_to_the_sweep_stops_its_running_point_for_good(tmp_path, sig):
             assert proc.poll() is None, proc.stdout.read()
             time.sleep(0.5)
         # torchrun and its two workers (in sessions of their own).
-        assert len(_processes_mentioning(str(out), but=proc.pid)) >= 3
-        proc.send_signal(sig)
+        running = _processes_mentioning(str(out), but=proc.pid)
+        assert len(running) >= 3
+        # The point's launcher leads a session of its own, apart from the sweep's: the sweep can
+        # stop the point's whole tree, and a terminal's Ctrl-C reaches the sweep alone.
+        [launcher] = [int(line.split()[0]) for line in running if "torch.distributed.run" in line]
+        assert os.getsid(launcher) == launcher != os.getsid(proc.pid)
+        if sig == signal.SIGINT:
+            os.killpg(proc.pid, sig)  # what Ctrl-C does: the whole foreground job
+        else:
+            proc.send_signal(sig)  # kill, or a scheduler ending the job
         stopped = time.monotonic()
         while _processes_mentioning(str(out), but=proc.pid) and time.monotonic() - stopped < 10:
             time.sleep(0.2)
