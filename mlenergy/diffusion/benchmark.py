@@ -22,7 +22,6 @@ bind_to_launcher()
 
 import dataclasses
 import logging
-import time
 from datetime import datetime
 from typing import Any
 
@@ -209,25 +208,21 @@ def _measure(plan: RunPlan, ranks, pipeline, batches: list[list[str]], probes) -
     stage_records: list[dict] = []
     before_measuring = compiles.snapshot()
     meter.begin("benchmark")
-    window_start = time.time()
     nvml_before = checks.read_nvml_energy(probes.gpus)
     for i, batch in enumerate(console.progress(batches, "iterations", ranks.is_main)):
         meter.begin(f"iteration-{i}")
-        started_at = time.time()
         recorder.begin_iteration()
         outputs = xdit.generate(pipeline, plan, batch, seed=plan.seed + i, device=ranks.device,
                                 extra_kwargs=recorder.call_kwargs())
         window = meter.end(f"iteration-{i}")
-        ended_at = time.time()
         stage_records.append(recorder.record(recorder.end_iteration()))
         saved = _save_outputs(plan, ranks, i, batch, outputs)
         records.append(IterationRecord(index=i, measurement=window, prompts=batch,
-                                       outputs=saved, window=(started_at, ended_at)))
+                                       outputs=saved, window=meter.bounds[f"iteration-{i}"]))
         if ranks.is_main:
             logger.info("iteration %d: %.3f s, %s", i, window.time,
                         _energy_text(window.total_gpu_energy))
     whole = meter.end("benchmark")
-    window_end = time.time()
     nvml_after = checks.read_nvml_energy(probes.gpus)
     recorder.remove()
     measured_compiles = compiles.difference(before_measuring, compiles.snapshot())
@@ -235,7 +230,7 @@ def _measure(plan: RunPlan, ranks, pipeline, batches: list[list[str]], probes) -
         logger.warning("torch.compile compiled %d graph(s) during measured iterations: their "
                        "times include compilation; raise --warmup_iters", measured_compiles[0])
     return _Measured(records=records, stage_records=stage_records, whole=whole,
-                     window=(window_start, window_end), nvml_reads=(nvml_before, nvml_after),
+                     window=meter.bounds["benchmark"], nvml_reads=(nvml_before, nvml_after),
                      compiles=measured_compiles)
 
 

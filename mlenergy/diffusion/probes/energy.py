@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -55,6 +56,10 @@ class EnergyMeter:
         self.gpus = gpus
         self.ranks = gpus.ranks
         self._windows = None
+        self._opened: dict[str, float] = {}
+        # name -> (opened, closed): wall-clock times of this rank's fences, taken where the
+        # counters are read (before any gathering across nodes), for the timeline and stages.
+        self.bounds: dict[str, tuple[float, float]] = {}
         if self.ranks.is_local_main:
             if gpus.measures_energy:
                 self._windows = gpus.access.energy_monitor()
@@ -63,12 +68,14 @@ class EnergyMeter:
 
     def begin(self, name: str) -> None:
         self.gpus.fence()
+        self._opened[name] = time.time()
         if self._windows is not None:
             self._windows.begin(name)
 
     def end(self, name: str) -> Measurement | None:
         """Close a window on every rank; the whole run's measurement comes back on rank 0."""
         self.gpus.fence()
+        self.bounds[name] = (self._opened.pop(name), time.time())
         local = None
         if self._windows is not None:
             local = self._node_measurement(name, self._windows.end(name))
