@@ -28,6 +28,7 @@ from typing import Any
 from mlenergy.diffusion import (
     console,
     files,
+    launch,
     model_info,
     provenance,
     resolve,
@@ -50,6 +51,14 @@ logger = logging.getLogger("mlenergy.diffusion")
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not {"-h", "--help"} & set(argv):
+        try:
+            # First: the command line's errors are printed by rank 0, found from these.
+            launch.check_environment()
+        except ConfigError as err:
+            print(f"error: {err}", file=sys.stderr)  # on every rank: each has its own values
+            return 2
     config = parse_cli(argv)
     console.start(verbose=config.verbose)
     rank = runtime.launched_ranks()[0]

@@ -5,10 +5,62 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Mapping
+
+from mlenergy.diffusion.config import ConfigError
+
+# What torchrun tells each process it starts; none of them (or one process's values) for a plain
+# `python` launch.
+RANK_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+_ONE_PROCESS = {"RANK": 0, "WORLD_SIZE": 1, "LOCAL_RANK": 0, "LOCAL_WORLD_SIZE": 1}
 
 
 def _flag(name: str) -> bool:
     return os.environ.get(name, "0").lower() in ("1", "true", "yes")
+
+
+def check_environment(environ: Mapping[str, str] | None = None) -> None:
+    """The rank variables describe this launch: torchrun's four, consistent, or (a plain `python`
+    launch) none of them beyond one process's values. A ConfigError of one line otherwise, for
+    every rank to print (each sees its own values)."""
+    environ = os.environ if environ is None else environ
+    given = {name: environ[name] for name in RANK_VARIABLES if name in environ}
+    if not given:
+        return
+    shown = " ".join(f"{name}={value}" for name, value in given.items())
+    values = {}
+    for name, text in given.items():
+        try:
+            values[name] = int(text.strip())
+        except ValueError:
+            raise ConfigError(f"{name}={text!r} is not a whole number; torchrun sets it: "
+                              f"unset it (`env -u {name} ...`) and start the benchmark with "
+                              "torchrun, or with plain python for one process") from None
+    if "TORCHELASTIC_RUN_ID" not in environ:
+        if all(_ONE_PROCESS[name] == value for name, value in values.items()):
+            return
+        world = values.get("WORLD_SIZE", 2)
+        raise ConfigError(
+            f"{shown} set, but this process was not started by torchrun (no TORCHELASTIC_RUN_ID; "
+            "left over from another launch?): start several processes with `torchrun "
+            f"--nproc_per_node={max(world, 2)} ...`, or unset them for one process (`env -u "
+            + " -u ".join(given) + " python -m mlenergy.diffusion.benchmark ...`)")
+    _check_torchrun_values(values, shown)
+
+
+def _check_torchrun_values(values: Mapping[str, int], shown: str) -> None:
+    missing = [name for name in RANK_VARIABLES if name not in values]
+    fix = "relaunch with torchrun as it is, without setting these variables yourself"
+    if missing:
+        raise ConfigError(f"{', '.join(missing)} not set although torchrun started this process "
+                          f"({shown}); {fix}")
+    rank, world, local, local_world = (values[name] for name in RANK_VARIABLES)
+    if world < 1 or not 0 <= rank < world:
+        raise ConfigError(f"RANK={rank} is not one of 0..WORLD_SIZE-1 (WORLD_SIZE={world}); {fix}")
+    if not 0 < local_world <= world or not 0 <= local < local_world:
+        raise ConfigError(f"LOCAL_RANK={local} is not one of 0..LOCAL_WORLD_SIZE-1, or "
+                          f"LOCAL_WORLD_SIZE={local_world} is not in 1..WORLD_SIZE ({shown}); "
+                          f"{fix}")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from mlenergy.diffusion import watchdog
+from mlenergy.diffusion import lifeline, watchdog
 
 logger = logging.getLogger("mlenergy.diffusion")
 
@@ -56,7 +56,8 @@ def launched_ranks() -> tuple[int, int]:
 
 def init_process_group(device_type: str) -> Ranks:
     """Join (or, for a plain `python` launch, create) the process group, then xDiT's world."""
-    if "RANK" not in os.environ:
+    if not lifeline.launched_by_torchrun():
+        # One process (launch.check_environment allows nothing else without torchrun).
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
                           MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
     rank, world_size = launched_ranks()
