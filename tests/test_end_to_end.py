@@ -148,7 +148,9 @@ BAD_RUNS = [
 def test_bad_input_exits_with_one_line_and_no_results(tmp_path, tiny_flux_args, extra, world,
                                                       message):
     base = tmp_path / "out"
-    env = {"WORLD_SIZE": str(world)} if world > 1 else {}
+    # Rank 0 of a torchrun launch of `world` processes (refused before it would meet the others).
+    env = {"RANK": "0", "WORLD_SIZE": str(world), "LOCAL_RANK": "0",
+           "LOCAL_WORLD_SIZE": str(world), "TORCHELASTIC_RUN_ID": "bad-input"} if world > 1 else {}
     proc = run_benchmark(tiny_flux_args(base, *extra), tmp_path, **env)
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]

@@ -122,10 +122,12 @@ def run(plan: RunPlan) -> None:
     measured = _measure(plan, ranks, pipeline, schedule.measured, probes)
     record = _gather(plan, probes, measured, started=started, env=env, prompt_source=source,
                      loaded=loaded, warmup=warmup)
+    # The last collective. Rank 0 writes alone after it: no rank waits (within the collective
+    # timeout) for a slow analysis, plot or file system, and fails a run whose results are whole.
+    runtime.barrier()
     if record is not None:
         record.provenance = origin
         _write_results(record, denoiser)
-    runtime.barrier()
     claim.release()
     runtime.shutdown()
 
