@@ -4,8 +4,10 @@ run whose results are whole ends with exit 0 whatever its teardown meets."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -67,3 +69,21 @@ def test_a_rank_that_finishes_first_does_not_fail_a_run_whose_results_are_writte
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "failed" not in proc.stderr, proc.stderr[-3000:]
     assert load_results(only_run_dir(base))["num_processes"] == 2
+
+
+def test_full_size_weights_larger_than_the_host_are_refused_at_once(tmp_path):
+    """FLUX.1-dev in float32 on a CPU host: 67.5 GB of weights. It used to allocate for most
+    of a minute and die; now it is refused before anything is built."""
+    from mlenergy.diffusion import limits
+
+    if limits.host_available_bytes() > 70e9:
+        pytest.skip("this host has the memory for FLUX.1-dev in float32")
+    base = tmp_path / "out"
+    started = time.monotonic()
+    proc = run_benchmark(["workload:t2i", "--workload.weights", "random", "--workload.base_dir",
+                          str(base)], tmp_path)
+    line = one_line_refusal(proc, base)
+    assert re.fullmatch(r"error: black-forest-labs/FLUX.1-dev's weights need 67.5 GB \(16.87 B "
+                        r"parameters in float32\), more than the [\d.,]+ GB of host memory "
+                        r"available \(MemAvailable\); use .*", line), line
+    assert time.monotonic() - started < 60

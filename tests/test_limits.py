@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import subprocess
@@ -13,7 +14,7 @@ import pytest
 from conftest import ENTRY, REPO, TINY_FLUX, _free_port, load_results, offline_env, \
     only_run_dir, run_benchmark
 from mlenergy.diffusion import benchmark, files, limits, prompts
-from mlenergy.diffusion.config import PROMPT_DATASET, parse_cli
+from mlenergy.diffusion.config import PROMPT_DATASET, ConfigError, parse_cli
 from mlenergy.diffusion.launch import Launch
 from mlenergy.diffusion.plan import make_plan
 
@@ -218,3 +219,90 @@ def test_bad_input_under_torchrun_is_one_line_from_one_rank(tmp_path):
     # Each rank exits 2; torchrun reports its workers' status (its own is 1 whatever they say).
     assert "exitcode  : 2" in proc.stderr and proc.returncode != 0
     assert not (tmp_path / "out").exists()
+
+
+def _plan(argv: str, monkeypatch, *, gpu_gb: float | None = None, host_gb: float = 1000,
+          **launch):
+    """A plan on a machine whose GPUs hold `gpu_gb` and whose host has `host_gb` available."""
+    monkeypatch.setattr(limits, "host_available_bytes", lambda: int(host_gb * 1e9))
+    real = limits._device_memory_bytes
+    monkeypatch.setattr(limits, "_device_memory_bytes",
+                        lambda kind: int(gpu_gb * 1e9) if kind == "cuda" else real(kind))
+    return make_plan(parse_cli(argv.split()), Launch(**launch))
+
+
+def test_weights_are_counted_from_the_architecture_at_the_runs_dtype():
+    plan = make_plan(parse_cli(["workload:t2i", "--workload.weights", "random"]),
+                     Launch(device_type="cuda", visible_gpus=1))
+    size, what = limits.weight_bytes(plan)
+    # FLUX.1-dev: transformer 11.90 B, T5-XXL 4.76 B, CLIP-L 0.12 B, VAE 0.08 B parameters.
+    assert 16.8e9 * 2 < size < 16.95e9 * 2 and what == "16.87 B parameters in bfloat16"
+    assert limits.weight_bytes(make_plan(parse_cli(TINY), Launch())) is None
+
+
+def test_weights_larger_than_a_gpu_are_refused_before_loading(monkeypatch):
+    flux = "workload:t2i --workload.weights random"
+    with pytest.raises(ConfigError) as refused:
+        _plan(flux, monkeypatch, gpu_gb=24, device_type="cuda", visible_gpus=1)
+    assert str(refused.value).startswith(
+        "black-forest-labs/FLUX.1-dev's weights need 33.7 GB (16.87 B parameters in bfloat16), "
+        "more than the 24.0 GB of each GPU's memory; use --enable_sequential_cpu_offload")
+    # Sequence parallelism replicates the weights: more GPUs do not help, and offload needs one.
+    with pytest.raises(ConfigError, match="need 33.7 GB .* 24.0 GB of each GPU's memory; use a "
+                                          "machine with more memory"):
+        _plan(f"--ulysses_degree 2 {flux}", monkeypatch, gpu_gb=24, device_type="cuda",
+              visible_gpus=2, world_size=2, local_world_size=2)
+    assert _plan(flux, monkeypatch, gpu_gb=80, device_type="cuda", visible_gpus=1)
+
+
+def test_offloaded_weights_must_fit_the_host_not_the_gpu(monkeypatch):
+    offload = "--enable_sequential_cpu_offload workload:t2i --workload.weights random"
+    assert _plan(offload, monkeypatch, gpu_gb=24, host_gb=64, device_type="cuda",
+                 visible_gpus=1)
+    with pytest.raises(ConfigError, match=r"need 33.7 GB .*more than the 20.0 GB of host memory "
+                                          r"available \(MemAvailable\)"):
+        _plan(offload, monkeypatch, gpu_gb=80, host_gb=20, device_type="cuda", visible_gpus=1)
+
+
+def test_weights_and_activations_share_the_gpu(monkeypatch):
+    argv = ("workload:t2i --workload.weights random --workload.batch_size 16 "
+            "--workload.height 2048 --workload.width 2048")
+    plan = _plan(argv, monkeypatch, gpu_gb=200, device_type="cuda", visible_gpus=1)
+    activations = limits.activation_floor_bytes(plan)[0]
+    assert activations < 40e9  # alone, they would fit a 40 GB GPU; with the weights, not
+    with pytest.raises(ConfigError, match=r"GB of activations .* less the 33.7 GB of weights"):
+        _plan(argv, monkeypatch, gpu_gb=(activations + 33e9) / 1e9, device_type="cuda",
+              visible_gpus=1)
+
+
+def test_cpu_processes_each_hold_a_copy_of_the_weights(monkeypatch):
+    argv = "workload:t2i --workload.weights random --workload.model_id " \
+        "Tencent-Hunyuan/HunyuanDiT-v1.2-Diffusers --workload.dtype bfloat16"
+    assert _plan(argv, monkeypatch, host_gb=10)  # 3.61 B parameters: 7.2 GB
+    with pytest.raises(ConfigError, match=r"need 14.4 GB \(3.61 B parameters in bfloat16, a copy "
+                                          r"in each of 2 processes\), more than the 10.0 GB"):
+        _plan(f"--ulysses_degree 2 {argv}", monkeypatch, host_gb=10, world_size=2,
+              local_world_size=2)
+
+
+def test_pretrained_weights_count_only_the_configs_that_are_the_models_own(monkeypatch):
+    """A checkpoint whose text encoders' configs are not at hand: the family's reference
+    encoders stand in for the defaults, but are not what loads, so they are not counted."""
+    plan = make_plan(parse_cli(["workload:t2i", "--workload.weights", "random"]),
+                     Launch(device_type="cuda", visible_gpus=1))
+    stand_ins = {"text_encoder": "the flux family", "text_encoder_2": "the flux family",
+                 "transformer": "checkpoint", "vae": "checkpoint"}
+    spec = dataclasses.replace(plan.spec, defaults_source=stand_ins)
+    pretrained = dataclasses.replace(plan, spec=spec, weights="pretrained")
+    assert limits.weight_bytes(pretrained)[1] == "11.99 B parameters in bfloat16"
+    assert limits.weight_bytes(dataclasses.replace(pretrained, weights="random"))[1] == \
+        "16.87 B parameters in bfloat16"
+
+
+def test_every_registered_model_fits_an_80_gb_gpu_in_its_dtype(monkeypatch):
+    from mlenergy.diffusion.registry import MODELS
+
+    for model_id, spec in MODELS.items():
+        sub = "t2v" if spec.task == "text-to-video" else "t2i"
+        _plan(f"workload:{sub} --workload.weights random --workload.model_id {model_id}",
+              monkeypatch, gpu_gb=80, device_type="cuda", visible_gpus=1)

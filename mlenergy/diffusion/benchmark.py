@@ -142,8 +142,10 @@ def _load_pipeline(plan: RunPlan, ranks) -> tuple[Any, LoadRecord, Any]:
     engine = xdit.engine_config(plan)
     logger.info("Loading %s (%s weights) ...", plan.spec.model_id, plan.weights)
     with runtime.Stopwatch() as loading:
+        # Offloaded weights live in host memory: built there, they need not fit the GPU too.
         built = pipelines.build_pipeline(plan.spec, plan.weights, dtype=getattr(torch, plan.dtype),
-                                         device=ranks.device,
+                                         device="cpu" if plan.options.enable_sequential_cpu_offload
+                                         else ranks.device,
                                          max_sequence_length=plan.max_sequence_length,
                                          denoiser_cls=xdit.denoiser_class(plan))
         slot = plan.spec.family.denoiser_slot

@@ -151,16 +151,86 @@ def _device_memory_bytes(device_type: str) -> int | None:
     return None  # planned for another machine: nothing to compare with
 
 
+def host_available_bytes() -> int:
+    """Host memory this process can still take: MemAvailable, or less where a cgroup (a
+    container, a Slurm job) sets a lower limit."""
+    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        cgroup = Path("/sys/fs/cgroup")
+        limit = (cgroup / "memory.max").read_text().strip()
+        if limit != "max":
+            used = int((cgroup / "memory.current").read_text())
+            available = min(available, max(0, int(limit) - used))
+    except (OSError, ValueError):
+        pass
+    return available
+
+
+def weight_bytes(plan: RunPlan) -> tuple[int, str] | None:
+    """A lower bound on the bytes of weights each process holds at the run's dtype, and what
+    they are (None for tiny weights): parameters counted on the meta device from the configs the
+    run builds (random weights), or, for pretrained weights, from those that are the model's
+    own (registry or checkpoint), not the family's reference model standing in."""
+    if plan.weights == "tiny":
+        return None
+    from mlenergy.diffusion import pipelines
+
+    spec = plan.spec
+    slots = [slot for slot in spec.family.components
+             if plan.weights == "random" or spec.defaults_source.get(slot, "registry")
+             .startswith(("registry", "checkpoint"))]
+    counts = pipelines.parameters_per_slot(spec.family, spec.architecture, slots)
+    total = sum(counts.values())
+    return total * _DTYPE_BYTES[plan.dtype], f"{total / 1e9:,.2f} B parameters in {plan.dtype}"
+
+
+def _weights_fit(plan: RunPlan) -> int:
+    """Refuse weights that cannot fit where they are loaded: each GPU (every rank holds the whole
+    pipeline), or host memory on a CPU and with sequential offload (a copy per process on this
+    host). Returns what they take of the memory the activations need too."""
+    offload = plan.options.enable_sequential_cpu_offload
+    in_host = plan.device_type == "cpu" or offload
+    have = host_available_bytes() if in_host else _device_memory_bytes(plan.device_type)
+    weights = weight_bytes(plan) if have is not None else None
+    if weights is None:
+        return 0
+    size, what = weights
+    copies = plan.launch.local_world_size if plan.device_type == "cpu" else 1
+    need = size * copies
+    if copies > 1:
+        what += f", a copy in each of {copies} processes"
+    if need > have:
+        fixes = (["--workload.dtype bfloat16 (half the bytes)"]
+                 if plan.dtype == "float32" and need / 2 <= have else []) \
+            + (["--enable_sequential_cpu_offload (weights in host memory)"]
+               if not in_host and plan.world_size == 1 else []) \
+            + ["a machine with more memory", "--workload.weights tiny for a smoke test"]
+        where = "host memory available (MemAvailable)" if in_host else "each GPU's memory"
+        raise ConfigError(f"{plan.spec.model_id}'s weights need {need / 1e9:,.1f} GB ({what}), "
+                          f"more than the {have / 1e9:,.1f} GB of {where}; use "
+                          + ", or ".join(fixes))
+    return 0 if offload else need
+
+
 def _memory(plan: RunPlan) -> None:
+    weights = _weights_fit(plan)
     need, what = activation_floor_bytes(plan)
     have = _device_memory_bytes(plan.device_type)
     where = "each GPU" if plan.device_type == "cuda" else "host memory"
-    if have is not None and need > have:
+    if have is not None and need + weights > have:
         raise ConfigError(
             f"batch {plan.batch_size} at {plan.height}x{plan.width}"
             + (f"x{plan.num_frames} frames" if plan.num_frames else "")
             + f" needs at least {need / 1e9:,.1f} GB of activations ({what}), more than the "
-            f"{have / 1e9:,.1f} GB of {where}; lower the size, frames or batch")
+            f"{have / 1e9:,.1f} GB of {where}"
+            + (f" less the {weights / 1e9:,.1f} GB of weights" if weights else "")
+            + "; lower the size, frames or batch")
 
 
 def max_prompt_chars(plan: RunPlan) -> int:

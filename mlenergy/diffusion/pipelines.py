@@ -8,6 +8,7 @@ only have to be valid; the pipelines pad text to a fixed length, so the work don
 from __future__ import annotations
 
 import contextlib
+import json
 import string
 from pathlib import Path
 from typing import Any, Iterator, Literal, Mapping
@@ -250,6 +251,27 @@ def denoiser_parameters_of(family: Family, configs: Mapping[str, Mapping[str, An
     with _default_dtype_and_device(torch.bfloat16, "meta"):
         module = _component(component, configs[family.denoiser_slot])
     return sum(p.numel() for p in module.parameters())
+
+
+def parameters_per_slot(family: Family, configs: Mapping[str, Mapping[str, Any]],
+                        slots) -> dict[str, int]:
+    """Parameters of each model slot of `slots` built from `configs`, on the meta device (no
+    memory; a fraction of a second for a 12 B model once the classes are imported)."""
+    counts = {}
+    for slot in slots:
+        component = family.components[slot]
+        if component.kind == "scheduler":
+            continue
+        key = (family.name, slot, json.dumps(configs[slot], sort_keys=True, default=str))
+        if key not in _PARAMETER_COUNTS:
+            with _default_dtype_and_device(torch.bfloat16, "meta"):
+                module = _component(component, configs[slot])
+            _PARAMETER_COUNTS[key] = sum(p.numel() for p in module.parameters())
+        counts[slot] = _PARAMETER_COUNTS[key]
+    return counts
+
+
+_PARAMETER_COUNTS: dict[tuple, int] = {}
 
 
 def denoiser_parameter_count(pipeline, family: Family) -> int:
