@@ -64,9 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     rank = runtime.launched_ranks()[0]
     try:
         plan = make_plan(config)
-    except ConfigError as err:
+    except (ConfigError, OSError) as err:
         if rank == 0:  # every rank finds the same fault: one line says it
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {_input_error(err)}", file=sys.stderr)
         return 2
     try:
         run(plan)
@@ -80,6 +80,16 @@ def main(argv: list[str] | None = None) -> int:
             raise
         runtime.die(rank, err)
     return 0
+
+
+def _input_error(err: Exception) -> str:
+    if isinstance(err, OSError) and err.filename is not None:
+        # Planning only looks at the paths given: one the system cannot look at is bad input
+        # (a name too long, a loop of links, no permission).
+        name = str(err.filename)
+        shown = name if len(name) <= 80 else f"{name[:60]}...{name[-16:]}"
+        return f"{shown}: {err.strerror}; check the paths given on the command line"
+    return str(err)
 
 
 def run(plan: RunPlan) -> None:
@@ -107,7 +117,7 @@ def run(plan: RunPlan) -> None:
     logger.info("Environment: %s", env)
     origin = provenance.describe()
     logger.info("Provenance: %s", origin)
-    logger.info("%s", prompts_note)
+    logger.log(logging.WARNING if prompts_note[1] else logging.INFO, "%s", prompts_note[0])
     logger.info("%s", resolve.describe(plan.spec))
     if ranks.is_main:
         files.write_json_atomically(
@@ -306,25 +316,30 @@ def _write_results(record: RunRecord, denoiser) -> None:
     logger.info("Results written to %s", plan.run_dir / files.RESULTS)
 
 def _prompts(plan: RunPlan, ranks):
-    """Rank 0 reads the prompt pool; every rank gets the same schedule from it. Runs before
-    logging is set up (the run directory must not exist yet if the reference check fails), so
-    the line to log comes back with it."""
+    """Rank 0 reads the prompt pool; every rank gets the same schedule from it (or the same
+    ConfigError). Runs before logging is set up (the run directory must not exist yet if the
+    reference check fails), so the line to log comes back with it, and whether it warns."""
     workload = plan.config.workload
     payload = None
     if ranks.is_main:
-        if workload.prompts_file is not None:
-            pool = prompt_source.PromptPool(prompt_source.read_prompts_file(workload.prompts_file),
-                                            f"file:{workload.prompts_file}")
-        else:
-            pool = prompt_source.load_pool(workload.prompt_dataset, workload.prompt_cache_dir,
-                                             task=plan.task.name)
-        payload = (pool.prompts, pool.source)
-    pool_prompts, source = runtime.broadcast_object(payload)
+        try:
+            pool = prompt_source.PromptPool(prompt_source.read_prompts_file(
+                workload.prompts_file), f"file:{workload.prompts_file}") \
+                if workload.prompts_file is not None else prompt_source.load_pool(
+                    workload.prompt_dataset, workload.prompt_cache_dir, task=plan.task.name)
+            payload = (pool.prompts, pool.source, pool.note)
+        except prompt_source.PromptsError as err:
+            payload = str(err)
+    payload = runtime.broadcast_object(payload)
+    if isinstance(payload, str):
+        raise ConfigError(payload)
+    pool_prompts, source, fallback = payload
     schedule = prompt_source.schedule_for(workload, pool_prompts, plan.seed, plan.batch_size,
                                           plan.warmup_iters, plan.benchmark_iters)
-    note = (f"Prompts: {len(pool_prompts)} from {source}"
-            + (" (fewer than the run needs: some repeat)" if schedule.wrapped else ""))
-    return schedule, source, note
+    note = fallback or f"Prompts: {len(pool_prompts)} from {source}"
+    if schedule.wrapped:
+        note += " (fewer than the run needs: some repeat)"
+    return schedule, source, (note, fallback is not None)
 
 
 def _save_outputs(plan: RunPlan, ranks, iteration: int, batch: list[str], outputs) -> list[str]:

@@ -48,13 +48,19 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
 
 
-def cached_json(repo_id: str, filename: str, revision: str | None) -> dict | None:
-    """A JSON file of a hub repository from the local cache only; None when it is not there."""
+def cached_file(repo_id: str, filename: str, revision: str | None) -> Path | None:
+    """Where the local cache holds a file of a hub repository; None when it does not."""
     from huggingface_hub import try_to_load_from_cache
 
     path = try_to_load_from_cache(repo_id, filename, cache_dir=str(cache_dir()),
                                   revision=revision or "main")
-    return _read_json(Path(path)) if isinstance(path, str) else None
+    return Path(path) if isinstance(path, str) else None
+
+
+def cached_json(repo_id: str, filename: str, revision: str | None) -> dict | None:
+    """A JSON file of a hub repository from the local cache only; None when it is not there."""
+    path = cached_file(repo_id, filename, revision)
+    return _read_json(path) if path is not None else None
 
 
 def local_json(directory: Path, filename: str) -> dict | None:

@@ -38,6 +38,7 @@ MAX_SCHEDULED_PROMPTS = 1_000_000
 CHARS_PER_TOKEN_CEILING = 32
 CLIP_TOKENS = 77
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+NAME_MAX = 255  # bytes of one file name (Linux file systems)
 
 
 def check(plan: RunPlan) -> None:
@@ -244,11 +245,11 @@ def _prompts(plan: RunPlan) -> None:
             pool, where = prompts.read_prompts_file(workload.prompts_file), \
                 f"prompts file {workload.prompts_file}"
         else:
-            cache = prompts.cache_file(workload.prompt_dataset, workload.prompt_cache_dir,
-                                       task=plan.task.name)
-            if not cache.exists():
+            pool = prompts.check_dataset(workload.prompt_dataset, workload.prompt_cache_dir,
+                                         task=plan.task.name)
+            if pool is None:  # fetched from the hub by the run
                 return
-            pool, where = prompts.read_cache(cache), f"prompt cache {cache}"
+            where = f"prompt dataset {workload.prompt_dataset}"
     except prompts.PromptsError as err:
         raise ConfigError(str(err)) from None
     ceiling = max_prompt_chars(plan)
@@ -269,6 +270,11 @@ def _first_existing(path: Path) -> Path:
 
 def _places(plan: RunPlan) -> None:
     base = plan.base_dir
+    longest = max(plan.run_dir.parts, key=lambda part: len(os.fsencode(part)))
+    if len(os.fsencode(longest)) > NAME_MAX:
+        raise ConfigError(f"the run directory's path holds a name of {len(os.fsencode(longest))} "
+                          f"bytes ({longest[:24]}...), more than the {NAME_MAX} file systems "
+                          "allow; shorten --workload.base_dir or --workload.model_name")
     existing = _first_existing(base)
     if not existing.is_dir():
         what = "is a file" if existing == base else f"lies under {existing}, a file"
@@ -276,6 +282,14 @@ def _places(plan: RunPlan) -> None:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"--workload.base_dir {base}: {existing} is not writable "
                           "(read-only?); pass a directory this user can write")
+    cache = plan.config.workload.prompt_cache_dir or prompts.default_cache_dir()
+    existing = _first_existing(Path(cache))
+    if plan.config.workload.prompts_file is None and not existing.is_dir():
+        raise ConfigError(f"the prompt cache directory {cache} "
+                          + ("is a file" if existing == Path(cache) else
+                             f"lies under {existing}, a file")
+                          + "; pass a directory to --workload.prompt_cache_dir (or set "
+                          "MLENERGY_CACHE_DIR)")
     reference = plan.config.reference_run
     if reference is not None and Path(reference).resolve() == plan.run_dir.resolve():
         raise ConfigError(f"--reference_run {reference} is this run's own directory: the run "

@@ -3,46 +3,36 @@
     python -m mlenergy.diffusion.prompts --batch_size B --iterations N [--seed S] [--task T]
         [--out_dir DIR]    # writes the leaderboard's shared requests file for those prompts
 
-The reference dataset stores images inline (about 11.6 GB of parquet for 8.7k short strings), so
-only its prompt column is read, once, and cached as a small JSON file that later runs use
-offline. With no cache and no network the run falls back to prompts shipped in the package and
-says so (`prompt_source` in the results).
+Where the pool comes from (a dataset, its cache, the shipped fallback): `prompt_datasets.py`,
+whose names are re-exported here.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import os
 import random
-import re
-import socket
 import sys
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Literal, Optional, Sequence
-from urllib.parse import urlparse
 
 from mlenergy.diffusion.config import DEFAULT_SEED, PROMPT_DATASET, VIDEO_PROMPT_DATASET
 from mlenergy.diffusion.files import write_json_atomically
-
-logger = logging.getLogger(__name__)
-
-DATASET_SPLITS = {
-    "data-is-better-together/open-image-preferences-v1": ("cleaned", "prompt"),
-    "RaphaelLiu/EvalCrafter_T2V_Dataset": ("train", "text"),
-}
-
-
-class PromptsError(ValueError):
-    pass
-
-
-@dataclass(frozen=True)
-class PromptPool:
-    prompts: list[str]
-    source: str
+from mlenergy.diffusion.prompt_datasets import (  # noqa: F401 - re-exported
+    DATASET_SPLITS,
+    DEFAULT_COLUMNS,
+    DEFAULT_DATASETS,
+    FALLBACK_FILES,
+    PromptPool,
+    PromptsError,
+    cache_file,
+    check_dataset,
+    default_cache_dir,
+    fallback_prompts,
+    load_pool,
+    read_cache,
+    read_local_column,
+)
 
 
 @dataclass(frozen=True)
@@ -69,7 +59,7 @@ def read_prompts_file(path: Path) -> list[str]:
     if path.suffix == ".json":
         return [prompt for batch in read_requests_file(path) for prompt in batch]
     try:
-        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        lines = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
     except UnicodeDecodeError:
         raise PromptsError(f"prompts file {path} is not UTF-8 text") from None
     lines = [line for line in lines if line]
@@ -101,122 +91,6 @@ def _is_json_object(line: str) -> bool:
         return isinstance(json.loads(line), dict)
     except json.JSONDecodeError:
         return False
-
-
-def read_cache(path: Path) -> list[str]:
-    """The prompts of a cache file; a damaged cache is refused in one line naming it."""
-    fix = f"delete {path} and the next run rebuilds it"
-    try:
-        prompts = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise PromptsError(f"prompt cache {path} is damaged ({err}); {fix}") from None
-    if not isinstance(prompts, list):
-        raise PromptsError(f"prompt cache {path} is damaged (holds a JSON "
-                           f"{type(prompts).__name__}, not a list of prompts); {fix}")
-    if not prompts:
-        raise PromptsError(f"prompt cache {path} is damaged (an empty list); {fix}")
-    bad = next((i for i, p in enumerate(prompts) if not isinstance(p, str) or not p.strip()),
-               None)
-    if bad is not None:
-        raise PromptsError(f"prompt cache {path} is damaged (entry {bad} is not a non-empty "
-                           f"string); {fix}")
-    return prompts
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("MLENERGY_CACHE_DIR")
-    base = Path(env) if env else Path.home() / ".cache" / "mlenergy"
-    return base / "prompts"
-
-
-# Prompts shipped with the package for runs that cannot reach their dataset, per task.
-FALLBACK_FILES = {
-    "text-to-image": "data/fallback_prompts.txt",
-    "text-to-video": "data/fallback_video_prompts.txt",
-}
-
-
-def fallback_prompts(task: str = "text-to-image") -> list[str]:
-    text = resources.files("mlenergy.diffusion").joinpath(FALLBACK_FILES[task]).read_text()
-    return [line.strip() for line in text.splitlines() if line.strip()]
-
-
-def _cache_path(cache_dir: Path, dataset: str, split: str, column: str) -> Path:
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "--", dataset.strip("/"))
-    return cache_dir / f"{slug}.{split}.{column}.json"
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """A quick look before `datasets` spends tens of seconds retrying an unreachable hub."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or \
-            os.environ.get("HF_DATASETS_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def _clean(values: Sequence[object]) -> list[str]:
-    return [v.strip() for v in values if isinstance(v, str) and v.strip()]
-
-
-def _read_column(dataset: str, split: str, column: str) -> list[str]:
-    import datasets
-
-    local = Path(dataset)
-    if local.exists():
-        files = sorted(str(p) for p in local.rglob("*.parquet")) if local.is_dir() else [str(local)]
-        if not files:
-            raise PromptsError(f"{dataset} holds no parquet files")
-        ds = datasets.load_dataset("parquet", data_files=files, split="train", columns=[column])
-        return _clean(ds[column])
-    # Streaming with a column projection reads only the prompt column, not the inline images.
-    ds = datasets.load_dataset(dataset, split=split, streaming=True, columns=[column])
-    return _clean(row[column] for row in ds)
-
-
-# The prompt column of a dataset that is not in DATASET_SPLITS (a local parquet), per task.
-DEFAULT_COLUMNS = {"text-to-image": "prompt", "text-to-video": "text"}
-
-
-def cache_file(dataset: str, cache_dir: Path | None = None, column: str | None = None,
-               task: str = "text-to-image") -> Path:
-    """Where the prompts of `dataset` are cached."""
-    split, default_column = DATASET_SPLITS.get(dataset, ("train", DEFAULT_COLUMNS[task]))
-    return _cache_path(cache_dir or default_cache_dir(), dataset, split, column or default_column)
-
-
-def load_pool(dataset: str, cache_dir: Path | None = None, column: str | None = None,
-              task: str = "text-to-image") -> PromptPool:
-    """Prompts of a dataset (hub id or local parquet), through the local cache."""
-    split, default_column = DATASET_SPLITS.get(dataset, ("train", DEFAULT_COLUMNS[task]))
-    column = column or default_column
-    cache = cache_file(dataset, cache_dir, column, task)
-    if cache.exists():
-        return PromptPool(read_cache(cache), f"{dataset} (cache {cache})")
-    local = Path(dataset).exists()
-    if not local and not _hub_reachable():
-        logger.warning("Prompt dataset %s is not cached at %s and the hub is unreachable; "
-                       "using the %d prompts shipped with the package.", dataset, cache,
-                       len(fallback_prompts(task)))
-        return PromptPool(fallback_prompts(task), "fallback")
-    try:
-        prompts = _read_column(dataset, split, column)
-    except PromptsError:
-        raise
-    except Exception as err:  # network, schema, or hub errors: the fallback is still a valid run
-        if local:
-            raise PromptsError(f"could not read column {column!r} from {dataset}: {err}") from None
-        logger.warning("Could not fetch prompts from %s (%s); using the prompts shipped with "
-                       "the package.", dataset, err)
-        return PromptPool(fallback_prompts(task), "fallback")
-    if not prompts:
-        raise PromptsError(f"{dataset} has no non-empty {column!r} values")
-    write_json_atomically(cache, prompts)
-    return PromptPool(prompts, dataset)
 
 
 def schedule(pool: Sequence[str], seed: int, batch_size: int, warmup_iters: int,
@@ -293,6 +167,9 @@ def read_requests_file(path: Path) -> list[list[str]]:
                                "of non-empty strings (expected the leaderboard's format: "
                                "[{\"batch_size\": B, \"prompts\": [...]}, ...])")
         batches.append([p.strip() for p in prompts])
+    if not batches:
+        raise PromptsError(f"requests file {path} holds no requests; export one with prompts "
+                           "(python -m mlenergy.diffusion.prompts)")
     return batches
 
 
@@ -373,7 +250,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     dataset = args.prompt_dataset or (VIDEO_PROMPT_DATASET if args.task == "text-to-video"
                                       else PROMPT_DATASET)
-    pool = load_pool(dataset, args.prompt_cache_dir, task=args.task)
+    try:
+        pool = load_pool(dataset, args.prompt_cache_dir, task=args.task)
+    except PromptsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if pool.source == "fallback":
         print(f"error: {dataset} is neither cached nor reachable, and the packaged fallback "
               "prompts are not the leaderboard's; run once where the hub is reachable (or copy "

@@ -89,7 +89,8 @@ def _local(path: Path, workload) -> ModelSpec:
     family = _family(workload.family, hub.local_json(path, hub.MODEL_INDEX), str(path),
                      workload.task.name)
     if workload.weights == "pretrained":
-        _check_pipeline_index(path)
+        _check_components(path, _check_pipeline_index(path), family, "point --workload.model_id "
+                          "at a complete pipeline directory (as save_pretrained writes it)")
     configs = {slot: hub.local_json(path, _config_file(slot, family))
                for slot in FAMILIES[family].components}
     return _from_checkpoint(record_id(str(path), workload.model_name), family, configs,
@@ -97,7 +98,7 @@ def _local(path: Path, workload) -> ModelSpec:
                             workload=workload)
 
 
-def _check_pipeline_index(path: Path) -> None:
+def _check_pipeline_index(path: Path) -> dict:
     """The model_index.json of a local directory whose weights are loaded: it must name the
     pipeline class `from_pretrained` builds."""
     index = path / hub.MODEL_INDEX
@@ -110,6 +111,37 @@ def _check_pipeline_index(path: Path) -> None:
         raise ConfigError(f"{index} is not readable JSON ({err}); {fix}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("_class_name"), str):
         raise ConfigError(f"{index} names no pipeline class (_class_name); {fix}")
+    return doc
+
+
+# Files that hold weights, as diffusers and transformers save them (sharded: an index beside).
+_WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".msgpack", ".index.json")
+
+
+def _check_components(folder: Path, index: Mapping, family: str, fix: str) -> None:
+    """The component folders a pipeline loads are there: each that model_index.json names (or
+    the family loads from a subfolder of its own), every model with its config and weights."""
+    fam = FAMILIES[family]
+    named = {slot: slot for slot, entry in index.items() if not slot.startswith("_")
+             and isinstance(entry, list) and None not in entry}
+    subfolders = {**named, **fam.pretrained_subfolders}
+    missing = [slot for slot in fam.components if slot not in subfolders]
+    problem = (f"its {hub.MODEL_INDEX} names no {', '.join(missing)} (the {family} family loads "
+               "them)") if missing else None
+    absent = [f"{sub}/" for sub in subfolders.values() if not (folder / sub).is_dir()]
+    if problem is None and absent:
+        problem = f"the component folder(s) {', '.join(absent)} are missing"
+    for slot, sub in subfolders.items():
+        kind = fam.components[slot].kind if slot in fam.components else None
+        if problem is not None or kind in (None, "scheduler"):
+            continue
+        if not (folder / sub / "config.json").is_file():
+            problem = f"{sub}/ has no config.json"
+        elif not any(f.name.endswith(_WEIGHT_FILES) for f in (folder / sub).iterdir()):
+            problem = f"{sub}/ holds no weight files (*.safetensors, *.bin)"
+    if problem is not None:
+        raise ConfigError(f"{folder} is not a complete {index['_class_name']}: {problem}; {fix}, "
+                          "or measure the architecture with --workload.weights random")
 
 
 def _unregistered(repo: str, workload) -> ModelSpec:
@@ -246,9 +278,15 @@ def check_pretrained(spec: ModelSpec, offline: bool) -> None:
         return
     if hub.reachable():
         hub.fetch_model_index(spec.load_id, spec.revision)
-    elif hub.cached_json(spec.load_id, hub.MODEL_INDEX, spec.revision) is None and offline:
+        return
+    # Offline, or the hub does not answer: the local cache must hold the whole pipeline.
+    index_file = hub.cached_file(spec.load_id, hub.MODEL_INDEX, spec.revision)
+    index = hub.cached_json(spec.load_id, hub.MODEL_INDEX, spec.revision)
+    if index_file is None or index is None or not isinstance(index.get("_class_name"), str):
         raise ConfigError(hub.not_cached_message(spec.load_id, spec.revision))
-    # Online but the hub does not answer: loading will say what it finds.
+    _check_components(index_file.parent, index, spec.family_name,
+                      f"download it whole first (`hf download {spec.load_id}"
+                      + (f" --revision {spec.revision}" if spec.revision else "") + "`)")
 
 
 def _slug(text: str) -> str:
