@@ -4,6 +4,7 @@ run whose results are whole ends with exit 0 whatever its teardown meets."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -11,8 +12,12 @@ import time
 
 import pytest
 
-from conftest import ENTRY, REPO, _free_port, load_results, offline_env, only_run_dir, \
-    run_benchmark
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from conftest import REPO, _free_port, load_results, offline_env, only_run_dir, run_benchmark, \
+    with_flags
+from fakehub import FLUX_DEV, SCHNELL_CONFIGS, RefusingHub, add_snapshot, save_tiny_flux
 
 TINY = ["workload:text-to-image", "--workload.weights", "tiny", "--workload.batch_size", "1",
         "--workload.height", "64", "--workload.width", "64", "--workload.inference_steps", "2"]
@@ -87,3 +92,171 @@ def test_full_size_weights_larger_than_the_host_are_refused_at_once(tmp_path):
                         r"parameters in float32\), more than the [\d.,]+ GB of host memory "
                         r"available \(MemAvailable\); use .*", line), line
     assert time.monotonic() - started < 60
+
+
+def _parquet(path, **columns):
+    pq.write_table(pa.table(columns), path)
+    return str(path)
+
+
+def _write(path, content: bytes | str):
+    path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
+    return str(path)
+
+
+def _folder(path):
+    path.mkdir()
+    return str(path)
+
+
+def _model_without_components(tmp):
+    """model_index.json naming a FLUX pipeline, and nothing else."""
+    index = {**SCHNELL_CONFIGS["model_index.json"]}
+    _write(_folder_path(tmp / "my-flux") / "model_index.json", json.dumps(index))
+    return ["--workload.model_id", str(tmp / "my-flux"), "--workload.weights", "pretrained"]
+
+
+def _model_without_weights(tmp):
+    model = save_tiny_flux(tmp / "my-flux")
+    for weights in (model / "transformer").glob("*.safetensors"):
+        weights.unlink()
+    return ["--workload.model_id", str(model), "--workload.weights", "pretrained"]
+
+
+def _folder_path(path):
+    path.mkdir(parents=True)
+    return path
+
+
+LONG = "x" * 300
+# name -> (what the user types, given a scratch folder; extra environment; what the line says)
+BAD_INPUTS = {
+    "parquet-without-the-column": (
+        lambda t: ["--workload.prompt_dataset", _parquet(t / "p.parquet", caption=["a cat"])], {},
+        "p.parquet has no 'prompt' column (it has: caption); the prompts must be in a column"),
+    "parquet-unreadable": (
+        lambda t: ["--workload.prompt_dataset", _write(t / "p.parquet", b"not parquet")], {},
+        "p.parquet is not a readable parquet file (Parquet magic bytes not found"),
+    "parquet-of-blanks": (
+        lambda t: ["--workload.prompt_dataset", _parquet(t / "p.parquet", prompt=["", "  "])],
+        {}, "p.parquet has no non-empty 'prompt' strings"),
+    "dataset-folder-without-parquet": (
+        lambda t: ["--workload.prompt_dataset", _folder(t / "data")], {},
+        "data holds no .parquet files"),
+    "dataset-path-missing": (
+        lambda t: ["--workload.prompt_dataset", str(t / "missing.parquet")], {},
+        "is neither an existing local parquet file or directory nor a Hugging Face dataset id"),
+    "dataset-mistyped-offline": (
+        lambda t: ["--workload.prompt_dataset", "data-is-better-together/open-image-preference"],
+        {}, "prompt dataset data-is-better-together/open-image-preference is not in the prompt "
+            "cache"),
+    "dataset-empty": (lambda t: ["--workload.prompt_dataset", ""], {},
+                      "--workload.prompt_dataset is empty"),
+    "prompt-cache-dir-a-file": (
+        lambda t: ["--workload.prompt_cache_dir", _write(t / "cache", "")], {},
+        "the prompt cache directory"),
+    "requests-file-without-requests": (
+        lambda t: ["--workload.prompts_file", _write(t / "requests.json", "[]")], {},
+        "requests.json holds no requests"),
+    "prompts-file-of-blank-lines": (
+        lambda t: ["--workload.prompts_file", _write(t / "p.txt", "\n  \n\n")], {},
+        "p.txt has no prompts"),
+    "prompts-file-in-latin-1": (
+        lambda t: ["--workload.prompts_file", _write(t / "p.txt", "caf\xe9\n".encode("latin-1"))],
+        {}, "p.txt is not UTF-8 text"),
+    "prompts-file-name-too-long": (
+        lambda t: ["--workload.prompts_file", str(t / LONG)], {}, "File name too long"),
+    "local-model-without-components": (
+        _model_without_components, {}, "is not a complete FluxPipeline: the component folder(s) "
+                                       "scheduler/, text_encoder/"),
+    "local-model-without-weights": (
+        _model_without_weights, {}, "is not a complete FluxPipeline: transformer/ holds no "
+                                    "weight files"),
+    "model-id-a-file": (lambda t: ["--workload.model_id", _write(t / "model", "")], {},
+                        "is neither a registered model, an existing directory, nor a"),
+    "family-unknown": (lambda t: ["--workload.family", "flux2"], {},
+                       "unknown --workload.family 'flux2'"),
+    "revision-of-a-local-folder": (
+        lambda t: ["--workload.model_id", _folder(t / "m"), "--workload.revision", "v2"], {},
+        "is a local directory, which has no revisions"),
+    "uncached-model-hub-unreachable": (
+        lambda t: ["--workload.weights", "pretrained"],
+        {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"},
+        "black-forest-labs/FLUX.1-dev is not in the local Hugging Face cache"),
+    "run-directory-name-too-long": (
+        lambda t: ["--workload.base_dir", str(t / "out" / LONG)], {},
+        "holds a name of 300 bytes"),
+    "negative-batch": (lambda t: ["--workload.batch_size", "-2"], {},
+                       "--workload.batch_size must be at least 1, got -2"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, case):
+    typed, env, says = BAD_INPUTS[case]
+    base = tmp_path / "out"
+    args = with_flags([*TINY, "--workload.base_dir", str(base)], *typed(tmp_path))
+    proc = run_benchmark(args, tmp_path, **env)
+    line = one_line_refusal(proc, base)
+    assert says in line, line
+    assert not base.exists()
+
+
+def test_a_partly_cached_pipeline_offline_says_to_download_it_whole(tmp_path):
+    """Planning an unregistered id once brings its configs into the cache: that is not the
+    pipeline, and loading it offline used to fail with a traceback."""
+    home = tmp_path / "hf"
+    add_snapshot(home, FLUX_DEV, "0" * 40, files=SCHNELL_CONFIGS)
+    base = tmp_path / "out"
+    proc = run_benchmark(with_flags([*TINY, "--workload.base_dir", str(base)],
+                                    "--workload.weights", "pretrained"), tmp_path,
+                         HF_HOME=str(home))
+    line = one_line_refusal(proc, base)
+    assert "is not a complete FluxPipeline: the component folder(s) text_encoder/" in line
+    assert line.endswith("download it whole first (`hf download black-forest-labs/FLUX.1-dev`),"
+                         " or measure the architecture with --workload.weights random")
+
+
+def test_a_mistyped_dataset_with_the_hub_answering_is_refused_on_every_rank(tmp_path):
+    """The hub answers, and has no such dataset: rank 0 finds out while reading prompts, and
+    every rank ends with exit 2 (the run used to measure the shipped prompts instead)."""
+    base = tmp_path / "out"
+    with RefusingHub({}) as hub:
+        proc = run_benchmark(["--ulysses_degree", "2", *TINY, "--workload.base_dir", str(base),
+                              "--workload.prompt_dataset", "acme/no-such-prompts"], tmp_path,
+                             nproc=2, HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0",
+                             HF_DATASETS_OFFLINE="0", HF_HOME=str(tmp_path / "hf"))
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [errors[0]] and errors[0].startswith(
+        "error: prompt dataset acme/no-such-prompts could not be read from the hub"), errors
+    assert "exitcode  : 2" in proc.stderr and "exitcode  : 1" not in proc.stderr
+    # The one traceback is torchrun's own, reporting its workers' status 2.
+    assert proc.stderr.count("Traceback") == 1 and "ChildFailedError" in proc.stderr
+    assert "failed:" not in proc.stderr
+    assert not base.exists() or not list(base.rglob("*"))
+
+
+def test_the_default_dataset_offline_falls_back_and_says_so(tmp_path):
+    base = tmp_path / "out"
+    proc = run_benchmark([*TINY, "--workload.base_dir", str(base), "--benchmark_iters", "1",
+                          "--no_count_flops"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = only_run_dir(base)
+    said = ("Prompt dataset data-is-better-together/open-image-preferences-v1 is not cached at "
+            f"{tmp_path / 'cache' / 'prompts'}")
+    assert f"WARNING: {said}" in proc.stderr
+    assert "using the 64 prompts shipped with the package instead" in \
+        (run_dir / "driver_log.txt").read_text()
+    assert load_results(run_dir)["prompt_source"] == "fallback"
+
+
+@pytest.mark.parametrize("command", [["-m", "mlenergy.diffusion.benchmark", "--help"],
+                                     ["-m", "mlenergy.diffusion.cli", "run", "--help"]])
+def test_help_into_a_closed_pipe_ends_quietly(tmp_path, command):
+    """`run --help | head`: the reader goes before the help is written. The pipe is closed
+    before the process has imported anything, so every write meets it closed."""
+    proc = subprocess.Popen([sys.executable, *command], cwd=REPO, env=offline_env(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0 and stderr == "", stderr

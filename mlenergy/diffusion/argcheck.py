@@ -89,7 +89,12 @@ def parse_one_line(parse: Callable[[list[str]], T], argv: Sequence[str], prog: s
             print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     if "--help" in argv or "-h" in argv:
-        return parse(argv)
+        try:
+            return parse(argv)
+        except BrokenPipeError:
+            # `--help | head`: the reader has what it wanted; the flush at exit must not fail.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise SystemExit(0) from None
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured), contextlib.redirect_stdout(captured):
