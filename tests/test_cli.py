@@ -195,3 +195,27 @@ def test_the_readme_documents_every_flag():
     missing = [flag for flag in flags
                if f"`{flag}" not in readme and f"`{flag.replace('--', '--no_', 1)}" not in readme]
     assert not missing, f"README.md does not document {missing}"
+
+
+@pytest.mark.parametrize("argv, world, refused", [
+    ("--ulysses_degree 2 workload:t2i --workload.weights tiny --workload.height 16 "
+     "--workload.width 64", 2,
+     "--workload.height 16 gives 1 latent rows (16 pixels each), which xDiT cannot split among 2"),
+    ("--ulysses_degree 2 workload:t2i --workload.weights tiny --workload.height 32 "
+     "--workload.width 32", 2, None),
+    # CogVideoX: 528 pixels are 66 latent rows of 8 (not 33 tokens of 16): 6 ranks split them.
+    ("--ulysses_degree 6 workload:t2v --workload.weights random --workload.model_id "
+     "zai-org/CogVideoX-2b --workload.height 528", 6, None),
+    ("--ulysses_degree 6 workload:t2v --workload.weights random --workload.model_id "
+     "zai-org/CogVideoX-2b --workload.height 496", 6,
+     "--workload.height 496 gives 62 latent rows (8 pixels each), which xDiT cannot split "
+     "among 6 sequence-parallel ranks; use a height that is a multiple of 48"),
+])
+def test_latent_rows_must_split_among_the_sequence_parallel_ranks(argv, world, refused):
+    """xDiT refused these on every rank after loading (a traceback per rank, exit 1)."""
+    if refused is None:
+        assert plan_for(argv, world_size=world).height
+        return
+    with pytest.raises(ConfigError) as err:
+        plan_for(argv, world_size=world)
+    assert str(err.value).startswith(refused)

@@ -133,6 +133,23 @@ def _check_parallelism(config: BenchmarkConfig, spec: ModelSpec, arch: dict,
         )
 
 
+def _check_row_split(spec: ModelSpec, arch: dict, height: int, degree: int) -> None:
+    """xDiT's pipeline classes split the latent rows among the sequence-parallel ranks, and
+    refuse (on every rank, once loaded) a count the degree does not divide."""
+    family = spec.family
+    patch = arch[family.denoiser_slot].get("patch_size")
+    if degree < 2 or family.xfuser_pipeline is None or not isinstance(patch, int):
+        return
+    # The VAE's factor, whose latents the denoiser groups patch x patch into tokens (FLUX packs
+    # 2x2 latents into a token of patch 1: xDiT counts its rows in tokens).
+    factor = family.spatial_factor // patch
+    if (height // factor) % degree:
+        raise ConfigError(
+            f"--workload.height {height} gives {height // factor} latent rows ({factor} pixels "
+            f"each), which xDiT cannot split among {degree} sequence-parallel ranks; use a "
+            f"height that is a multiple of {factor * degree}, or a smaller degree")
+
+
 def _video_shape(workload: TextToVideo, spec: ModelSpec, arch: dict) -> tuple[int, int]:
     """Frames and fps of a video run; the frame count must be one the model can generate."""
     family = spec.family
@@ -172,6 +189,7 @@ def make_plan(config: BenchmarkConfig, launch: Launch | None = None) -> RunPlan:
         else (None, None)
     _check_parallelism(config, spec, arch, launch)
     shape = _shape(config, spec, launch)
+    _check_row_split(spec, arch, shape["height"], config.ulysses_degree * config.ring_degree)
     options = run_options.resolve(config, spec, launch, shape["dtype"])
     counts = _iteration_counts(config, shape["inference_steps"], video=num_frames is not None)
     _check_inputs(config, spec, launch)
