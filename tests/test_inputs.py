@@ -123,6 +123,14 @@ def _model_without_weights(tmp):
     return ["--workload.model_id", str(model), "--workload.weights", "pretrained"]
 
 
+def _model_with_a_broken_config(tmp):
+    model = _folder_path(tmp / "my-flux")
+    _write(model / "model_index.json", json.dumps(SCHNELL_CONFIGS["model_index.json"]))
+    _write(_folder_path(model / "transformer") / "config.json",
+           json.dumps({"_class_name": "FluxTransformer2DModel", "num_attention_heads": "24"}))
+    return ["--workload.model_id", str(model), "--workload.weights", "random"]
+
+
 def _folder_path(path):
     path.mkdir(parents=True)
     return path
@@ -172,6 +180,9 @@ BAD_INPUTS = {
     "local-model-without-weights": (
         _model_without_weights, {}, "is not a complete FluxPipeline: transformer/ holds no "
                                     "weight files"),
+    "local-model-with-a-broken-config": (
+        _model_with_a_broken_config, {}, "the transformer config does not build a "
+                                         "FluxTransformer2DModel (TypeError: "),
     "model-id-a-file": (lambda t: ["--workload.model_id", _write(t / "model", "")], {},
                         "is neither a registered model, an existing directory, nor a"),
     "family-unknown": (lambda t: ["--workload.family", "flux2"], {},

@@ -16,6 +16,7 @@ from typing import Any, Iterator, Literal, Mapping
 import torch
 
 from mlenergy.diffusion import hub
+from mlenergy.diffusion.config import ConfigError
 from mlenergy.diffusion.families import Component, Family
 from mlenergy.diffusion.registry import ModelSpec
 
@@ -264,8 +265,14 @@ def parameters_per_slot(family: Family, configs: Mapping[str, Mapping[str, Any]]
             continue
         key = (family.name, slot, json.dumps(configs[slot], sort_keys=True, default=str))
         if key not in _PARAMETER_COUNTS:
-            with _default_dtype_and_device(torch.bfloat16, "meta"):
-                module = _component(component, configs[slot])
+            try:
+                with _default_dtype_and_device(torch.bfloat16, "meta"):
+                    module = _component(component, configs[slot])
+            except Exception as err:  # the config's values, not this code: bad input
+                first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+                raise ConfigError(f"the {slot} config does not build a {component.cls} "
+                                  f"({type(err).__name__}: {first}); correct its config.json, "
+                                  "or run --workload.weights tiny") from None
             _PARAMETER_COUNTS[key] = sum(p.numel() for p in module.parameters())
         counts[slot] = _PARAMETER_COUNTS[key]
     return counts
