@@ -151,7 +151,9 @@ def test_local_directory_needs_its_family(tmp_path):
     with pytest.raises(ConfigError, match="--workload.family"):
         plan_for(f"workload:t2i --workload.model_id {tmp_path}")
     (tmp_path / "model_index.json").write_text('{"_class_name": "FluxPipeline"}')
-    plan = plan_for(f"workload:t2i --workload.model_id {tmp_path} --workload.family flux")
+    # Random weights: the folder holds no components to load (pretrained would be refused).
+    plan = plan_for(f"workload:t2i --workload.model_id {tmp_path} --workload.family flux "
+                    "--workload.weights random")
     assert plan.spec.family_name == "flux" and plan.inference_steps == 28
     # Recorded under local/<folder>, never as a path: the toolkit reads <org>/<model>.
     assert plan.run_dir.parent == Path("run/diffusion/text-to-image/local") / tmp_path.name

@@ -271,15 +271,18 @@ def _with_flow_shift(spec: ModelSpec, value: float | None) -> ModelSpec:
     return dataclasses.replace(spec, scheduler_overrides={key: value})
 
 
-def check_pretrained(spec: ModelSpec, offline: bool) -> None:
+def check_pretrained(spec: ModelSpec, offline: bool, here: bool = False) -> None:
     """Pretrained weights can be loaded: a local pipeline directory, or a hub repository the
-    user may access (asked of the hub when it answers; else the local cache must have it)."""
+    user may access (asked of the hub when it answers). Else, offline or for a run of this
+    machine (`here`), the local cache must hold the whole pipeline; a run planned for another
+    machine that is not offline may download there."""
     if Path(spec.load_id).is_dir():
         return
     if hub.reachable():
         hub.fetch_model_index(spec.load_id, spec.revision)
         return
-    # Offline, or the hub does not answer: the local cache must hold the whole pipeline.
+    if not (offline or here):
+        return
     index_file = hub.cached_file(spec.load_id, hub.MODEL_INDEX, spec.revision)
     index = hub.cached_json(spec.load_id, hub.MODEL_INDEX, spec.revision)
     if index_file is None or index is None or not isinstance(index.get("_class_name"), str):
