@@ -25,7 +25,7 @@ def make_dataset(path, rows):
     return path
 
 
-def test_local_parquet_through_datasets_reads_prompts_and_drops_blanks(tmp_path):
+def test_local_parquet_reads_only_the_prompt_column_and_drops_blanks(tmp_path):
     data = make_dataset(tmp_path / "train.parquet", ["a red fox", "  ", "", "a blue bird", None])
     pool = prompts.load_pool(str(data), cache_dir=tmp_path / "cache")
     assert pool.prompts == ["a red fox", "a blue bird"]

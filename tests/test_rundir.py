@@ -121,8 +121,10 @@ def test_local_models_of_the_same_folder_name_are_different_runs(tmp_path):
     for owner in ("alice", "bob"):
         (tmp_path / owner / "flux").mkdir(parents=True)
         (tmp_path / owner / "flux" / "model_index.json").write_text(index)
+    # Tiny weights: the folders hold no components to load (pretrained would be refused).
     plans = [make_plan(parse_cli(["workload:t2i", "--workload.model_id", str(tmp_path / o / "flux"),
-                                  "--workload.family", "flux", "--workload.height", "128",
+                                  "--workload.family", "flux", "--workload.weights", "tiny",
+                                  "--workload.height", "128",
                                   "--workload.width", "128", "--workload.base_dir",
                                   str(tmp_path / "out")]))
              for o in ("alice", "bob")]
