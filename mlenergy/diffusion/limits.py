@@ -246,7 +246,7 @@ def _prompts(plan: RunPlan) -> None:
                 f"prompts file {workload.prompts_file}"
         else:
             pool = prompts.check_dataset(workload.prompt_dataset, workload.prompt_cache_dir,
-                                         task=plan.task.name)
+                                         task=plan.task.name, here=plan.launch.here)
             if pool is None:  # fetched from the hub by the run
                 return
             where = f"prompt dataset {workload.prompt_dataset}"

@@ -155,12 +155,12 @@ def cache_file(dataset: str, cache_dir: Path | None = None, column: str | None =
     return _cache_path(cache_dir or default_cache_dir(), dataset, split, column or default_column)
 
 
-def check_dataset(dataset: str, cache_dir: Path | None = None,
-                  task: str = "text-to-image") -> list[str] | None:
+def check_dataset(dataset: str, cache_dir: Path | None = None, task: str = "text-to-image",
+                  here: bool = True) -> list[str] | None:
     """Before anything loads: the prompts where they are at hand (the cache, a local parquet),
     None for a hub dataset the run fetches (or, the task's own, falls back from). PromptsError
     for a source that cannot be read, and for another dataset that is neither cached nor
-    reachable."""
+    reachable (from here, or offline: a run planned for another machine may reach it there)."""
     if not dataset.strip():
         raise PromptsError("--workload.prompt_dataset is empty; give a Hugging Face dataset id "
                            "(ORG/NAME), or a local parquet file or directory")
@@ -174,7 +174,7 @@ def check_dataset(dataset: str, cache_dir: Path | None = None,
         raise PromptsError(f"prompt dataset {dataset!r} is neither an existing local parquet "
                            "file or directory nor a Hugging Face dataset id (ORG/NAME); check "
                            "--workload.prompt_dataset")
-    if dataset != DEFAULT_DATASETS[task] and not _hub_reachable():
+    if dataset != DEFAULT_DATASETS[task] and (here or _offline()) and not _hub_reachable():
         raise PromptsError(_unreadable(dataset, task, f"is not in the prompt cache ({cache}) and "
                                                       f"the hub {_why_unreachable()}"))
     return None
