@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from mlenergy.diffusion import watchdog
+from mlenergy.diffusion import lifeline, watchdog
 
 logger = logging.getLogger("mlenergy.diffusion")
 
@@ -130,7 +130,7 @@ def die(rank: int, err: BaseException) -> None:
           file=sys.stderr, flush=True)
     logging.shutdown()
     sys.stdout.flush()
-    os._exit(1)
+    lifeline.abrupt_exit(1)
 
 
 class Stopwatch:

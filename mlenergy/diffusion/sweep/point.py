@@ -36,6 +36,9 @@ class Point:
     finished: float | None = None
     # Run directories of the points that ran on this node while this one did.
     shared_node_with: list[str] = field(default_factory=list)
+    # Every setting that changes the numbers (`rundir.identity` of the point's plan): what its
+    # results.json must hold for the point to count as done.
+    identity: dict | None = None
 
     @property
     def nproc(self) -> int:
@@ -62,14 +65,15 @@ class Point:
 
 
 def results_complete(path: Path, point: Point | None = None) -> bool:
-    """Whether `path` is a finished run's results.json (of `point`'s batch size and degrees,
-    when given), by the benchmark's own test (`rundir.inspect`): an empty, truncated or foreign
-    file, or a directory, is not, so such a point is run, never reported as done."""
+    """Whether `path` is a finished run's results.json of `point`'s configuration (its whole
+    identity, when given), by the benchmark's own test (`rundir.inspect`): an empty, truncated
+    or foreign file, a directory, or results of another configuration are not, so such a point
+    is never reported as done."""
     from mlenergy.diffusion import rundir
 
-    expected = None if point is None else {
-        "batch_size": point.batch_size, "ulysses_degree": point.ulysses_degree,
-        "ring_degree": point.ring_degree}
+    if point is not None and point.identity is None:
+        raise ValueError(f"{point.label()} has no identity yet: plan it first")
+    expected = None if point is None else point.identity
     return Path(path).name == RESULTS and rundir.is_complete(Path(path).parent, expected)
 
 
