@@ -81,6 +81,8 @@ def identity(plan) -> dict:
         "model_id": plan.spec.model_id,
         "model_path": str(model_path.resolve()) if model_path.is_absolute() else None,
         "revision": plan.spec.revision, "variant": plan.spec.variant,
+        "family": plan.spec.family_name,
+        "scheduler_overrides": dict(plan.spec.scheduler_overrides),
         "task": plan.task.name, "weights": plan.weights, "dtype": plan.dtype,
         "batch_size": plan.batch_size, "height": plan.height, "width": plan.width,
         "inference_steps": plan.inference_steps, "guidance_scale": plan.guidance_scale,
