@@ -252,7 +252,8 @@ def run_points(points: list[Point], settings: Settings, progress: Callable[[], N
 
 def _announce(point: Point, report: Callable[[str], None]) -> None:
     status = point.status + (f" ({point.reason})" if point.reason else "")
-    report(f"    {status} in {point.seconds:.1f} s: {point.label()}")
+    took = f" in {point.seconds:.1f} s" if point.seconds is not None else ""
+    report(f"    {status}{took}: {point.label()}")
     if point.status == "failed" and point.log is not None and point.log.exists():
         tail = point.log.read_text(errors="replace").splitlines()[-15:]
         report("\n".join(f"    | {line}" for line in tail))
