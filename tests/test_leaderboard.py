@@ -149,10 +149,13 @@ def test_the_leaderboard_v3_dry_run_lists_its_points(tmp_path):
          "--workload.weights", "random"],
         cwd=REPO, env=offline_env(tmp_path), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    lines = proc.stdout.splitlines()
+    *lines, totals = proc.stdout.splitlines()
     commands = [line for line in lines if not line.startswith("#")]
     skipped = [line for line in lines if line.startswith("# skipped")]
     assert len(lines) == len(V3_IMAGE) * 5 * 10 == 350
+    assert totals == (f"# {len(commands)} point(s) to run ("
+                      f"{sum(int(c.split('--nproc_per_node=')[1].split()[0]) if 'nproc' in c else 1 for c in commands)}"
+                      f" GPU-process launches in all); {len(skipped)} skipped")
     # Heads that Ulysses 4 and 8 do not divide: SD3.5-large (38) and SANA (70).
     assert len(skipped) == 3 * 5 * 3 and all("attention heads" in line for line in skipped)
     flux = [c for c in commands if "FLUX.1-dev" in c]
