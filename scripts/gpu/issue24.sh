@@ -9,7 +9,7 @@
 #       fp8fa3    FP8 and fa3 together
 #       fp8tune   FP8 + --compile_autotune (coordinate descent back on), cold for its kernels
 #   bash scripts/gpu/issue24.sh wan [DEADLINE_S]   Wan2.1-1.3B 480x832, 33 frames, 10 steps, blocks:
-#       wanbf16, wanfp8 (--reference_run compares images only)
+#       wanbf16, wanfp8 (--reference_run compares images only), then fp8tune as above
 # Random full-size weights, batch 1. Packs logs and results (no images) into $OUT/issue24-STAGE.tgz
 # and one line per run into $OUT/issue24-STAGE.txt.
 set -uo pipefail
@@ -64,6 +64,10 @@ case "$STAGE" in
   wan)
     run wanbf16 150 "${COMPILED[@]}" "${WAN[@]}"
     run wanfp8 150 --quantize_denoiser fp8 "${COMPILED[@]}" "${WAN[@]}"
+    # What is left of the call: FP8 with coordinate descent (its first call ran past 150 s in
+    # the flux call).
+    run fp8tune 200 --quantize_denoiser fp8 --compile_autotune "${COMPILED[@]}" "${FLUX[@]}" \
+      --no_save_images
     ;;
 esac
 echo "done at ${SECONDS} s"
