@@ -245,7 +245,7 @@ class BenchmarkConfig:
 
     attention_backend: Optional[str] = None
     """Attention kernel: sdpa, sdpa_flash, sdpa_efficient, sdpa_math, cudnn, flash (flash-attn
-    2), flash_3 (flash-attn 3), fa3 (FlashAttention-3 forward from the fa3-fwd wheel, the fa3
+    2), flash_3 (flash-attn 3). fa3: FlashAttention-3 forward from the fa3-fwd wheel (the fa3
     extra; Hopper GPUs, not with ring attention). Sequence-parallel runs set xDiT's backend; on
     one process xDiT leaves attention to diffusers, and it is set there. Default: xDiT's choice
     (cuDNN on Hopper); on one process diffusers' (torch SDPA)."""
