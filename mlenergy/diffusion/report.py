@@ -89,7 +89,9 @@ def _settings(configurations: dict, key: str) -> list[str]:
     if key == "use_torch_compile":
         return [str(v) for v, default in ((c.get("compile_scope"), "transformer"),
                                           (c.get("compile_mode"), "default"),
-                                          (c.get("compile_backend"), "inductor"))
+                                          (c.get("compile_backend"), "inductor"),
+                                          ("autotune" if c.get("compile_autotune") else None,
+                                           None))
                 if v not in (None, default)]
     if key in ("use_teacache", "use_fbcache"):
         threshold = c.get("cache_threshold")

@@ -45,7 +45,8 @@ def summary_table(record: RunRecord) -> str:
         rows.append((f"time / {unit} p90", _fmt(latency["p90"], ".3f", " s")))
     if record.compile:
         c = record.compile
-        rows.append(("compile", f"{_fmt(c['compile_time_s'], '.1f', ' s')} compiling"
+        rows.append(("compile", f"{_fmt(c['compile_time_s'], '.1f', ' s')} compiling (dynamo)"
+                     + _first_call_text(c)
                      + (", RECOMPILED while measuring" if c["recompiled_during_measurement"]
                         else "")))
     if record.quality:
@@ -55,6 +56,16 @@ def summary_table(record: RunRecord) -> str:
     rows += _measurement_rows(record)
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+
+
+def _first_call_text(c: dict) -> str:
+    """The first warm-up iteration and what it cost over a steady one: compiling, but also
+    kernel tuning at run time, which dynamo's count does not see."""
+    first, overhead = c.get("first_warmup_iteration_s"), c.get("first_call_overhead_s")
+    if first is None:
+        return ""
+    extra = f", {overhead:.1f} s over a steady one" if overhead is not None else ""
+    return f"; first call {first:.1f} s{extra}"
 
 
 def _measurement_rows(record: RunRecord) -> list[tuple[str, str]]:
