@@ -116,6 +116,7 @@ def _flips(tmp_path: Path) -> dict[str, list[str]]:
         "compile_backend": ["--use_torch_compile", "--compile_backend", "aot_eager"],
         "compile_scope": ["--use_torch_compile", "--compile_backend", "eager",
                           "--compile_scope", "blocks"],
+        "compile_autotune": ["--use_torch_compile", "--compile_autotune"],
         "use_fp8_t5_encoder": ["--use_fp8_t5_encoder"],
         "quantize_denoiser": [], "enable_sequential_cpu_offload": [],  # GPU only
         "use_teacache": ["--use_teacache"], "use_fbcache": ["--use_fbcache"],
