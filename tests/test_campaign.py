@@ -73,6 +73,13 @@ def test_the_v3_preset_tiny_campaign_completes_then_has_nothing_to_do(task, tmp_
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     doc = summary(out)
     assert doc["counts"]["done"] == len(models) == len(doc["points"]), doc["counts"]
+    # Signs of life: elapsed and remaining time, and each point's headline as it finishes.
+    unit = "video" if task == "text-to-video" else "image"
+    assert re.search(r"^\[3/\d+\] .*\(elapsed \d+m\d\ds, about \d+m\d\ds left\)$",
+                     first.stdout, re.M)
+    assert first.stdout.count(f" s/{unit}, energy not measured)") == len(models)
+    assert all(p["per_output"]["unit"] == unit and p["per_output"]["seconds"] > 0
+               and p["per_output"]["joules"] is None for p in doc["points"])
     for point in doc["points"]:
         results = json.loads((Path(point["run_dir"]) / "results.json").read_text())
         identity = results["run_identity"]

@@ -156,6 +156,23 @@ def _first_difference(stored: dict, expected: dict, partial: bool) -> str | None
     return None
 
 
+def read_results(run_dir: Path):
+    """The parsed results.json of `run_dir` (OSError, ValueError when it cannot be read)."""
+    return json.loads((Path(run_dir) / RESULTS).read_text(encoding="utf-8"))
+
+
+def per_output(run_dir: Path) -> dict | None:
+    """A complete run's headline: seconds and joules (None when not measured) per image or
+    video; None when the results cannot be read."""
+    try:
+        doc = read_results(run_dir)
+    except (OSError, ValueError):
+        return None
+    unit = "video" if "avg_time_per_video" in doc else "image"
+    return {"unit": unit, "seconds": doc.get(f"avg_time_per_{unit}"),
+            "joules": doc.get(f"energy_per_{unit}")}
+
+
 def inspect(run_dir: Path, expected: dict | None = None) -> Existing:
     """Classify what `run_dir` holds against the identity `expected` (None: any complete
     results count as done)."""
@@ -173,7 +190,7 @@ def inspect(run_dir: Path, expected: dict | None = None) -> Existing:
     if not results.is_file():
         return Existing("incomplete", f"{results} is not a file")
     try:
-        doc = json.loads(results.read_text(encoding="utf-8"))
+        doc = read_results(run_dir)
     except (OSError, UnicodeDecodeError, ValueError) as err:
         return Existing("incomplete", f"{results} is not readable JSON ({err})")
     reason = _why_incomplete(doc)

@@ -25,7 +25,7 @@ SUMMARY = "sweep_summary.json"
 JOBS = "jobs.jsonl"
 # Kept from an earlier sweep's record of a point that a later sweep finds already done.
 _MEASURED_FIELDS = ("seconds", "log", "attempts", "command", "devices", "started", "finished",
-                    "shared_node_with", "measured_by_sweep")
+                    "shared_node_with", "measured_by_sweep", "per_output")
 
 
 def slurm_dir(out_dir: Path) -> Path:

@@ -151,7 +151,10 @@ def _settle(running: _Running, code: int | None, settings: Settings) -> None:
     elif not results_complete(results_path(point.run_dir), point):
         point.status, point.reason = "failed", "exited 0 but wrote no complete results.json"
     else:
+        from mlenergy.diffusion import rundir
+
         point.status, point.reason = "done", None
+        point.per_output = rundir.per_output(point.run_dir)
 
 
 def _retry(point: Point, settings: Settings) -> bool:
@@ -179,7 +182,8 @@ def _launch_next(queue, running, free, settings, counter, report, progress) -> N
             free.remove(d)
         counter[0] += point.attempts == 0
         on = f" on devices {','.join(devices)}" if devices else ""
-        report(f"[{counter[0]}/{counter[1]}] {point.label()} -> {point.run_dir}{on}")
+        report(f"[{counter[0]}/{counter[1]}] {point.label()} -> {point.run_dir}{on}"
+               f"{_timing(counter, len(queue) + 1, len(running) + 1)}")
         try:
             running.append(_start(point, settings, devices))
         except NotStarted as err:
@@ -187,6 +191,23 @@ def _launch_next(queue, running, free, settings, counter, report, progress) -> N
             point.status, point.reason = "failed", str(err)
             _announce(point, report)
             progress()
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def _timing(counter: list, left: int, side_by_side: int) -> str:
+    """` (elapsed 3m05s, about 12m00s left)`: the time left estimated from the points finished
+    so far, as many at a time as run now."""
+    elapsed = time.monotonic() - counter[2]
+    finished = counter[3]
+    if not finished:
+        return f" (elapsed {_clock(elapsed)})"
+    left_s = sum(finished) / len(finished) * left / side_by_side
+    return f" (elapsed {_clock(elapsed)}, about {_clock(left_s)} left)"
 
 
 def _give_back(free: list[str], devices, settings: Settings) -> None:
@@ -206,7 +227,8 @@ def _never_fit(queue: list[Point], running, free: list[str], report) -> None:
 
 def _loop(queue: list[Point], running: list[_Running], free: list[str], total: int,
           settings: Settings, signals: StopSignals, progress, report) -> None:
-    counter = [0, total]
+    # Points started, points to start, the sweep's start, seconds of each finished point.
+    counter = [0, total, time.monotonic(), []]
     while (queue or running) and signals.received is None:
         _launch_next(queue, running, free, settings, counter, report, progress)
         if settings.pack:
@@ -220,6 +242,7 @@ def _loop(queue: list[Point], running: list[_Running], free: list[str], total: i
             running.remove(item)
             _give_back(free, item.point.devices, settings)
             _settle(item, code, settings)
+            counter[3].append(item.point.seconds)
             _announce(item.point, report)
             if _retry(item.point, settings):
                 report(f"    attempt {item.point.attempts + 1} of {item.point.label()}")
@@ -253,7 +276,8 @@ def run_points(points: list[Point], settings: Settings, progress: Callable[[], N
 def _announce(point: Point, report: Callable[[str], None]) -> None:
     status = point.status + (f" ({point.reason})" if point.reason else "")
     took = f" in {point.seconds:.1f} s" if point.seconds is not None else ""
-    report(f"    {status}{took}: {point.label()}")
+    headline = f" ({point.headline()})" if point.headline() else ""
+    report(f"    {status}{took}: {point.label()}{headline}")
     if point.status == "failed" and point.log is not None and point.log.exists():
         tail = point.log.read_text(errors="replace").splitlines()[-15:]
         report("\n".join(f"    | {line}" for line in tail))

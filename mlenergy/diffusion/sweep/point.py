@@ -39,10 +39,20 @@ class Point:
     # Every setting that changes the numbers (`rundir.identity` of the point's plan): what its
     # results.json must hold for the point to count as done.
     identity: dict | None = None
+    # Once done: seconds and joules per image or video (rundir.per_output).
+    per_output: dict | None = None
 
     @property
     def nproc(self) -> int:
         return self.ulysses_degree * self.ring_degree
+
+    def headline(self) -> str:
+        """`0.675 s/image, 3,622 J/image` of a done point; empty otherwise."""
+        if not self.per_output or self.per_output.get("seconds") is None:
+            return ""
+        unit, joules = self.per_output["unit"], self.per_output.get("joules")
+        energy = f"{joules:,.0f} J/{unit}" if joules is not None else "energy not measured"
+        return f"{self.per_output['seconds']:.3f} s/{unit}, {energy}"
 
     def label(self) -> str:
         opts = f" [{self.options}]" if self.options else ""
@@ -60,7 +70,7 @@ class Point:
             "seconds": self.seconds, "attempts": self.attempts,
             "command": shlex.join(self.command) if self.command else None,
             "devices": self.devices, "started": self.started, "finished": self.finished,
-            "shared_node_with": self.shared_node_with,
+            "shared_node_with": self.shared_node_with, "per_output": self.per_output,
         }
 
 
