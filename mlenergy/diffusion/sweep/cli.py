@@ -33,7 +33,11 @@ class SweepArgs:
 
     preset: Optional[Literal[tuple(presets.PRESETS)]] = None  # type: ignore[valid-type]
     """leaderboard: batch 1 2 4 8 16 and (ulysses, ring) in 1x1 1x2 2x1 1x4 2x2 4x1 1x8 2x4 4x2
-    8x1, every registered model of the task; --models/--batch_sizes/--parallel override it."""
+    8x1, every registered model of the task at its registry defaults. leaderboard-v3: the
+    ML.ENERGY leaderboard v3 campaign, its 7 image and 6 video models with their v3 settings
+    (FLUX.1-dev 50 steps, bf16 where v3 ran bf16, Wan flow shift 12, SD3.5 guidance 7), the
+    leaderboard's prompt sampling, the same batches and degrees (docs/leaderboard-v3.md).
+    --models/--batch_sizes/--parallel override a preset's parts."""
     task: Literal["text-to-image", "text-to-video"] = "text-to-image"
     """The benchmark subcommand of every point."""
     models: tuple[str, ...] = ()
