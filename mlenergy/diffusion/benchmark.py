@@ -350,4 +350,6 @@ def _describe_plan(plan: RunPlan) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from mlenergy.diffusion.cli import exit_quietly_on_broken_pipe
+
+    sys.exit(exit_quietly_on_broken_pipe(main))

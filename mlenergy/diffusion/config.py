@@ -340,4 +340,4 @@ def parse_cli(argv: Sequence[str] | None = None) -> BenchmarkConfig:
     return parse_one_line(
         lambda args: tyro.cli(BenchmarkConfig, args=args, use_underscores=True,
                               description=BenchmarkConfig.__doc__),
-        normalize_argv(argv), prog="python -m mlenergy.diffusion.benchmark")
+        normalize_argv(argv), prog="mlenergy-diffusion run")

@@ -200,3 +200,19 @@ def bytes_text(size: float) -> str:
         if size >= scale:
             return f"{size / scale:.1f} {suffix}"
     return f"{size:.0f} bytes"
+
+
+_SI_PREFIXES = ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"),
+                (1.0, ""), (1e-3, "m"), (1e-6, "µ"), (1e-9, "n"), (1e-12, "p"), (1e-15, "f"))
+
+
+def si_text(value: float | None, unit: str) -> str:
+    """A quantity scaled to its magnitude with an SI prefix, three significant digits:
+    `74.4 TFLOP`, `1.98 MFLOP`, `703 MFLOP/s`, `950 FLOP`, `427 nJ/FLOP`; `n/a` for None."""
+    if value is None or value != value:
+        return "n/a"
+    value = float(f"{value:.3g}")  # 999.6 M rounds to 1.00 G, never to "1e+03 M"
+    for scale, prefix in _SI_PREFIXES:
+        if abs(value) >= scale:
+            return f"{value / scale:.3g} {prefix}{unit}"
+    return f"{value:.3g} {unit}"
