@@ -4,7 +4,6 @@ terminal; and the installed command under torchrun."""
 
 from __future__ import annotations
 
-import ast
 import fcntl
 import json
 import os
@@ -58,12 +57,31 @@ def test_the_result_goes_to_stdout_and_the_logs_to_stderr(tmp_path):
     assert not [c for c in XDIT_CHATTER if c in proc.stdout + proc.stderr]
     log = (run_dir / "driver_log.txt").read_text()
     assert "Summary" in log and "Loading black-forest-labs/FLUX.1-dev" in log
-    provenance = ast.literal_eval(re.search(r"Provenance: (\{.*\})\n", log).group(1))
+    # The run's facts in words: no dict, list or None/True/False of a Python repr; the plan one
+    # short line on the console, in full (every setting) in the driver log only.
+    for name in ("Plan", "Environment", "Provenance"):
+        line = next(m for m in messages if m.startswith(f"{name}: "))
+        assert not re.search(r"[{\[]'|': |\b(None|True|False)\b", line), line
+    plan = next(m for m in messages if m.startswith("Plan: "))
+    assert len(plan) < 300 and "options: torch compile, compile backend eager" in plan, plan
+    assert "Plan in full:" in log and "Plan in full" not in proc.stderr
+    assert "  --workload.inference_steps: 2\n" in log and "  option: compile backend: eager" in log
+    provenance = _provenance(log)
     assert provenance["command_line"].endswith(
         "-m mlenergy.diffusion.benchmark " + " ".join(TINY) + " --benchmark_iters 1 "
         f"--workload.base_dir {base} --use_torch_compile --compile_backend eager")
     assert re.fullmatch(r"[0-9a-f]{40}", provenance["git_commit"])
     assert load_results(run_dir)["num_iterations"] == 1
+
+
+def _provenance(log: str) -> dict:
+    """The driver log's Provenance line, in words: version, commit, and the command last."""
+    found = re.search(r"Provenance: mlenergy-diffusion (\S+), (?:git ([0-9a-f]{40})"
+                      r"( \(uncommitted changes\))?|not a git checkout); command: (.*)\n", log)
+    assert found, log
+    version, commit, dirty, command = found.groups()
+    return {"benchmark_version": version, "git_commit": commit, "git_dirty": bool(dirty),
+            "command_line": command}
 
 
 def _run_on_a_terminal(args: list[str], tmp_path: Path) -> tuple[int, str, str]:
@@ -142,7 +160,7 @@ def test_the_installed_command_runs_under_torchrun(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith("Summary\n")
     log = (only_run_dir(base) / "driver_log.txt").read_text()
-    provenance = ast.literal_eval(re.search(r"Provenance: (\{.*\})\n", log).group(1))
+    provenance = _provenance(log)
     assert "-m torch.distributed.run --standalone --nproc_per_node=1 --no-python " \
            "mlenergy-diffusion run workload:t2i" in provenance["command_line"]
     assert json.loads((only_run_dir(base) / "results.json").read_text())["num_processes"] == 1

@@ -27,6 +27,7 @@ from typing import Any
 
 from mlenergy.diffusion import (
     console,
+    describe,
     files,
     model_info,
     provenance,
@@ -94,10 +95,11 @@ def run(plan: RunPlan) -> None:
         logger.info("What the run directory held is now in %s", moved)
     env = environment.describe(gpus)
     logger.info("Run directory: %s", plan.run_dir)
-    logger.info("Plan: %s", _describe_plan(plan))
-    logger.info("Environment: %s", env)
+    logger.info("Plan: %s", describe.plan_line(plan))
+    console.log_to_file_only("Plan in full:\n%s", describe.plan_in_full(plan))
+    logger.info("Environment: %s", describe.environment_text(env))
     origin = provenance.describe()
-    logger.info("Provenance: %s", origin)
+    logger.info("Provenance: %s", describe.provenance_text(origin))
     logger.info("%s", prompts_note)
     logger.info("%s", resolve.describe(plan.spec))
     if ranks.is_main:
@@ -130,6 +132,7 @@ def _load_pipeline(plan: RunPlan, ranks) -> tuple[Any, LoadRecord, Any]:
 
     engine = xdit.engine_config(plan)
     logger.info("Loading %s (%s weights) ...", plan.spec.model_id, plan.weights)
+    console.quiet_loading_bars()
     with runtime.Stopwatch() as loading:
         built = pipelines.build_pipeline(plan.spec, plan.weights, dtype=getattr(torch, plan.dtype),
                                          device=ranks.device,
@@ -338,15 +341,6 @@ def _save_outputs(plan: RunPlan, ranks, iteration: int, batch: list[str], output
 
 def _energy_text(joules: float | None) -> str:
     return "energy not measured" if joules is None else f"{joules:,.1f} J"
-
-
-def _describe_plan(plan: RunPlan) -> str:
-    return (f"{plan.spec.model_id} [{plan.weights}, {plan.dtype}] {plan.task.name} batch "
-            f"{plan.batch_size} {plan.height}x{plan.width} steps {plan.inference_steps} "
-            f"guidance {plan.guidance_scale} seed {plan.seed}; ulysses {plan.ulysses_degree} "
-            f"x ring {plan.ring_degree} on {plan.world_size} process(es) ({plan.device_type}); "
-            f"warm-up {plan.warmup_iters}, measured {plan.benchmark_iters}; "
-            f"options {results.configurations(plan)}")
 
 
 if __name__ == "__main__":

@@ -128,6 +128,21 @@ def route_xdit_logs() -> None:
             handler.addFilter(_not_routine)
 
 
+def quiet_loading_bars() -> None:
+    """diffusers' "Loading pipeline components" bar and transformers' checkpoint bars are for a
+    terminal; in a log file (a sweep point's, a Slurm output, a pipe) their redraws are `\r`
+    frames. Called once the libraries are about to load a model."""
+    if sys.stderr.isatty():
+        return
+    import importlib
+
+    for name in ("diffusers.utils.logging", "transformers.utils.logging"):
+        try:
+            importlib.import_module(name).disable_progress_bar()
+        except ImportError:
+            continue
+
+
 def _not_routine(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith(ROUTINE_XDIT_WARNINGS)
 
@@ -179,10 +194,13 @@ def _route_terminal_handlers_around_bars() -> None:
 def show_result(title: str, text: str) -> None:
     """The run's result: on stdout (not among the logs on stderr) and in the driver log."""
     print(f"{title}\n{text}", file=sys.stdout, flush=True)
-    record_only = [h for h in logger.handlers if isinstance(h, logging.FileHandler)]
-    record = logger.makeRecord(logger.name, logging.INFO, __file__, 0, "%s\n%s",
-                               (title, text), None)
-    for handler in record_only:
+    log_to_file_only("%s\n%s", title, text)
+
+
+def log_to_file_only(message: str, *args, level: int = logging.INFO) -> None:
+    """A line for the driver log alone (the full plan, a traceback): too long for a console."""
+    record = logger.makeRecord(logger.name, level, __file__, 0, message, args, None)
+    for handler in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
         handler.handle(record)
 
 

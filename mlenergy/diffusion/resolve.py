@@ -246,9 +246,9 @@ def check_pretrained(spec: ModelSpec, offline: bool) -> None:
         return
     if hub.reachable():
         hub.fetch_model_index(spec.load_id, spec.revision)
-    elif hub.cached_json(spec.load_id, hub.MODEL_INDEX, spec.revision) is None and offline:
+    elif hub.cached_json(spec.load_id, hub.MODEL_INDEX, spec.revision) is None:
+        # Offline, or the hub does not answer: only the cache can have it, and it has not.
         raise ConfigError(hub.not_cached_message(spec.load_id, spec.revision))
-    # Online but the hub does not answer: loading will say what it finds.
 
 
 def _slug(text: str) -> str:
