@@ -185,6 +185,9 @@ def run_row(path: Path) -> dict:
         # Other runs of the campaign on the node during this one (None: not recorded).
         "shared_node_runs": (len(doc["shared_node_runs"])
                              if isinstance(doc.get("shared_node_runs"), list) else None),
+        # The coefficient of variation stayed under its limit (None: not recorded).
+        "steady": (doc["steadiness"].get("steady")
+                   if isinstance(doc.get("steadiness"), dict) else None),
         "date": doc.get("date"),
         "run_dir": str(path.parent),
     }
@@ -198,6 +201,19 @@ def run_row(path: Path) -> dict:
     return row
 
 
+def campaign_of(run_dir: Path, root: Path) -> str:
+    """Which campaign under the report's tree a run belongs to: the path from the tree to the
+    `diffusion/<task>/...` layout it was written in (a sweep's --out_dir), or to its base
+    directory; "." for runs written straight under the tree."""
+    try:
+        parts = run_dir.relative_to(root).parts[:-1]
+    except ValueError:
+        return str(run_dir.parent)
+    if "diffusion" in parts:
+        parts = parts[:len(parts) - 1 - parts[::-1].index("diffusion")]
+    return "/".join(parts) or "."
+
+
 def load_table(root: Path):
     import pandas as pd
 
@@ -208,7 +224,7 @@ def load_table(root: Path):
     rows = []
     for path in paths:
         try:
-            rows.append(run_row(path))
+            rows.append({**run_row(path), "campaign": campaign_of(path.parent, root)})
         except (OSError, ValueError, KeyError, TypeError) as err:
             print(f"warning: {path} skipped: {err}", file=sys.stderr)
     if not rows:
