@@ -32,8 +32,10 @@ XDIT_CHATTER = ("distributed_init_method=env://", "Pipeline patch number not set
 def test_the_result_goes_to_stdout_and_the_logs_to_stderr(tmp_path):
     base = tmp_path / "out"
     # Compiled (with the quick eager backend) to see the warm-up announce the compilation.
+    # The per-step line would show at once (no delay) where stderr is a terminal; it is not.
     proc = run_benchmark([*TINY, "--benchmark_iters", "1", "--workload.base_dir", str(base),
-                          "--use_torch_compile", "--compile_backend", "eager"], tmp_path)
+                          "--use_torch_compile", "--compile_backend", "eager"], tmp_path,
+                         MLENERGY_STEP_PROGRESS_DELAY_S="0")
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = only_run_dir(base)
     out = proc.stdout.splitlines()
@@ -52,8 +54,11 @@ def test_the_result_goes_to_stdout_and_the_logs_to_stderr(tmp_path):
     assert loading < ready < compiling < warmed
     assert re.fullmatch(r"Pipeline ready in \d+\.\d s: denoiser of \d+\.\d K parameters, "
                         r"\d+\.\d kB of weights", messages[ready]), messages[ready]
-    # No bar without a terminal: nothing redrawn with carriage returns, in either stream.
+    # No bar without a terminal: nothing redrawn with carriage returns, in either stream, and
+    # no per-step line.
     assert "\r" not in proc.stdout + proc.stderr
+    assert "step/s" not in proc.stderr and "s/step" not in proc.stderr
+    assert not re.search(r"(warm-up|iteration) 1/\d", proc.stderr)
     assert not [c for c in XDIT_CHATTER if c in proc.stdout + proc.stderr]
     log = (run_dir / "driver_log.txt").read_text()
     assert "Summary" in log and "Loading black-forest-labs/FLUX.1-dev" in log
@@ -84,13 +89,13 @@ def _provenance(log: str) -> dict:
             "command_line": command}
 
 
-def _run_on_a_terminal(args: list[str], tmp_path: Path) -> tuple[int, str, str]:
+def _run_on_a_terminal(args: list[str], tmp_path: Path, **env: str) -> tuple[int, str, str]:
     """Run the benchmark with stderr on a pseudo-terminal; (exit status, stdout, terminal)."""
     leader, follower = pty.openpty()
     # 24 rows of 100 columns: a new pseudo-terminal has no size, and tqdm draws no bar in 0.
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
     proc = subprocess.Popen([sys.executable, "-m", "mlenergy.diffusion.benchmark", *args],
-                            cwd=REPO, env=offline_env(tmp_path), stdout=subprocess.PIPE,
+                            cwd=REPO, env=offline_env(tmp_path, **env), stdout=subprocess.PIPE,
                             stderr=follower, text=True)
     os.close(follower)
     chunks: list[bytes] = []
@@ -114,13 +119,17 @@ def _run_on_a_terminal(args: list[str], tmp_path: Path) -> tuple[int, str, str]:
 
 
 def test_on_a_terminal_the_bar_and_the_log_lines_take_turns(tmp_path):
-    """With --verbose, xDiT's own lines show too, on stderr (it prints them on stdout)."""
+    """With --verbose, xDiT's own lines show too, on stderr (it prints them on stdout). The
+    per-step line of each iteration shows too: here at once (a real run waits a few seconds
+    into an iteration before drawing it)."""
     code, stdout, terminal = _run_on_a_terminal(
         [*TINY, "--benchmark_iters", "3", "--workload.base_dir", str(tmp_path / "out"),
-         "--verbose"], tmp_path)
+         "--verbose"], tmp_path, MLENERGY_STEP_PROGRESS_DELAY_S="0")
     assert code == 0, terminal[-3000:]
     assert stdout.startswith("Summary\n") and "\r" not in stdout
     assert "iterations:" in terminal  # the bar was drawn
+    for label in ("warm-up 1/1", "iteration 1/3", "iteration 3/3"):
+        assert re.search(rf"{label}: +\d+%\|[^\r\n]*\| \d/2 \[", terminal), label
     # A terminal ends lines with \r\n; a bar redraw starts with \r. Every iteration's log line
     # must start on a cleared line, never after a bar fragment.
     lines = [line.rstrip("\r") for line in terminal.split("\n")]
@@ -129,7 +138,8 @@ def test_on_a_terminal_the_bar_and_the_log_lines_take_turns(tmp_path):
     for line in iteration_lines:
         assert LOG_LINE.match(line.split("\r")[-1]), repr(line)
     # Nor does any other line (diffusers' own, with --verbose) follow a bar on its line.
-    assert not [line for line in lines if re.search(r"(it/s|s/it)\][^\r]", line)]
+    bar_then_text = re.compile(r"(it/s|s/it|step/s|s/step)\][^\r\x1b]")
+    assert not [line for line in lines if bar_then_text.search(line)]
     assert "Pipeline patch number not set" in terminal
     assert not [c for c in XDIT_CHATTER if c in stdout]
 

@@ -163,7 +163,7 @@ def _warm_up(plan: RunPlan, ranks, pipeline, batches: list[list[str]], probes) -
     and seeds than the measured ones."""
     from mlenergy.diffusion import xdit
 
-    recorder, compiles = probes.recorder, probes.compiles
+    recorder, compiles, steps = probes.recorder, probes.compiles, _step_progress(probes, ranks)
     times: list[float] = []
     compiled: list[tuple] = []
     with runtime.Stopwatch() as warming:
@@ -173,9 +173,11 @@ def _warm_up(plan: RunPlan, ranks, pipeline, batches: list[list[str]], probes) -
             before = compiles.snapshot()
             with runtime.Stopwatch() as one:
                 recorder.begin_iteration()
+                steps.begin(f"warm-up {i + 1}/{len(batches)}", plan.warmup_steps)
                 xdit.generate(pipeline, plan, batch, seed=plan.seed - 1 - i, device=ranks.device,
                               steps=plan.warmup_steps, extra_kwargs=recorder.call_kwargs())
                 runtime.synchronize(ranks.device)
+                steps.end()
                 recorder.end_iteration()
             times.append(one.seconds)
             compiled.append(compiles.difference(before, compiles.snapshot()))
@@ -187,6 +189,16 @@ def _warm_up(plan: RunPlan, ranks, pipeline, batches: list[list[str]], probes) -
     # The warm-up showed which stage boundaries every rank crosses.
     logger.info("Stage boundaries fenced with %s", recorder.settle_fencing())
     return WarmupRecord(seconds=warming.seconds, iteration_times=times, compiles=compiled)
+
+
+def _step_progress(probes, ranks) -> console.StepProgress:
+    """The per-step line of long iterations (a terminal only), fed by the stage recorder."""
+    recorder = probes.recorder
+    if getattr(recorder, "step_progress", None) is None:  # one for warm-up and measurement
+        recorder.step_progress = console.StepProgress(ranks.is_main,
+                                                      recorder.accepts_step_callback)
+        recorder.on_event = recorder.step_progress.event
+    return recorder.step_progress
 
 
 @dataclasses.dataclass
@@ -206,6 +218,7 @@ def _measure(plan: RunPlan, ranks, pipeline, batches: list[list[str]], probes) -
     from mlenergy.diffusion.probes import checks, memory
 
     meter, recorder, compiles = probes.meter, probes.recorder, probes.compiles
+    steps = _step_progress(probes, ranks)
     memory.reset_peak_memory(ranks.device)
     records: list[IterationRecord] = []
     stage_records: list[dict] = []
@@ -215,9 +228,11 @@ def _measure(plan: RunPlan, ranks, pipeline, batches: list[list[str]], probes) -
     for i, batch in enumerate(console.progress(batches, "iterations", ranks.is_main)):
         meter.begin(f"iteration-{i}")
         recorder.begin_iteration()
+        steps.begin(f"iteration {i + 1}/{len(batches)}", plan.inference_steps)
         outputs = xdit.generate(pipeline, plan, batch, seed=plan.seed + i, device=ranks.device,
                                 extra_kwargs=recorder.call_kwargs())
         window = meter.end(f"iteration-{i}")
+        steps.end()
         stage_records.append(recorder.record(recorder.end_iteration()))
         saved = _save_outputs(plan, ranks, i, batch, outputs)
         records.append(IterationRecord(index=i, measurement=window, prompts=batch,

@@ -174,6 +174,54 @@ def progress(iterable, description: str, show: bool):
     return tqdm(iterable, desc=description, file=sys.stderr, leave=False)
 
 
+# Seconds an iteration runs before its per-step line shows (MLENERGY_STEP_PROGRESS_DELAY_S).
+STEP_PROGRESS_DELAY_S = 3.0
+
+
+class StepProgress:
+    """A per-step progress line inside an iteration (`iteration 3/8: 12/50 steps`), drawn on
+    a terminal only, by one rank, and only once the iteration has run a few seconds: a video
+    iteration takes minutes, an image's a second. Steps are counted from the pipeline's
+    step-end callback where it takes one, else from denoiser forwards (grouped per step as the
+    previous iteration showed)."""
+
+    def __init__(self, show: bool, by_callback: bool):
+        self.show = show and sys.stderr.isatty()
+        self.by_callback = by_callback
+        self.delay = float(os.environ.get("MLENERGY_STEP_PROGRESS_DELAY_S",
+                                          STEP_PROGRESS_DELAY_S))
+        self.per_step: int | None = None
+        self.bar = None
+        self.count = self.steps = 0
+
+    def begin(self, label: str, steps: int) -> None:
+        self.count, self.steps = 0, steps
+        if self.show:
+            from tqdm import tqdm
+
+            _route_terminal_handlers_around_bars()
+            known = self.by_callback or self.per_step is not None
+            self.bar = tqdm(total=steps if known else None, desc=label, delay=self.delay,
+                            unit="step" if known else "forward", leave=False, file=sys.stderr)
+
+    def event(self, kind: str) -> None:
+        if kind != ("step" if self.by_callback else "forward"):
+            return
+        self.count += 1
+        if self.bar is not None:
+            done = self.count if self.by_callback or self.per_step is None \
+                else self.count // self.per_step
+            if done != self.bar.n:
+                self.bar.update(done - self.bar.n)
+
+    def end(self) -> None:
+        if not self.by_callback and self.count and self.steps:
+            self.per_step = max(1, round(self.count / self.steps))
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 def _route_terminal_handlers_around_bars() -> None:
     """Libraries imported by now (diffusers, transformers, ...) set up handlers of their own on
     stderr or stdout; what they still say (with --verbose, or errors) must not cut the bar."""
