@@ -76,7 +76,17 @@ def test_the_result_goes_to_stdout_and_the_logs_to_stderr(tmp_path):
         "-m mlenergy.diffusion.benchmark " + " ".join(TINY) + " --benchmark_iters 1 "
         f"--workload.base_dir {base} --use_torch_compile --compile_backend eager")
     assert re.fullmatch(r"[0-9a-f]{40}", provenance["git_commit"])
-    assert load_results(run_dir)["num_iterations"] == 1
+    doc = load_results(run_dir)
+    assert doc["num_iterations"] == 1
+    # What the first compiled call cost beyond a steady one, named as such, beside the
+    # compiler's own count of its compile time.
+    first, second = doc["warmup_iteration_times"]
+    assert doc["compile"]["first_call_overhead_s"] == max(first - second, 0.0)
+    rows = {line.split("  ")[1].strip(): line.split("  ", 2)[2].strip()
+            for line in out if line.startswith("  ") and "  " in line.strip()}
+    assert rows["first-call overhead"] == (f"{max(first - second, 0.0):.1f} s (first warm-up "
+                                           "iteration minus a steady one)")
+    assert re.fullmatch(r"\d+\.\d s by torch\.compile's own count", rows["compile (counted)"])
 
 
 def _provenance(log: str) -> dict:

@@ -19,6 +19,7 @@ from typing import Literal, Optional, Sequence
 
 import tyro
 
+from mlenergy.diffusion.argcheck import parse_one_line
 from mlenergy.diffusion.config import help_from_docstrings
 
 PROG = "mlenergy-diffusion"
@@ -150,8 +151,11 @@ def models_table(rows: list[dict]) -> str:
 
 
 def list_models(argv: Sequence[str]) -> int:
-    args = tyro.cli(ModelsArgs, args=argv, use_underscores=True, prog=f"{PROG} models",
-                    description="List the registered models and their defaults.")
+    prog = f"{PROG} models"
+    args = parse_one_line(
+        lambda a: tyro.cli(ModelsArgs, args=a, use_underscores=True, prog=prog,
+                           description="List the registered models and their defaults."),
+        argv, prog=prog)
     rows = registered_models(args.task)
     return _print(json.dumps(rows, indent=2) if args.json else models_table(rows))
 
