@@ -126,5 +126,7 @@ def _check_rows(record: RunRecord) -> list[tuple[str, str]]:
                      f"direct read vs Zeus {100 * check['nvml']['relative_difference']:+.2f}%"))
     exclusive = a.gpu_exclusivity
     if exclusive and not exclusive["exclusive"]:
-        rows.append(("GPU sharing", f"other processes: {exclusive['foreign_pids']}"))
+        rows.append(("GPU sharing", "other processes: " + "; ".join(
+            f"GPU {gpu}: PIDs {', '.join(str(pid) for pid in pids)}"
+            for gpu, pids in exclusive["foreign_pids"].items() if pids)))
     return rows
