@@ -239,3 +239,23 @@ def test_the_readme_command_table_and_each_subcommands_help_agree(tmp_path):
         spellings = lambda f: {f, f.replace("--no_", "--", 1), f"--no_{f[2:]}"}
         undocumented = [f for f in flags if not any(f"`{s}" in readme for s in spellings(f))]
         assert not undocumented, (command, undocumented)
+
+
+def test_the_readme_names_the_sweep_log_where_the_sweep_writes_it(tmp_path):
+    from mlenergy.diffusion.plan import default_base_dir
+    from mlenergy.diffusion.sweep.local import log_path
+    from mlenergy.diffusion.sweep.point import Point
+
+    out = tmp_path / "run"
+    params = "batch-1+size-64x64+steps-1+seed-48105+uly-1+ring-1+tc-False"
+    point = Point(model_id="black-forest-labs/FLUX.1-dev", batch_size=1, ulysses_degree=1,
+                  ring_degree=1, options="", benchmark_args=[],
+                  run_dir=default_base_dir("text-to-image", "black-forest-labs/FLUX.1-dev",
+                                           out) / params)
+    written = log_path(out, point).relative_to(out)
+    shown = re.search(r"output is in\s+`OUT_DIR/(sweep_logs/[^`]+)`",
+                      (REPO / "README.md").read_text()).group(1)
+    assert written == Path("sweep_logs/diffusion/text-to-image/black-forest-labs/FLUX.1-dev/"
+                           f"{params}.log")
+    assert Path(shown.replace("<task>", "text-to-image").replace("<org>", "black-forest-labs")
+                .replace("<model>", "FLUX.1-dev").replace("<params>", params)) == written
