@@ -47,7 +47,8 @@ def plan_line(plan) -> str:
             f"{plan.inference_steps} steps, guidance {plan.guidance_scale:g}, seed {plan.seed}; "
             f"ulysses {plan.ulysses_degree} x ring {plan.ring_degree} on {processes} "
             f"({plan.device_type}); warm-up {plan.warmup_iters} x {plan.warmup_steps} steps, "
-            f"measured {plan.benchmark_iters}; options: {options_text(plan.options.configurations())}"
+            f"measured {plan.benchmark_iters}; "
+            f"options: {options_text(plan.options.configurations())}"
             + (f"; reference run {plan.config.reference_run}" if plan.config.reference_run else ""))
 
 
