@@ -291,6 +291,21 @@ _SUBCOMMAND_ALIASES = {
     "workload:t2i": "workload:text-to-image",
     "workload:t2v": "workload:text-to-video",
 }
+# The previous ML.ENERGY benchmark's spellings (its job templates), accepted for ours; the help
+# shows ours only.
+FLAG_ALIASES = {
+    "--workload.ulysses_degree": "--ulysses_degree",
+    "--workload.ring_degree": "--ring_degree",
+}
+
+
+def _canonical_spellings(argv: Sequence[str]) -> list[str]:
+    renamed = []
+    for token in argv:
+        name, equals, value = token.partition("=")
+        renamed.append(FLAG_ALIASES.get(name, name) + equals + value
+                       if token.startswith("--") else token)
+    return renamed
 
 
 def _top_level_flags() -> dict[str, bool]:
@@ -303,6 +318,7 @@ def _top_level_flags() -> dict[str, bool]:
         flags[f"--{f.name}"] = not is_bool
         if is_bool:
             flags[f"--no_{f.name}"] = False
+    flags.update({alias: flags[name] for alias, name in FLAG_ALIASES.items()})
     return flags
 
 
@@ -338,6 +354,6 @@ def normalize_argv(argv: Sequence[str]) -> list[str]:
 def parse_cli(argv: Sequence[str] | None = None) -> BenchmarkConfig:
     argv = sys.argv[1:] if argv is None else argv
     return parse_one_line(
-        lambda args: tyro.cli(BenchmarkConfig, args=args, use_underscores=True,
-                              description=BenchmarkConfig.__doc__),
-        normalize_argv(argv), prog="python -m mlenergy.diffusion.benchmark")
+        lambda args: tyro.cli(BenchmarkConfig, args=_canonical_spellings(args),
+                              use_underscores=True, description=BenchmarkConfig.__doc__),
+        normalize_argv(argv), prog="mlenergy-diffusion run", aliases=FLAG_ALIASES)

@@ -20,6 +20,9 @@ class Launch:
     visible_gpus: int = 0
     # HF_HUB_OFFLINE: pretrained weights must already be in the local cache.
     hub_offline: bool = False
+    # This process's own launch (not one planned for another machine): what this machine finds
+    # (a hub that does not answer) holds for the run.
+    here: bool = False
 
     @classmethod
     def from_environment(cls) -> Launch:
@@ -31,7 +34,7 @@ class Launch:
                    local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", str(world))),
                    device_type="cuda" if cuda else "cpu",
                    visible_gpus=torch.cuda.device_count() if cuda else 0,
-                   hub_offline=_flag("HF_HUB_OFFLINE"))
+                   hub_offline=_flag("HF_HUB_OFFLINE"), here=True)
 
     @classmethod
     def for_machine(cls, world_size: int, device_type: str, gpus_per_node: int | None = None

@@ -234,7 +234,7 @@ def _check_inputs(config: BenchmarkConfig, spec: ModelSpec, launch: Launch) -> N
         except prompts.PromptsError as err:
             raise ConfigError(str(err)) from None
     if workload.weights == "pretrained":
-        resolve.check_pretrained(spec, launch.hub_offline)
+        resolve.check_pretrained(spec, launch.hub_offline, here=launch.here)
 
 
 def _iteration_counts(config: BenchmarkConfig, steps: int, video: bool) -> dict:

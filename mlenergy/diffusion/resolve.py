@@ -239,16 +239,18 @@ def _with_flow_shift(spec: ModelSpec, value: float | None) -> ModelSpec:
     return dataclasses.replace(spec, scheduler_overrides={key: value})
 
 
-def check_pretrained(spec: ModelSpec, offline: bool) -> None:
+def check_pretrained(spec: ModelSpec, offline: bool, here: bool = False) -> None:
     """Pretrained weights can be loaded: a local pipeline directory, or a hub repository the
-    user may access (asked of the hub when it answers; else the local cache must have it)."""
+    user may access (asked of the hub when it answers; else the local cache must have it, when
+    offline, or when the hub does not answer the run itself: `here`)."""
     if Path(spec.load_id).is_dir():
         return
     if hub.reachable():
         hub.fetch_model_index(spec.load_id, spec.revision)
-    elif hub.cached_json(spec.load_id, hub.MODEL_INDEX, spec.revision) is None and offline:
+    elif hub.cached_json(spec.load_id, hub.MODEL_INDEX, spec.revision) is None \
+            and (offline or here):
         raise ConfigError(hub.not_cached_message(spec.load_id, spec.revision))
-    # Online but the hub does not answer: loading will say what it finds.
+    # Planned for another machine whose hub this one cannot ask (the sweep): its run will say.
 
 
 def _slug(text: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from mlenergy.diffusion import stats
+from mlenergy.diffusion.console import si_text
 from mlenergy.diffusion.record import RunRecord
 
 # A percentile is printed only from at least this many samples (the p90 of 8 is the maximum).
@@ -99,10 +100,11 @@ def _floor_rows(floor: dict | None) -> list[tuple[str, str]]:
     if not floor:
         return []
     analytic = floor["analytic_flops_per_forward"]
+    achieved = floor["achieved_tflops"]
     return [
-        ("TFLOP / forward", f"{floor['flops_per_forward'] / 1e12:.4g}"
-         + (f"  (analytic {analytic / 1e12:.4g})" if analytic else "")),
-        ("achieved", _fmt(floor["achieved_tflops"], ".4g", " TFLOP/s")
+        ("FLOP / forward", si_text(floor["flops_per_forward"], "FLOP")
+         + (f"  (analytic {si_text(analytic, 'FLOP')})" if analytic else "")),
+        ("achieved", ("not measured" if achieved is None else si_text(achieved * 1e12, "FLOP/s"))
          + (f", MFU {100 * floor['mfu']:.1f}%" if floor["mfu"] is not None else "")),
         ("floor ratio", "denoising time / floor "
          + _fmt(floor["denoising_time_over_floor"], ".2f", "x")
@@ -124,5 +126,7 @@ def _check_rows(record: RunRecord) -> list[tuple[str, str]]:
                      f"direct read vs Zeus {100 * check['nvml']['relative_difference']:+.2f}%"))
     exclusive = a.gpu_exclusivity
     if exclusive and not exclusive["exclusive"]:
-        rows.append(("GPU sharing", f"other processes: {exclusive['foreign_pids']}"))
+        rows.append(("GPU sharing", "other processes: " + "; ".join(
+            f"GPU {gpu}: PIDs {', '.join(str(pid) for pid in pids)}"
+            for gpu, pids in exclusive["foreign_pids"].items() if pids)))
     return rows

@@ -146,8 +146,8 @@ def parse_benchmark(task: str, flags) -> object:
 
     unknown = [name for name in _flag_names(flags) if name not in _known_benchmark_flags()]
     if unknown:
-        raise SweepError(f"the benchmark has no flag {unknown[0]}; see python -m "
-                         "mlenergy.diffusion.benchmark --help")
+        raise SweepError(f"the benchmark has no flag {unknown[0]}; see `mlenergy-diffusion "
+                         "run --help`")
     argv = [f"workload:{task}", *flags]
     try:
         # The parser reports to the terminal itself; the sweep says it in one line instead.
@@ -156,8 +156,8 @@ def parse_benchmark(task: str, flags) -> object:
     except ConfigError as err:
         raise SweepError(f"the benchmark rejects {shlex.join(flags)}: {err}") from None
     except SystemExit:
-        raise SweepError(f"the benchmark cannot parse {shlex.join(flags)}; run python -m "
-                         f"mlenergy.diffusion.benchmark {shlex.join(argv)} to see why") from None
+        raise SweepError(f"the benchmark cannot parse {shlex.join(flags)}; run `mlenergy-diffusion "
+                         f"run {shlex.join(argv)}` to see why") from None
 
 
 def _grid_free(argv) -> tuple[str, ...]:
