@@ -178,3 +178,13 @@ def test_a_point_the_sweep_cannot_record_fails_without_starting(tmp_path):
     assert doc["points"][0]["reason"].startswith("could not record the point in ")
     assert not list(out.rglob("results.json"))
     assert _processes_mentioning(str(out), but=os.getpid()) == []
+
+
+def test_option_sets_are_the_one_flag_given_once_per_value(tmp_path, capsys):
+    assert sweep_main(["--models", FLUX, "--batch_sizes", "1", "--parallel", "1x1", "--options=",
+                       "--options=--use_torch_compile --compile_backend eager", "--dry_run",
+                       "--out_dir", str(tmp_path / "run"), "--", "--workload.weights",
+                       "tiny"]) == 0
+    commands = [line for line in capsys.readouterr().out.splitlines()
+                if not line.startswith("#")]
+    assert len(commands) == 2 and "--use_torch_compile" in commands[1]

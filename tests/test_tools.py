@@ -134,10 +134,9 @@ def test_every_subcommand_says_mlenergy_diffusion_in_its_usage_line(command, tmp
     assert proc.stdout.startswith(f"usage: mlenergy-diffusion {command} "), proc.stdout[:200]
     bad = cli(command, "--no_such_flag", tmp_path=tmp_path)
     assert bad.returncode == 2
-    if command != "sweep":  # the sweep's own parse errors are one line on the sweep's branch
-        lines = bad.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: "), lines
-        assert lines[0].endswith(f"; see `mlenergy-diffusion {command} --help`"), lines
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert lines[0].endswith(f"; see `mlenergy-diffusion {command} --help`"), lines
 
 
 def test_errors_point_at_the_command_a_user_types(tmp_path):

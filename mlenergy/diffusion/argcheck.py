@@ -37,14 +37,16 @@ def _setting(name: str) -> str:
     return f"{head}.{leaf}" if head else leaf
 
 
-def check_argv(argv: Sequence[str], aliases: Mapping[str, str] | None = None) -> None:
+def check_argv(argv: Sequence[str], aliases: Mapping[str, str] | None = None,
+               repeatable: Sequence[str] = ()) -> None:
     """Refuse a setting given twice (under either of its spellings: `aliases` maps another
-    spelling to the canonical one) and an empty path."""
+    spelling to the canonical one; flags in `repeatable` add a value each time) and an empty
+    path."""
     aliases = aliases or {}
     seen: dict[str, str] = {}
     for index, token in enumerate(argv):
         name = _flag_name(token)
-        if name is None or name in ("--help", "-h"):
+        if name is None or name in ("--help", "-h", *repeatable):
             continue
         setting = _setting(aliases.get(name, name))
         if setting in seen:
@@ -85,13 +87,14 @@ def _condense(captured: str) -> str:
 
 
 def parse_one_line(parse: Callable[[list[str]], T], argv: Sequence[str], prog: str,
-                   aliases: Mapping[str, str] | None = None) -> T:
+                   aliases: Mapping[str, str] | None = None,
+                   repeatable: Sequence[str] = ()) -> T:
     """`parse(argv)`, with every refusal as one line `error: ...` and exit status 2. Help
     (-h/--help) is printed as the parser prints it. Under torchrun only rank 0 speaks."""
     argv = list(argv)
     quiet = os.environ.get("RANK", "0") != "0"
     try:
-        check_argv(argv, aliases)
+        check_argv(argv, aliases, repeatable)
     except ArgvError as err:
         if not quiet:
             print(f"error: {err}", file=sys.stderr)

@@ -354,10 +354,14 @@ def check_argv(own: list[str], benchmark_args: list[str]) -> None:
 
 
 def _parse(argv: list[str]) -> tuple[SweepArgs, list[str]]:
+    from mlenergy.diffusion.argcheck import parse_one_line
+
     own, benchmark_args = split_benchmark_args(argv)
     check_argv(own, benchmark_args)
-    return tyro.cli(SweepArgs, args=own, use_underscores=True,
-                    prog="mlenergy-diffusion sweep"), benchmark_args
+    prog = "mlenergy-diffusion sweep"
+    # The parser's own refusals (an unknown flag, a value it cannot read) as one line too.
+    return parse_one_line(lambda a: tyro.cli(SweepArgs, args=a, use_underscores=True, prog=prog),
+                          own, prog, repeatable=REPEATABLE), benchmark_args
 
 
 def main(argv: list[str] | None = None) -> int:
