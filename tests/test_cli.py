@@ -221,3 +221,52 @@ def test_latent_rows_must_split_among_the_sequence_parallel_ranks(argv, world, r
     with pytest.raises(ConfigError) as err:
         plan_for(argv, world_size=world)
     assert str(err.value).startswith(refused)
+
+
+# The previous ML.ENERGY benchmark's job templates (configs/xdit/<task>/benchmark.yaml of
+# ml-energy/benchmark), rendered for one point, without the launcher: they spell the degrees
+# as workload flags, and leave steps and frames to the model with `None`.
+PREDECESSOR_TEMPLATES = [
+    (4, "workload:text-to-image --workload.model_id black-forest-labs/FLUX.1-dev "
+        "--workload.base_dir run/diffusion/text-to-image/black-forest-labs/FLUX.1-dev "
+        "--workload.batch_size 4 --workload.ulysses_degree 2 --workload.ring_degree 2 "
+        "--workload.inference_steps None"),
+    (2, "workload:text-to-video --workload.model_id Wan-AI/Wan2.1-T2V-1.3B-Diffusers "
+        "--workload.base_dir run/diffusion/text-to-video/Wan-AI/Wan2.1-T2V-1.3B-Diffusers "
+        "--workload.batch_size 1 --workload.ulysses_degree 1 --workload.ring_degree 2 "
+        "--workload.inference_steps None --workload.num_frames None"),
+]
+
+
+@pytest.mark.parametrize("world,argv", PREDECESSOR_TEMPLATES)
+def test_the_predecessors_job_templates_run_as_they_meant(world, argv):
+    """`--workload.ulysses_degree` / `--workload.ring_degree` are our `--ulysses_degree` /
+    `--ring_degree`: the same plan, the same run directory."""
+    theirs = plan_for(argv, world_size=world)
+    ours = plan_for(argv.replace("--workload.ulysses_degree", "--ulysses_degree")
+                    .replace("--workload.ring_degree", "--ring_degree"), world_size=world)
+    assert (theirs.ulysses_degree * theirs.ring_degree, theirs.run_dir) == (world, ours.run_dir)
+    assert theirs.config == ours.config
+
+
+@pytest.mark.parametrize("argv", [
+    "--ulysses_degree 2 workload:t2i --workload.ulysses_degree 2",
+    "workload:t2i --workload.ring_degree=2 --ring_degree 2",
+])
+def test_both_spellings_of_a_degree_are_refused_in_one_line(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        parse_cli(shlex.split(argv))
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "one setting" in err[0], err
+
+
+def test_the_help_shows_one_spelling_of_each_degree():
+    import subprocess
+    import sys
+
+    helped = "".join(subprocess.run([sys.executable, "-m", "mlenergy.diffusion.benchmark", *sub,
+                                     "--help"], cwd=REPO, capture_output=True, text=True,
+                                    check=True).stdout for sub in ([], ["workload:t2i"]))
+    assert "--ulysses_degree" in helped and "--ring_degree" in helped
+    assert "--workload.ulysses_degree" not in helped and "--workload.ring_degree" not in helped

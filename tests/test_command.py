@@ -41,7 +41,7 @@ def test_help_lists_every_subcommand(tmp_path):
     proc = cli("--help", tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr
     listed = re.findall(r"^  (\w+) ", proc.stdout, flags=re.M)
-    assert listed == ["run", "sweep", "report", "quality", "check", "models"]
+    assert listed == ["run", "sweep", "report", "quality", "check", "models", "presets"]
     bare = cli(tmp_path=tmp_path)
     assert bare.returncode == 2 and "usage: mlenergy-diffusion" in bare.stderr
 
@@ -51,7 +51,7 @@ def test_an_unknown_subcommand_is_one_line_and_exit_2(tmp_path):
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().splitlines() == [
         "error: unknown command 'benchmark'; choose one of run, sweep, report, quality, check, "
-        "models (`mlenergy-diffusion --help`)"]
+        "models, presets (`mlenergy-diffusion --help`)"]
 
 
 def test_version_names_the_commit_of_this_checkout(tmp_path):

@@ -116,7 +116,7 @@ V3_VIDEO = {
     "maxin-cn/Latte-1": ["--workload.dtype", "bfloat16"],
 }
 V3_PARALLEL = [(1, 1), (1, 2), (2, 1), (1, 4), (2, 2), (4, 1), (1, 8), (2, 4), (4, 2), (8, 1)]
-V3_BATCHES = {"text-to-image": [1, 2, 4, 8, 16], "text-to-video": [1, 2, 4, 8, 16, 32]}
+V3_BATCHES = {"text-to-image": [1, 2, 4, 8, 16], "text-to-video": [1, 2, 4, 8, 16]}
 
 
 @pytest.mark.parametrize("task,table", [("text-to-image", V3_IMAGE), ("text-to-video", V3_VIDEO)])
@@ -149,10 +149,13 @@ def test_the_leaderboard_v3_dry_run_lists_its_points(tmp_path):
          "--workload.weights", "random"],
         cwd=REPO, env=offline_env(tmp_path), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    lines = proc.stdout.splitlines()
+    *lines, totals = proc.stdout.splitlines()
     commands = [line for line in lines if not line.startswith("#")]
     skipped = [line for line in lines if line.startswith("# skipped")]
     assert len(lines) == len(V3_IMAGE) * 5 * 10 == 350
+    assert totals == (f"# {len(commands)} point(s) to run ("
+                      f"{sum(int(c.split('--nproc_per_node=')[1].split()[0]) if 'nproc' in c else 1 for c in commands)}"
+                      f" GPU-process launches in all); {len(skipped)} skipped")
     # Heads that Ulysses 4 and 8 do not divide: SD3.5-large (38) and SANA (70).
     assert len(skipped) == 3 * 5 * 3 and all("attention heads" in line for line in skipped)
     flux = [c for c in commands if "FLUX.1-dev" in c]
@@ -163,8 +166,11 @@ def test_the_leaderboard_v3_dry_run_lists_its_points(tmp_path):
 
 def test_a_preset_prints_what_to_download_ahead():
     lines = presets.download_commands("leaderboard-v3")
-    assert "hf download tencent/HunyuanVideo --revision refs/pr/18" in lines
-    assert "hf download Efficient-Large-Model/SANA1.5_4.8B_1024px_diffusers" in lines
+    # With --include patterns: the files each pipeline loads (tests/test_tools.py has them).
+    assert any(line.startswith("hf download tencent/HunyuanVideo --revision refs/pr/18 "
+                               "--include model_index.json ") for line in lines)
+    assert any(line.startswith("hf download Efficient-Large-Model/SANA1.5_4.8B_1024px_diffusers "
+                               "--include ") for line in lines)
     assert len(lines) == len(V3_IMAGE) + len(V3_VIDEO)
     out = subprocess.run([sys.executable, "-m", "mlenergy.diffusion.presets", "leaderboard-v3"],
                          cwd=REPO, capture_output=True, text=True, check=True).stdout

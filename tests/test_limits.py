@@ -203,7 +203,7 @@ def test_command_line_errors_are_one_line_with_a_usage_hint(capsys, tmp_path, fl
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], lines
     if "given twice" not in says and "empty" not in says:
-        assert lines[0].endswith("see `python -m mlenergy.diffusion.benchmark --help`")
+        assert lines[0].endswith("see `mlenergy-diffusion run --help`")
 
 
 def test_bad_input_under_torchrun_is_one_line_from_one_rank(tmp_path):

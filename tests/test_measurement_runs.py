@@ -88,7 +88,7 @@ def test_one_process_records_stages_steps_statistics_and_the_floor(tmp_path, tin
     assert doc["host_energy"]["cpu_energy_j"] is None
     assert not (run_dir / "power_timeline.png").exists()
     log = (run_dir / "driver_log.txt").read_text()
-    assert "denoising" in log and "step latency" in log and "TFLOP / forward" in log
+    assert "denoising" in log and "step latency" in log and "FLOP / forward" in log
 
 
 def test_two_processes_ulysses_2_take_decoding_from_the_rank_that_decodes(tmp_path, tiny_flux_args):

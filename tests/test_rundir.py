@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, TINY_FLUX, load_results, offline_env, only_run_dir, run_benchmark
+from mlenergy.diffusion import runlock
 from mlenergy.diffusion import rundir
 from mlenergy.diffusion.config import parse_cli
 from mlenergy.diffusion.plan import ConfigError, make_plan
@@ -215,7 +216,7 @@ def test_a_lock_whose_pid_names_another_process_is_stale(tmp_path):
     holder.acquire()
     holder.release()
     # The same live process with its own start time holds the lock for real.
-    record["process_start"] = rundir._process_start(os.getppid())
+    record["process_start"] = runlock._process_start(os.getppid())
     holder.path.write_text(json.dumps(record))
     with pytest.raises(ConfigError, match=f"PID {os.getppid()} on"):
         rundir.RunDirLock(run_dir).acquire()

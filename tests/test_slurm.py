@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, offline_env
+from mlenergy.diffusion import rundir
 from mlenergy.diffusion.rundir import RunDirLock
+from mlenergy.diffusion.sweep.grid import plan_point
 from mlenergy.diffusion.sweep import main as sweep_main
 from mlenergy.diffusion.sweep.point import Point, results_complete
 from slurm_cluster import Cluster, ensure_installed
@@ -41,9 +43,14 @@ class Array:
     def task_point(self, args: list[str]) -> Point:
         bench = args[args.index("--") + 1:]
         value = {bench[i]: bench[i + 1] for i in range(len(bench) - 1)}
-        return Point(value["--workload.model_id"], int(value["--workload.batch_size"]),
-                     int(value["--ulysses_degree"]), int(value["--ring_degree"]), "", bench,
-                     run_dir=Path(args[args.index("--run_dir") + 1]))
+        point = Point(value["--workload.model_id"], int(value["--workload.batch_size"]),
+                      int(value["--ulysses_degree"]), int(value["--ring_degree"]), "", bench,
+                      run_dir=Path(args[args.index("--run_dir") + 1]))
+        # What the task itself plans: the identity its results must hold.
+        device = self.exec_flags[self.exec_flags.index("--device") + 1]
+        plan = plan_point(bench[0].split(":", 1)[1], bench, point.nproc, device)
+        point.identity = rundir.identity(plan)
+        return point
 
     @property
     def points(self) -> list[Point]:
@@ -205,9 +212,10 @@ def test_a_campaign_runs_as_right_sized_array_tasks_side_by_side_past_a_failing_
     assert all(s == ("COMPLETED", "0:0") for i, s in states[0].items() if i != 1)
     assert all(s == ("COMPLETED", "0:0") for s in states[1].values())
     broken = one_gpu.points[1]
-    log = campaign.work / "run" / "sweep_logs" / broken.run_dir.relative_to("run").parent / (
-        broken.run_dir.name + ".log")
-    assert "is being measured by another run" in log.read_text()
+    # The task did not even start it: its run directory is held by a live run.
+    out, = (campaign.work / "run" / "sweep_logs" / "slurm").glob(
+        f"*-{campaign.job_ids[0]}_1.out")
+    assert f"{broken.run_dir} is held by a live run (PID {os.getpid()}" in out.read_text()
     assert not campaign.broken_run_dir.exists()
     windows = {}
     for array in (one_gpu, two_gpu):
@@ -244,7 +252,7 @@ def test_resubmitting_runs_only_what_is_missing_then_nothing(campaign, cluster):
     again = campaign.sweep("--submit")
     assert again.returncode == 0, again.stderr
     assert "1 point(s) to run, 7 already done" in again.stdout
-    assert len(re.findall(r": job \d+$", again.stdout, re.M)) == 1
+    assert len(re.findall(r": job \d+ \(script: ", again.stdout)) == 1
     _wait(cluster, campaign.work)
     points = [p for a in campaign.arrays for p in a.points]
     assert all(results_complete(campaign.results(p), p) for p in points)
@@ -281,3 +289,63 @@ def test_a_multi_node_task_is_one_srun_of_torchrun_per_node_meeting_on_the_batch
     assert re.fullmatch(r"--rdzv_endpoint=gpu-a:\d+", launcher[3])
     assert launcher[4:] == ["--rdzv_id=mlenergy-77-3", "-m", "mlenergy.diffusion.benchmark",
                             *bench]
+
+
+# ------------------------------------- the leaderboard-v3 preset under Slurm, paths with spaces
+
+def test_the_v3_preset_completes_under_slurm_from_a_directory_with_spaces(cluster, tmp_path):
+    from test_campaign import V3_TINY, V3_TINY_EXTRA
+
+    from mlenergy.diffusion import presets
+
+    work = tmp_path / "a campaign"
+    work.mkdir()
+    env = offline_env(work, MLENERGY_PYTHON=sys.executable, SLURM_CONF=str(cluster.conf),
+                      PATH=cluster.env["PATH"])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(REPO), env.get("PYTHONPATH"))))
+    slurm_flags = ["--device", "cpu", "--gpus", "2", "--gpus_per_node", "2", "--cpus_per_gpu",
+                   "1", "--mem_per_gpu", "200M", "--time_limit", "15:00", "--out_dir", "run dir"]
+
+    def submit(task: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "mlenergy.diffusion.sweep", "--preset", "leaderboard-v3",
+             "--task", task, "--batch_sizes", "1", "--parallel", "1x1", *slurm_flags, "--submit",
+             "--", *V3_TINY, *V3_TINY_EXTRA[task]],
+            cwd=work, env=env, capture_output=True, text=True, timeout=300)
+
+    models = {task: len(presets.PRESETS["leaderboard-v3"].models_of(task))
+              for task in presets.TASKS}
+    job_ids = []
+    for task in presets.TASKS:
+        proc = submit(task)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert f"{models[task]} point(s) to run" in proc.stdout
+        job_ids += re.findall(r": job (\d+)", proc.stdout)
+    _wait(cluster, work)
+    for job in job_ids:
+        states = cluster.task_states(job)
+        assert set(states.values()) == {("COMPLETED", "0:0")}, states
+    results = list((work / "run dir").rglob("results.json"))
+    assert len(results) == sum(models.values())
+    submitted = [json.loads(line) for line in
+                 (work / "run dir" / "sweep_logs" / "slurm" / "jobs.jsonl").read_text().splitlines()]
+    assert sorted(s["job_id"] for s in submitted) == sorted(job_ids)
+    assert all(Path(work / s["script"]).is_file() for s in submitted)
+    assert {s["array"] for s in submitted} == {"img-1gpu", "vid-1gpu"}
+    # Every point landed where the sweep looks for it: nothing is left to submit.
+    for task in presets.TASKS:
+        again = submit(task)
+        assert again.returncode == 0 and "nothing to submit" in again.stdout, again.stdout
+
+
+def test_a_line_break_in_a_campaign_path_or_option_is_refused(tmp_path):
+    for flags in (["--out_dir", "run\necho injected"],
+                  ["--slurm_option=--qos=high\necho injected"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "mlenergy.diffusion.sweep", "--models", FLUX, "--batch_sizes",
+             "1", "--parallel", "1x1", "--device", "cuda", "--gpus", "1", "--emit", "slurm",
+             *flags, "--", "--workload.weights", "random"],
+            cwd=tmp_path, env=offline_env(tmp_path), capture_output=True, text=True,
+            timeout=120)
+        assert proc.returncode == 2 and proc.stdout == ""
+        assert proc.stderr.count("\n") == 1 and "line break" in proc.stderr

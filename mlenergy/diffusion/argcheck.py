@@ -11,7 +11,7 @@ import contextlib
 import io
 import os
 import sys
-from typing import Callable, Sequence, TypeVar
+from typing import Callable, Mapping, Sequence, TypeVar
 
 T = TypeVar("T")
 
@@ -37,15 +37,24 @@ def _setting(name: str) -> str:
     return f"{head}.{leaf}" if head else leaf
 
 
-def check_argv(argv: Sequence[str]) -> None:
-    """Refuse a setting given twice and an empty path."""
+def check_argv(argv: Sequence[str], aliases: Mapping[str, str] | None = None,
+               repeatable: Sequence[str] = ()) -> None:
+    """Refuse a setting given twice (under either of its spellings: `aliases` maps another
+    spelling to the canonical one; flags in `repeatable` add a value each time) and an empty
+    path."""
+    aliases = aliases or {}
     seen: dict[str, str] = {}
     for index, token in enumerate(argv):
         name = _flag_name(token)
-        if name is None or name in ("--help", "-h"):
+        if name is None or name in ("--help", "-h", *repeatable):
             continue
-        setting = _setting(name)
+        setting = _setting(aliases.get(name, name))
         if setting in seen:
+            before = seen[setting].split("=", 1)[0]
+            if before != name and (name in aliases or before in aliases):
+                canonical = aliases.get(name, name)
+                raise ArgvError(f"{before} and {name} are one setting (spelled {canonical}); "
+                                "give it once")
             raise ArgvError(f"{token} is given twice ({seen[setting]} before it); give each "
                             "flag once")
         seen[setting] = token
@@ -77,13 +86,15 @@ def _condense(captured: str) -> str:
     return " ".join(message).rstrip(".") or "the command line could not be parsed"
 
 
-def parse_one_line(parse: Callable[[list[str]], T], argv: Sequence[str], prog: str) -> T:
+def parse_one_line(parse: Callable[[list[str]], T], argv: Sequence[str], prog: str,
+                   aliases: Mapping[str, str] | None = None,
+                   repeatable: Sequence[str] = ()) -> T:
     """`parse(argv)`, with every refusal as one line `error: ...` and exit status 2. Help
     (-h/--help) is printed as the parser prints it. Under torchrun only rank 0 speaks."""
     argv = list(argv)
     quiet = os.environ.get("RANK", "0") != "0"
     try:
-        check_argv(argv)
+        check_argv(argv, aliases, repeatable)
     except ArgvError as err:
         if not quiet:
             print(f"error: {err}", file=sys.stderr)

@@ -27,6 +27,7 @@ from typing import Any
 
 from mlenergy.diffusion import (
     console,
+    describe,
     files,
     launch,
     model_info,
@@ -113,10 +114,11 @@ def run(plan: RunPlan) -> None:
         logger.info("What the run directory held is now in %s", moved)
     env = environment.describe(gpus)
     logger.info("Run directory: %s", plan.run_dir)
-    logger.info("Plan: %s", _describe_plan(plan))
-    logger.info("Environment: %s", env)
+    logger.info("Plan: %s", describe.plan_line(plan))
+    console.log_to_file_only("Plan in full:\n%s", describe.plan_in_full(plan))
+    logger.info("Environment: %s", describe.environment_text(env))
     origin = provenance.describe()
-    logger.info("Provenance: %s", origin)
+    logger.info("Provenance: %s", describe.provenance_text(origin))
     logger.log(logging.WARNING if prompts_note[1] else logging.INFO, "%s", prompts_note[0])
     logger.info("%s", resolve.describe(plan.spec))
     if ranks.is_main:
@@ -151,6 +153,7 @@ def _load_pipeline(plan: RunPlan, ranks) -> tuple[Any, LoadRecord, Any]:
 
     engine = xdit.engine_config(plan)
     logger.info("Loading %s (%s weights) ...", plan.spec.model_id, plan.weights)
+    console.quiet_loading_bars()
     with runtime.Stopwatch() as loading:
         # Offloaded weights live in host memory: built there, they need not fit the GPU too.
         built = pipelines.build_pipeline(plan.spec, plan.weights, dtype=getattr(torch, plan.dtype),
@@ -183,7 +186,7 @@ def _warm_up(plan: RunPlan, ranks, pipeline, batches: list[list[str]], probes) -
     and seeds than the measured ones."""
     from mlenergy.diffusion import xdit
 
-    recorder, compiles = probes.recorder, probes.compiles
+    recorder, compiles, steps = probes.recorder, probes.compiles, _step_progress(probes, ranks)
     times: list[float] = []
     compiled: list[tuple] = []
     with runtime.Stopwatch() as warming:
@@ -193,9 +196,11 @@ def _warm_up(plan: RunPlan, ranks, pipeline, batches: list[list[str]], probes) -
             before = compiles.snapshot()
             with runtime.Stopwatch() as one:
                 recorder.begin_iteration()
+                steps.begin(f"warm-up {i + 1}/{len(batches)}", plan.warmup_steps)
                 xdit.generate(pipeline, plan, batch, seed=plan.seed - 1 - i, device=ranks.device,
                               steps=plan.warmup_steps, extra_kwargs=recorder.call_kwargs())
                 runtime.synchronize(ranks.device)
+                steps.end()
                 recorder.end_iteration()
             times.append(one.seconds)
             compiled.append(compiles.difference(before, compiles.snapshot()))
@@ -207,6 +212,16 @@ def _warm_up(plan: RunPlan, ranks, pipeline, batches: list[list[str]], probes) -
     # The warm-up showed which stage boundaries every rank crosses.
     logger.info("Stage boundaries fenced with %s", recorder.settle_fencing())
     return WarmupRecord(seconds=warming.seconds, iteration_times=times, compiles=compiled)
+
+
+def _step_progress(probes, ranks) -> console.StepProgress:
+    """The per-step line of long iterations (a terminal only), fed by the stage recorder."""
+    recorder = probes.recorder
+    if getattr(recorder, "step_progress", None) is None:  # one for warm-up and measurement
+        recorder.step_progress = console.StepProgress(ranks.is_main,
+                                                      recorder.accepts_step_callback)
+        recorder.on_event = recorder.step_progress.event
+    return recorder.step_progress
 
 
 @dataclasses.dataclass
@@ -226,6 +241,7 @@ def _measure(plan: RunPlan, ranks, pipeline, batches: list[list[str]], probes) -
     from mlenergy.diffusion.probes import checks, memory
 
     meter, recorder, compiles = probes.meter, probes.recorder, probes.compiles
+    steps = _step_progress(probes, ranks)
     memory.reset_peak_memory(ranks.device)
     records: list[IterationRecord] = []
     stage_records: list[dict] = []
@@ -235,9 +251,11 @@ def _measure(plan: RunPlan, ranks, pipeline, batches: list[list[str]], probes) -
     for i, batch in enumerate(console.progress(batches, "iterations", ranks.is_main)):
         meter.begin(f"iteration-{i}")
         recorder.begin_iteration()
+        steps.begin(f"iteration {i + 1}/{len(batches)}", plan.inference_steps)
         outputs = xdit.generate(pipeline, plan, batch, seed=plan.seed + i, device=ranks.device,
                                 extra_kwargs=recorder.call_kwargs())
         window = meter.end(f"iteration-{i}")
+        steps.end()
         stage_records.append(recorder.record(recorder.end_iteration()))
         saved = _save_outputs(plan, ranks, i, batch, outputs)
         records.append(IterationRecord(index=i, measurement=window, prompts=batch,
@@ -368,14 +386,7 @@ def _energy_text(joules: float | None) -> str:
     return "energy not measured" if joules is None else f"{joules:,.1f} J"
 
 
-def _describe_plan(plan: RunPlan) -> str:
-    return (f"{plan.spec.model_id} [{plan.weights}, {plan.dtype}] {plan.task.name} batch "
-            f"{plan.batch_size} {plan.height}x{plan.width} steps {plan.inference_steps} "
-            f"guidance {plan.guidance_scale} seed {plan.seed}; ulysses {plan.ulysses_degree} "
-            f"x ring {plan.ring_degree} on {plan.world_size} process(es) ({plan.device_type}); "
-            f"warm-up {plan.warmup_iters}, measured {plan.benchmark_iters}; "
-            f"options {results.configurations(plan)}")
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from mlenergy.diffusion.cli import exit_quietly_on_broken_pipe
+
+    sys.exit(exit_quietly_on_broken_pipe(main))

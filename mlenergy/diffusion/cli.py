@@ -1,7 +1,7 @@
 """`mlenergy-diffusion`: one command for the benchmark and its tools.
 
     mlenergy-diffusion run [FLAGS] workload:text-to-image [--workload.* FLAGS]
-    mlenergy-diffusion sweep | report | quality | check | models ...
+    mlenergy-diffusion sweep | report | quality | check | models | presets ...
     mlenergy-diffusion --version
 
 Each subcommand hands the rest of the command line to its tool's `main(argv)`, so
@@ -19,6 +19,7 @@ from typing import Literal, Optional, Sequence
 
 import tyro
 
+from mlenergy.diffusion.argcheck import parse_one_line
 from mlenergy.diffusion.config import help_from_docstrings
 
 PROG = "mlenergy-diffusion"
@@ -36,6 +37,8 @@ COMMANDS = {
     "check": ("mlenergy.diffusion.checks",
               "check that run directories are complete and hold a real GPU measurement"),
     "models": ("mlenergy.diffusion.cli", "list the registered models and their defaults"),
+    "presets": ("mlenergy.diffusion.presets",
+                "list the sweep presets, or print a preset's `hf download` commands"),
 }
 
 
@@ -55,6 +58,24 @@ def usage() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    return exit_quietly_on_broken_pipe(_main, argv)
+
+
+def exit_quietly_on_broken_pipe(function, *args) -> int:
+    """`function(*args)`, whose output may go to a reader that stops early (`... | head`): the
+    reader has what it wanted, so a closed pipe ends the command quietly (status 0), not with a
+    traceback, and neither does Python's own flush of stdout at exit."""
+    try:
+        try:
+            return function(*args) or 0
+        finally:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         print(usage(), file=sys.stderr)
@@ -130,18 +151,17 @@ def models_table(rows: list[dict]) -> str:
 
 
 def list_models(argv: Sequence[str]) -> int:
-    args = tyro.cli(ModelsArgs, args=argv, use_underscores=True, prog=f"{PROG} models",
-                    description="List the registered models and their defaults.")
+    prog = f"{PROG} models"
+    args = parse_one_line(
+        lambda a: tyro.cli(ModelsArgs, args=a, use_underscores=True, prog=prog,
+                           description="List the registered models and their defaults."),
+        argv, prog=prog)
     rows = registered_models(args.task)
     return _print(json.dumps(rows, indent=2) if args.json else models_table(rows))
 
 
 def _print(text: str) -> int:
-    try:
-        print(text, flush=True)
-    except BrokenPipeError:
-        # `... | head`: the reader has what it wanted; Python's flush at exit must not fail.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    print(text, flush=True)
     return 0
 
 

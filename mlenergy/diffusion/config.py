@@ -215,6 +215,12 @@ class BenchmarkConfig:
     regional compilation: one graph per block class, so a fraction of the compile time, and it
     composes with the step caches). Default: transformer."""
 
+    compile_autotune: bool = False
+    """With --use_torch_compile (inductor): inductor's coordinate-descent tuning of each Triton
+    kernel at its first call (in all directions), for about 2% more speed at a first call that
+    is minutes longer. Default: off, and no other option turns it on (torchao's FP8 config would,
+    process-wide; the benchmark does not let it)."""
+
     use_fp8_t5_encoder: bool = False
     """Store the T5 text encoder's weights in FP8 (optimum-quanto qfloat8; T5 families only)."""
 
@@ -239,9 +245,10 @@ class BenchmarkConfig:
 
     attention_backend: Optional[str] = None
     """Attention kernel: sdpa, sdpa_flash, sdpa_efficient, sdpa_math, cudnn, flash (flash-attn
-    2), flash_3 (flash-attn 3). Sequence-parallel runs set xDiT's backend; on one process xDiT
-    leaves attention to diffusers, and it is set there. Default: xDiT's choice (cuDNN on
-    Hopper); on one process diffusers' (torch SDPA)."""
+    2), flash_3 (flash-attn 3). fa3: FlashAttention-3 forward from the fa3-fwd wheel (the fa3
+    extra; Hopper GPUs, not with ring attention). Sequence-parallel runs set xDiT's backend; on
+    one process xDiT leaves attention to diffusers, and it is set there. Default: xDiT's choice
+    (cuDNN on Hopper); on one process diffusers' (torch SDPA)."""
 
     reference_run: Optional[Path] = None
     """Run directory of an exact run (same model, prompts, seed, size, steps and batch) to compare
@@ -284,6 +291,21 @@ _SUBCOMMAND_ALIASES = {
     "workload:t2i": "workload:text-to-image",
     "workload:t2v": "workload:text-to-video",
 }
+# The previous ML.ENERGY benchmark's spellings (its job templates), accepted for ours; the help
+# shows ours only.
+FLAG_ALIASES = {
+    "--workload.ulysses_degree": "--ulysses_degree",
+    "--workload.ring_degree": "--ring_degree",
+}
+
+
+def _canonical_spellings(argv: Sequence[str]) -> list[str]:
+    renamed = []
+    for token in argv:
+        name, equals, value = token.partition("=")
+        renamed.append(FLAG_ALIASES.get(name, name) + equals + value
+                       if token.startswith("--") else token)
+    return renamed
 
 
 def _top_level_flags() -> dict[str, bool]:
@@ -296,6 +318,7 @@ def _top_level_flags() -> dict[str, bool]:
         flags[f"--{f.name}"] = not is_bool
         if is_bool:
             flags[f"--no_{f.name}"] = False
+    flags.update({alias: flags[name] for alias, name in FLAG_ALIASES.items()})
     return flags
 
 
@@ -331,6 +354,6 @@ def normalize_argv(argv: Sequence[str]) -> list[str]:
 def parse_cli(argv: Sequence[str] | None = None) -> BenchmarkConfig:
     argv = sys.argv[1:] if argv is None else argv
     return parse_one_line(
-        lambda args: tyro.cli(BenchmarkConfig, args=args, use_underscores=True,
-                              description=BenchmarkConfig.__doc__),
-        normalize_argv(argv), prog="python -m mlenergy.diffusion.benchmark")
+        lambda args: tyro.cli(BenchmarkConfig, args=_canonical_spellings(args),
+                              use_underscores=True, description=BenchmarkConfig.__doc__),
+        normalize_argv(argv), prog="mlenergy-diffusion run", aliases=FLAG_ALIASES)

@@ -128,6 +128,21 @@ def route_xdit_logs() -> None:
             handler.addFilter(_not_routine)
 
 
+def quiet_loading_bars() -> None:
+    """diffusers' "Loading pipeline components" bar and transformers' checkpoint bars are for a
+    terminal; in a log file (a sweep point's, a Slurm output, a pipe) their redraws are `\r`
+    frames. Called once the libraries are about to load a model."""
+    if sys.stderr.isatty():
+        return
+    import importlib
+
+    for name in ("diffusers.utils.logging", "transformers.utils.logging"):
+        try:
+            importlib.import_module(name).disable_progress_bar()
+        except ImportError:
+            continue
+
+
 def _not_routine(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith(ROUTINE_XDIT_WARNINGS)
 
@@ -159,6 +174,54 @@ def progress(iterable, description: str, show: bool):
     return tqdm(iterable, desc=description, file=sys.stderr, leave=False)
 
 
+# Seconds an iteration runs before its per-step line shows (MLENERGY_STEP_PROGRESS_DELAY_S).
+STEP_PROGRESS_DELAY_S = 3.0
+
+
+class StepProgress:
+    """A per-step progress line inside an iteration (`iteration 3/8: 12/50 steps`), drawn on
+    a terminal only, by one rank, and only once the iteration has run a few seconds: a video
+    iteration takes minutes, an image's a second. Steps are counted from the pipeline's
+    step-end callback where it takes one, else from denoiser forwards (grouped per step as the
+    previous iteration showed)."""
+
+    def __init__(self, show: bool, by_callback: bool):
+        self.show = show and sys.stderr.isatty()
+        self.by_callback = by_callback
+        self.delay = float(os.environ.get("MLENERGY_STEP_PROGRESS_DELAY_S",
+                                          STEP_PROGRESS_DELAY_S))
+        self.per_step: int | None = None
+        self.bar = None
+        self.count = self.steps = 0
+
+    def begin(self, label: str, steps: int) -> None:
+        self.count, self.steps = 0, steps
+        if self.show:
+            from tqdm import tqdm
+
+            _route_terminal_handlers_around_bars()
+            known = self.by_callback or self.per_step is not None
+            self.bar = tqdm(total=steps if known else None, desc=label, delay=self.delay,
+                            unit="step" if known else "forward", leave=False, file=sys.stderr)
+
+    def event(self, kind: str) -> None:
+        if kind != ("step" if self.by_callback else "forward"):
+            return
+        self.count += 1
+        if self.bar is not None:
+            done = self.count if self.by_callback or self.per_step is None \
+                else self.count // self.per_step
+            if done != self.bar.n:
+                self.bar.update(done - self.bar.n)
+
+    def end(self) -> None:
+        if not self.by_callback and self.count and self.steps:
+            self.per_step = max(1, round(self.count / self.steps))
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 def _route_terminal_handlers_around_bars() -> None:
     """Libraries imported by now (diffusers, transformers, ...) set up handlers of their own on
     stderr or stdout; what they still say (with --verbose, or errors) must not cut the bar."""
@@ -179,10 +242,13 @@ def _route_terminal_handlers_around_bars() -> None:
 def show_result(title: str, text: str) -> None:
     """The run's result: on stdout (not among the logs on stderr) and in the driver log."""
     print(f"{title}\n{text}", file=sys.stdout, flush=True)
-    record_only = [h for h in logger.handlers if isinstance(h, logging.FileHandler)]
-    record = logger.makeRecord(logger.name, logging.INFO, __file__, 0, "%s\n%s",
-                               (title, text), None)
-    for handler in record_only:
+    log_to_file_only("%s\n%s", title, text)
+
+
+def log_to_file_only(message: str, *args, level: int = logging.INFO) -> None:
+    """A line for the driver log alone (the full plan, a traceback): too long for a console."""
+    record = logger.makeRecord(logger.name, level, __file__, 0, message, args, None)
+    for handler in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
         handler.handle(record)
 
 
@@ -200,3 +266,19 @@ def bytes_text(size: float) -> str:
         if size >= scale:
             return f"{size / scale:.1f} {suffix}"
     return f"{size:.0f} bytes"
+
+
+_SI_PREFIXES = ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"),
+                (1.0, ""), (1e-3, "m"), (1e-6, "µ"), (1e-9, "n"), (1e-12, "p"), (1e-15, "f"))
+
+
+def si_text(value: float | None, unit: str) -> str:
+    """A quantity scaled to its magnitude with an SI prefix, three significant digits:
+    `74.4 TFLOP`, `1.98 MFLOP`, `703 MFLOP/s`, `950 FLOP`, `427 nJ/FLOP`; `n/a` for None."""
+    if value is None or value != value:
+        return "n/a"
+    value = float(f"{value:.3g}")  # 999.6 M rounds to 1.00 G, never to "1e+03 M"
+    for scale, prefix in _SI_PREFIXES:
+        if abs(value) >= scale:
+            return f"{value / scale:.3g} {prefix}{unit}"
+    return f"{value:.3g} {unit}"

@@ -129,7 +129,8 @@ def access_error_message(err: BaseException, repo_id: str, revision: str | None)
                 "refs/pr/N that exists to --workload.revision")
     if isinstance(err, errors.LocalEntryNotFoundError):
         why = ("HF_HUB_OFFLINE is set" if offline()
-               else "the Hugging Face hub could not be reached")
+               else "the Hugging Face hub could not be reached"
+               + (f" at HF_ENDPOINT {_endpoint()}" if _endpoint() else ""))
         return (f"{repo_id}{at} is not in the local Hugging Face cache ({cache_dir()}) and {why}: "
                 f"download it first with `hf download {repo_id}"
                 + (f" --revision {revision}" if revision else "")

@@ -72,8 +72,8 @@ class Launch:
     visible_gpus: int = 0
     # HF_HUB_OFFLINE: pretrained weights must already be in the local cache.
     hub_offline: bool = False
-    # This process's own launch (not one planned for another machine): what it cannot reach,
-    # it cannot load.
+    # This process's own launch (not one planned for another machine): what this machine finds
+    # (a hub that does not answer) holds for the run.
     here: bool = False
 
     @classmethod

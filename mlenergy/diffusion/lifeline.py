@@ -42,7 +42,9 @@ def _set_parent_death_signal() -> bool:
 
 
 def _die_now() -> None:
-    # SIGKILL, not an exception: nothing of this rank may run on to write results.
+    # SIGKILL, not an exception: nothing of this rank may run on to write results. The run
+    # directory's lock goes first, so that a resubmitted point need not wait for it to go stale.
+    _run_last_words()
     os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -70,3 +72,57 @@ def bind_to_launcher(force: bool = False) -> int | None:
                      daemon=True).start()
     _bound_parent = parent
     return parent
+
+
+# What must happen even when a rank ends abruptly (os._exit, a fatal signal): releasing the run
+# directory's lock, chiefly. atexit handlers do not run on those paths.
+_last_words: list = []
+_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP")
+_previous_handlers: dict = {}
+
+
+def before_abrupt_exit(callback) -> None:
+    """Run `callback` (idempotent, quick) before this process ends through `abrupt_exit` or a
+    SIGTERM, SIGINT or SIGHUP, as well as at a normal exit (the caller registers that)."""
+    if callback not in _last_words:
+        _last_words.append(callback)
+    if threading.current_thread() is threading.main_thread():
+        for name in _SIGNALS:
+            sig = getattr(signal, name)
+            if sig not in _previous_handlers:
+                _previous_handlers[sig] = signal.signal(sig, _on_fatal_signal)
+
+
+def forget(callback) -> None:
+    """`callback` has run (or is no longer needed): drop it, and with the last one, the signal
+    handlers that ran it."""
+    if callback in _last_words:
+        _last_words.remove(callback)
+    if not _last_words and threading.current_thread() is threading.main_thread():
+        for sig, handler in _previous_handlers.items():
+            signal.signal(sig, handler)
+        _previous_handlers.clear()
+
+
+def _run_last_words() -> None:
+    for callback in list(_last_words):
+        try:
+            callback()
+        except Exception:  # a last word must not keep the process from ending
+            pass
+    _last_words.clear()
+
+
+def _on_fatal_signal(signum, _frame) -> None:
+    """Release what must be released, then end by the same signal as its default action would
+    (the exit status still says which signal it was)."""
+    _run_last_words()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def abrupt_exit(code: int) -> None:
+    """os._exit(code) after the last words: for a rank that must end now, without unwinding
+    through collectives that would wait for the others."""
+    _run_last_words()
+    os._exit(code)

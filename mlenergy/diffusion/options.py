@@ -47,6 +47,9 @@ ATTENTION_BACKENDS: dict[str, AttentionBackend] = {
     "flash": AttentionBackend("FLASH", "flash", needs_cuda=True, needs_module="flash_attn"),
     "flash_3": AttentionBackend("FLASH_3", "_flash_3", needs_cuda=True,
                                 needs_module="flash_attn_interface"),
+    # FlashAttention-3 from the fa3-fwd wheel, through the same two entry points as flash_3
+    # (attention.py); checked by attention.fa3_refusal.
+    "fa3": AttentionBackend("FLASH_3", "_flash_3", needs_cuda=True),
 }
 
 
@@ -67,6 +70,9 @@ class Options:
                                         metadata=_in_dir("compilebackend", "inductor"))
     compile_scope: str | None = field(default=None,
                                       metadata=_in_dir("compilescope", "transformer"))
+    # Inductor's coordinate-descent tuning: changes the kernels, so the run directory says so.
+    compile_autotune: bool = field(default=False,
+                                   metadata=_in_dir("autotune", False, text="coordesc"))
     use_fp8_t5_encoder: bool = field(default=False, metadata=_in_dir("fp8t5", False))
     quantize_denoiser: str | None = field(default=None, metadata=_in_dir("quantdenoiser"))
     enable_sequential_cpu_offload: bool = field(default=False,
@@ -118,7 +124,7 @@ def resolve(config: BenchmarkConfig, spec: ModelSpec, launch: Launch, dtype: str
     _check_caches(config, spec)
     _check_fp8_t5(config, spec)
     _check_offload(config, launch.device_type)
-    _check_attention(config, launch.device_type)
+    _check_attention(config, launch)
     compiling = config.use_torch_compile
     scope = (config.compile_scope or "transformer") if compiling else None
     cached = config.use_teacache or config.use_fbcache
@@ -127,6 +133,7 @@ def resolve(config: BenchmarkConfig, spec: ModelSpec, launch: Launch, dtype: str
         compile_mode=(config.compile_mode or "default") if compiling else None,
         compile_backend=config.compile_backend if compiling else None,
         compile_scope=scope,
+        compile_autotune=config.compile_autotune,
         use_fp8_t5_encoder=config.use_fp8_t5_encoder,
         quantize_denoiser=config.quantize_denoiser,
         enable_sequential_cpu_offload=config.enable_sequential_cpu_offload,
@@ -160,7 +167,8 @@ def _check_compile(config: BenchmarkConfig, spec: ModelSpec, device_type: str) -
     if not config.use_torch_compile:
         flag = ("--compile_mode" if config.compile_mode is not None
                 else "--compile_backend" if config.compile_backend != "inductor"
-                else "--compile_scope" if config.compile_scope is not None else None)
+                else "--compile_scope" if config.compile_scope is not None
+                else "--compile_autotune" if config.compile_autotune else None)
         if flag is not None:
             raise ConfigError(f"{flag} needs --use_torch_compile; add it or drop {flag}")
         return
@@ -178,6 +186,9 @@ def _check_compile(config: BenchmarkConfig, spec: ModelSpec, device_type: str) -
         raise ConfigError(f"unknown --compile_backend {config.compile_backend!r}; choose one of: "
                           + ", ".join(COMPILE_BACKENDS))
     _check_compile_mode(config, device_type)
+    if config.compile_autotune and config.compile_backend != "inductor":
+        raise ConfigError(f"--compile_autotune tunes inductor's kernels; drop it or use "
+                          f"--compile_backend inductor (not {config.compile_backend})")
     if config.warmup_iters is not None and config.warmup_iters < 2:
         raise ConfigError(
             f"--use_torch_compile needs --warmup_iters 2 or more (got {config.warmup_iters}): "
@@ -259,17 +270,35 @@ def _check_offload(config: BenchmarkConfig, device_type: str) -> None:
                           "GPU and needs one; drop it on CPU-only machines")
 
 
-def _check_attention(config: BenchmarkConfig, device_type: str) -> None:
-    name = config.attention_backend
+def _check_attention(config: BenchmarkConfig, launch: Launch) -> None:
+    name, device_type = config.attention_backend, launch.device_type
     if name is None:
         return
     backend = ATTENTION_BACKENDS.get(name)
     if backend is None:
         raise ConfigError(f"unknown --attention_backend {name!r}; choose one of: "
                           + ", ".join(ATTENTION_BACKENDS))
+    if name == "fa3":
+        _check_fa3(config, device_type)
+        return
     if backend.needs_cuda and device_type != "cuda":
         on_cpu = ", ".join(n for n, b in ATTENTION_BACKENDS.items() if not b.needs_cuda)
         raise ConfigError(f"--attention_backend {name} needs a GPU; on CPU use {on_cpu}")
     if backend.needs_module and importlib.util.find_spec(backend.needs_module) is None:
         raise ConfigError(f"--attention_backend {name} needs the {backend.needs_module} package, "
                           "which is not installed; install it or choose another backend")
+
+
+def _check_fa3(config: BenchmarkConfig, device_type: str) -> None:
+    from mlenergy.diffusion import attention, quantize
+
+    gpus = quantize.visible_gpus()
+    if device_type == "cuda" and not gpus:
+        # Planned here for GPUs elsewhere (a sweep): their run checks the GPUs and the wheel.
+        reason = attention.fa3_refusal(device_type, [quantize.Gpu("planned", attention.HOPPER)],
+                                       attention.FA3_VERSION, ring_degree=config.ring_degree)
+    else:
+        reason = attention.fa3_refusal(device_type, gpus, attention.installed_fa3(),
+                                       ring_degree=config.ring_degree)
+    if reason is not None:
+        raise ConfigError(reason)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Iterator
 import torch
 
 from mlenergy.diffusion.options import ATTENTION_BACKENDS
-from mlenergy.diffusion import quantize
+from mlenergy.diffusion import attention, quantize
 from mlenergy.diffusion.quantize import module_bytes
 from mlenergy.diffusion.probes.compile import kernel_cache_report
 
@@ -35,6 +35,7 @@ def finish_pipeline(plan: RunPlan, pipeline, denoiser, device: torch.device,
     processors must be inside what gets compiled); their results.json entries go into
     `effects`. Returns what was compiled."""
     effects["quantized_denoiser"] = quantize_denoiser(plan, denoiser)
+    apply_inductor_settings(plan.options)
     compiled = compile_denoiser(plan, denoiser)
     enable_offload(plan, pipeline, device)
     return compiled
@@ -51,6 +52,45 @@ def quantize_denoiser(plan: RunPlan, denoiser) -> dict | None:
 
 
 # ---------------------------------------------------------------- compilation
+
+# Process-wide inductor settings that change the kernels or the first call's length, as
+# results.json `compile.inductor_settings` reports them (`--compile_mode` modes are per call of
+# torch.compile and show as `compile.mode` instead).
+INDUCTOR_SETTINGS = ("coordinate_descent_tuning", "coordinate_descent_check_all_directions",
+                     "max_autotune", "max_autotune_pointwise", "max_autotune_gemm",
+                     "epilogue_fusion", "fx_graph_cache", "triton.cudagraphs",
+                     "triton.unique_kernel_names", "force_fuse_int_mm_with_mul")
+# --compile_autotune: coordinate descent over each Triton kernel's block sizes and warps at its
+# first call, in all directions (what torchao's FP8 config would set for the whole process).
+AUTOTUNE_SETTINGS = {"coordinate_descent_tuning": True,
+                     "coordinate_descent_check_all_directions": True}
+
+
+def inductor_settings() -> dict:
+    """The values of INDUCTOR_SETTINGS in force now (None for one this torch lacks)."""
+    from torch._inductor import config
+
+    values = {}
+    for name in INDUCTOR_SETTINGS:
+        holder, _, leaf = name.rpartition(".")
+        owner = getattr(config, holder) if holder else config
+        values[name] = getattr(owner, leaf, None)
+    return values
+
+
+def apply_inductor_settings(options) -> dict:
+    """Inductor's settings for this run: with --compile_autotune, coordinate-descent tuning;
+    otherwise nothing is changed (and nothing else here changes them). Returns what was set."""
+    if not options.compile_autotune:
+        return {}
+    from torch._inductor import config
+
+    for name, value in AUTOTUNE_SETTINGS.items():
+        setattr(config, name, value)
+    logger.info("Inductor: coordinate-descent tuning on (--compile_autotune): the first call "
+                "benchmarks Triton kernel configurations")
+    return dict(AUTOTUNE_SETTINGS)
+
 
 def _torch_compile_kwargs(plan: RunPlan) -> dict:
     kwargs = {"backend": plan.options.compile_backend}
@@ -124,10 +164,13 @@ def compile_report(plan: RunPlan, warmup_times: list[float], warmup_compiles: li
         "backend": options.compile_backend,
         "mode": options.compile_mode,
         "scope": options.compile_scope,
+        "autotune": options.compile_autotune,
         "compiled": compiled,
+        # Dynamo's own count: tracing and code generation, not kernel tuning at run time.
         "compile_time_s": sum(s for _, s in warmup_compiles if s is not None)
         if all(s is not None for _, s in warmup_compiles) else None,
         "first_warmup_iteration_s": first,
+        **first_call_overhead(warmup_times),
         "first_warmup_minus_fastest_measured_s": (first - steady)
         if first is not None and steady is not None else None,
         "graphs_compiled_per_warmup_iteration": [g for g, _ in warmup_compiles],
@@ -136,7 +179,19 @@ def compile_report(plan: RunPlan, warmup_times: list[float], warmup_compiles: li
         "recompiled_during_measurement": None if graphs_measured is None else graphs_measured > 0,
         "kernel_cache": kernel_cache_report() if options.compile_backend == "inductor"
         else None,
+        "inductor_settings": inductor_settings() if options.compile_backend == "inductor"
+        else None,
     }
+
+
+def first_call_overhead(warmup_times: list[float]) -> dict:
+    """What the first call cost beyond a steady one, whatever it was spent on (compiling,
+    loading kernels, tuning them at run time): the first warm-up iteration minus the fastest
+    later one, which has the same prompts' shapes and steps."""
+    later = warmup_times[1:]
+    steady = min(later) if later else None
+    return {"steady_warmup_iteration_s": steady,
+            "first_call_overhead_s": warmup_times[0] - steady if steady is not None else None}
 
 
 # ---------------------------------------------------------------- FP8 T5
@@ -171,8 +226,11 @@ def enable_offload(plan: RunPlan, pipeline, device: torch.device) -> None:
 
 def select_attention_backend(plan: RunPlan, denoiser) -> None:
     """One process: xDiT leaves attention to diffusers, so the backend is set there. With
-    sequence parallelism xDiT's processors use the backend given in its engine config."""
+    sequence parallelism xDiT's processors use the backend given in its engine config. fa3
+    first points both at the fa3-fwd wheel's kernel."""
     name = plan.options.attention_backend
+    if name == "fa3":
+        attention.install_fa3()
     if name is None or plan.ulysses_degree * plan.ring_degree > 1:
         return
     denoiser.set_attention_backend(ATTENTION_BACKENDS[name].diffusers_name)
@@ -205,6 +263,8 @@ def attention_report(plan: RunPlan, denoiser) -> dict:
     return {
         "requested": plan.options.attention_backend,
         "used": used,
+        "kernel": attention.kernel_name(plan.options.attention_backend, used),
         "xfuser_selected": xfuser_backend,
         "processors": processors,
+        "fa3": attention.installed_report(),
     }

@@ -30,7 +30,10 @@ _LETTERS = string.ascii_lowercase
 
 
 class WeightsNotFoundError(RuntimeError):
-    pass
+    """Pretrained weights that cannot be loaded; the message says what to do, so a failing rank
+    prints it as one line (the traceback goes to driver_log.txt)."""
+
+    explained = True
 
 
 def clip_tokenizer(max_length: int = 77):
@@ -235,14 +238,23 @@ def load_pretrained(spec: ModelSpec, *, dtype: torch.dtype, device: torch.device
         pipeline = pipeline_cls.from_pretrained(folder, dtype=dtype, variant=spec.variant,
                                                 **components, **family.pipeline_kwargs)
     except (OSError, ValueError) as err:
-        where = spec.load_id + (f" at revision {spec.revision}" if spec.revision else "")
-        raise WeightsNotFoundError(
-            f"could not load weights for {spec.model_id} from {where} ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''}); download them first "
-            f"(`hf download {spec.load_id}`), or measure the architecture with "
-            "--workload.weights random"
-        ) from err
+        raise WeightsNotFoundError(_weights_error(spec, err)) from err
     return pipeline.to(device)
+
+
+def _weights_error(spec: ModelSpec, err: BaseException) -> str:
+    """One line for weights that would not load: the hub's own error in words where the hub
+    was asked (not cached and unreachable, gated, missing), else the loader's first line."""
+    from huggingface_hub import errors
+
+    if isinstance(err, errors.HfHubHTTPError | errors.LocalEntryNotFoundError) \
+            and not Path(spec.load_id).is_dir():
+        return hub.access_error_message(err, spec.load_id, spec.revision)
+    where = spec.load_id + (f" at revision {spec.revision}" if spec.revision else "")
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return (f"could not load weights for {spec.model_id} from {where} ({first}); download them "
+            f"first (`hf download {spec.load_id}`), or measure the architecture with "
+            "--workload.weights random")
 
 
 def denoiser_parameters_of(family: Family, configs: Mapping[str, Mapping[str, Any]]) -> int:

@@ -2,7 +2,8 @@
 benchmark flags each model runs with.
 
     python -m mlenergy.diffusion.sweep --preset leaderboard-v3 [--task text-to-video] ...
-    python -m mlenergy.diffusion.presets leaderboard-v3    # the `hf download` commands it needs
+    mlenergy-diffusion presets                   # the presets
+    mlenergy-diffusion presets leaderboard-v3    # the `hf download` commands it needs
 
 `leaderboard` is the leaderboard's grid over every registered model at its registry defaults.
 `leaderboard-v3` reproduces the ML.ENERGY leaderboard v3 runs (PyPI mlenergy-benchmark 3.0.0 and
@@ -13,12 +14,15 @@ difference that remains.
 
 from __future__ import annotations
 
+import shlex
 import sys
 from dataclasses import dataclass, field
-from typing import Literal, Mapping
+from typing import Annotated, Literal, Mapping, Optional
 
 import tyro
 
+from mlenergy.diffusion.argcheck import parse_one_line
+from mlenergy.diffusion.config import help_from_docstrings
 from mlenergy.diffusion.registry import MODELS, known_model_ids
 
 TASKS = ("text-to-image", "text-to-video")
@@ -83,10 +87,12 @@ PRESETS: dict[str, Preset] = {
         description="the ML.ENERGY leaderboard v3 runs: its 7 image and 6 video models with "
                     "their v3 settings (FLUX.1-dev 50 steps; bf16 where v3 ran bf16; Wan "
                     "flow shift 12; SD3.5 at the pipeline's guidance 7), the leaderboard's "
-                    "prompt sampling, batch 1-16 (images) or 1-32 (videos), and the same "
-                    "(ulysses, ring) degrees",
+                    "prompt sampling, batch 1-16, and the same (ulysses, ring) degrees "
+                    "(ml-energy/benchmark configs/xdit at tag v3.0, 14571a8)",
+        # Videos too: the v3.0 release's text-to-video benchmark.yaml dropped the batch of 32
+        # that the campaign's first configuration (05f288a, bc2cb39) listed.
         batch_sizes={"text-to-image": LEADERBOARD_BATCH_SIZES,
-                     "text-to-video": LEADERBOARD_BATCH_SIZES + (32,)},
+                     "text-to-video": LEADERBOARD_BATCH_SIZES},
         parallel=LEADERBOARD_PARALLEL,
         common_flags=("--workload.prompt_sampling", "leaderboard"),
         models={
@@ -125,32 +131,76 @@ def for_task(name: str | None, task: str) -> dict:
     return PRESETS[name].grid(task) if name is not None else {}
 
 
+# Files of a component folder that a torch pipeline never loads (Flax, ONNX, TensorFlow).
+NEVER_LOADED = ("*.msgpack", "*.onnx", "*.onnx_data", "*.pb")
+
+
+def download_patterns(model_id: str) -> list[str]:
+    """The files a pretrained run of `model_id` loads, as `hf download --include` patterns: the
+    pipeline's model_index.json and the folders of its components (tokenizers and scheduler
+    included), never the single-file checkpoints some repositories also hold at their root."""
+    family = MODELS[model_id].family
+    folders = {slot for slot in family.components}
+    folders |= {c.tokenizer_slot for c in family.components.values() if c.tokenizer_slot}
+    folders |= set(family.pretrained_subfolders.values())
+    return ["model_index.json", *(f"{folder}/*" for folder in sorted(folders))]
+
+
+def download_command(model_id: str) -> str:
+    """`hf download` of one registered model: its revision (the registry's), the files the
+    pipeline loads, and not the formats it never loads."""
+    row = MODELS[model_id]
+    revision = row.revision if row.model_id == model_id else None
+    return shlex.join(["hf", "download", model_id, *(["--revision", revision] if revision else []),
+                       "--include", *download_patterns(model_id), "--exclude", *NEVER_LOADED])
+
+
 def download_commands(name: str) -> list[str]:
-    """`hf download` lines for every model of a preset, with the registry's revisions."""
+    """`hf download` lines for every model of a preset."""
+    return [download_command(model.model_id)
+            for task in TASKS for model in PRESETS[name].models_of(task)]
+
+
+def preset_table() -> str:
+    """One line per preset: its name, its models and points per task, and what it is."""
     lines = []
-    for task in TASKS:
-        for model in PRESETS[name].models_of(task):
-            row = MODELS[model.model_id]
-            revision = row.revision if row.model_id == model.model_id else None
-            lines.append(f"hf download {model.model_id}"
-                         + (f" --revision {revision}" if revision else ""))
-    return lines
+    for preset in PRESETS.values():
+        counts = ", ".join(
+            f"{len(preset.models_of(task))} {task.split('-')[-1]} models x "
+            f"{len(preset.batch_sizes[task])} batch sizes x {len(preset.parallel)} degrees"
+            for task in TASKS)
+        lines += [f"{preset.name}: {counts}", f"  {preset.description}"]
+    lines += ["", "`mlenergy-diffusion presets NAME` prints the `hf download` commands of a "
+                  "preset's models; `mlenergy-diffusion sweep --preset NAME` runs it."]
+    return "\n".join(lines)
 
 
+@help_from_docstrings
 @dataclass(frozen=True)
-class DownloadList:
-    """Print the `hf download` commands of a preset's models, to fetch them ahead of a
-    campaign (with the registry's revisions)."""
+class PresetsArgs:
+    """List the sweep presets, or print the `hf download` commands of one preset's models (with
+    the registry's revisions and the files each pipeline loads), to fetch them ahead of a
+    campaign, on a machine with network and the same HF_HOME as the runs."""
 
-    preset: tyro.conf.Positional[Literal[tuple(PRESETS)]]  # type: ignore[valid-type]
-    """The preset."""
+    preset: tyro.conf.Positional[Annotated[Optional[str], tyro.conf.arg(metavar="NAME")]] = None
+    """The preset whose download commands to print: leaderboard or leaderboard-v3. Default: list
+    the presets."""
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = tyro.cli(DownloadList, args=argv, description=DownloadList.__doc__)
-    print("\n".join(download_commands(args.preset)))
+    prog = "mlenergy-diffusion presets"
+    args = parse_one_line(
+        lambda a: tyro.cli(PresetsArgs, args=a, prog=prog, description=" ".join(
+            PresetsArgs.__doc__.split())), sys.argv[1:] if argv is None else argv, prog=prog)
+    if args.preset is not None and args.preset not in PRESETS:
+        print(f"error: no preset {args.preset!r}; choose one of {', '.join(PRESETS)} "
+              f"(`{prog}` lists them)", file=sys.stderr)
+        return 2
+    print(preset_table() if args.preset is None else "\n".join(download_commands(args.preset)))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from mlenergy.diffusion.cli import exit_quietly_on_broken_pipe
+
+    sys.exit(exit_quietly_on_broken_pipe(main))

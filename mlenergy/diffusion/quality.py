@@ -12,25 +12,39 @@ import importlib.util
 import json
 import math
 import statistics
+import sys
 from pathlib import Path
 from typing import Annotated, Sequence
 
 import tyro
 
+from mlenergy.diffusion.argcheck import parse_one_line
 from mlenergy.diffusion.config import ConfigError, help_from_docstrings
-
 from mlenergy.diffusion.files import REQUESTS, RESULTS
+from mlenergy.diffusion.results_reader import ResultsError, load_results
+
+PROG = "mlenergy-diffusion quality"
 ABSENT_METRICS = {
     "lpips": "absent: needs LPIPS network weights, which are not available locally",
     "clip_score": "absent: needs CLIP model weights, which are not available locally",
 }
 
 
+# How the run that checks its reference names it, and what it suggests: as the benchmark's
+# --reference_run flag, or as the `quality` command's REFERENCE_DIR (where no flag was typed).
+_AS_FLAG = {"name": "--reference_run {}", "iterations": "lower --benchmark_iters",
+            "prompts": "use the same --workload.prompts_file / --workload.prompt_dataset as "
+                       "the reference"}
+_AS_COMMAND = {"name": "the reference run {}",
+               "iterations": "compare with a reference that measured as many iterations",
+               "prompts": "compare runs made with the same prompts"}
+
+
 def load_reference(directory: Path, *, model_id: str, seed: int, height: int, width: int,
                    batch_size: int, inference_steps: int, benchmark_iters: int,
-                   save_images: bool) -> dict:
+                   save_images: bool, words: dict = _AS_FLAG) -> dict:
     """Check, before anything loads, that DIR is a comparable run. Returns its results.json."""
-    flag = f"--reference_run {directory}"
+    flag = words["name"].format(directory)
     if importlib.util.find_spec("skimage") is None:
         raise ConfigError(f"{flag} needs scikit-image for SSIM: "
                           "pip install 'mlenergy-diffusion-benchmark[quality]'")
@@ -43,7 +57,7 @@ def load_reference(directory: Path, *, model_id: str, seed: int, height: int, wi
             raise ConfigError(f"{flag}: {name} is missing; point it at a finished run directory "
                               "(the one that holds results.json)")
     try:
-        doc = json.loads((directory / RESULTS).read_text())
+        doc = load_results(directory).doc
         json.loads((directory / REQUESTS).read_text())
     except (OSError, ValueError) as err:
         raise ConfigError(f"{flag}: cannot read its JSON ({err})") from None
@@ -56,22 +70,21 @@ def load_reference(directory: Path, *, model_id: str, seed: int, height: int, wi
     iterations = doc.get("iterations") or []
     if len(iterations) < benchmark_iters:
         raise ConfigError(f"{flag} measured {len(iterations)} iteration(s), fewer than this "
-                          f"run's {benchmark_iters}; lower --benchmark_iters")
+                          f"run's {benchmark_iters}; {words['iterations']}")
     if any(len(it.get("images") or []) != batch_size for it in iterations[:benchmark_iters]):
         raise ConfigError(f"{flag} saved no images for every measured prompt (was it run with "
                           "--no_save_images?); rerun it with images saved")
     return doc
 
 
-def check_prompts(directory: Path, reference: dict, measured: Sequence[Sequence[str]]) -> None:
+def check_prompts(directory: Path, reference: dict, measured: Sequence[Sequence[str]],
+                  words: dict = _AS_FLAG) -> None:
     """The measured prompts must be the reference's, iteration by iteration."""
     for index, batch in enumerate(measured):
         theirs = reference["iterations"][index].get("prompts")
         if list(theirs) != list(batch):
-            raise ConfigError(
-                f"--reference_run {directory} used other prompts (iteration {index}); use the "
-                "same --workload.prompts_file / --workload.prompt_dataset as the reference"
-            )
+            raise ConfigError(f"{words['name'].format(directory)} used other prompts "
+                              f"(iteration {index}); {words['prompts']}")
 
 
 def _load_rgb(path: Path):
@@ -140,12 +153,16 @@ def summary_text(quality: dict) -> str:
 def compare_finished_runs(run_dir: Path, reference_dir: Path) -> dict:
     """The `quality` block of a finished run against a finished reference run, for runs made
     where scikit-image was not installed (GPU nodes with a minimal image)."""
-    run = json.loads((run_dir / RESULTS).read_text())
+    try:
+        run = load_results(run_dir).doc
+    except ResultsError as err:
+        raise ConfigError(f"{run_dir}: {err}; point it at a finished run directory") from None
     reference = load_reference(
         reference_dir, model_id=run["model_id"], seed=run["seed"], height=run["height"],
         width=run["width"], batch_size=run["batch_size"], inference_steps=run["inference_steps"],
-        benchmark_iters=run["num_iterations"], save_images=True)
-    check_prompts(reference_dir, reference, [it["prompts"] for it in run["iterations"]])
+        benchmark_iters=run["num_iterations"], save_images=True, words=_AS_COMMAND)
+    check_prompts(reference_dir, reference, [it["prompts"] for it in run["iterations"]],
+                  words=_AS_COMMAND)
     return quality_report(run_dir, reference_dir, reference,
                           [it["images"] for it in run["iterations"]])
 
@@ -166,12 +183,12 @@ class QualityArgs:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import sys
-
     from mlenergy.diffusion.files import write_json_atomically
 
-    args = tyro.cli(QualityArgs, args=argv, use_underscores=True,
-                    prog="mlenergy-diffusion quality", description=QualityArgs.__doc__)
+    args = parse_one_line(
+        lambda a: tyro.cli(QualityArgs, args=a, use_underscores=True, prog=PROG,
+                           description=QualityArgs.__doc__),
+        sys.argv[1:] if argv is None else argv, prog=PROG)
     try:
         report = compare_finished_runs(args.run_dir, args.reference_dir)
     except (ConfigError, OSError, KeyError, ValueError) as err:
@@ -179,11 +196,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(f"{args.run_dir.name}: {summary_text(report)} over {report['num_images']} image(s)")
     if args.write:
-        doc = json.loads((args.run_dir / RESULTS).read_text())
+        doc = load_results(args.run_dir).doc
         doc["quality"] = report
         write_json_atomically(args.run_dir / RESULTS, doc)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from mlenergy.diffusion.cli import exit_quietly_on_broken_pipe
+
+    sys.exit(exit_quietly_on_broken_pipe(main))

@@ -159,19 +159,26 @@ def fp8_summary(module: torch.nn.Module, bytes_before: int, seconds: float) -> d
     }
 
 
+def fp8_config():
+    """torchao's config for SCHEME. `set_inductor_config=False`: torchao's default would turn on
+    inductor's coordinate-descent tuning (in all directions) for the whole process, which on
+    FLUX.1-dev bought 2% of speed for 80-250 s of tuning at every run's first call, warm kernel
+    cache or not (docs/benchmarks.md). `--compile_autotune` asks for it instead."""
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
+
+    return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(),
+                                                     set_inductor_config=False)
+
+
 def quantize_fp8(denoiser: torch.nn.Module) -> dict:
     """Quantize every linear layer of the denoiser in place (weights now, activations at each
     call). Call on the GPU-resident model, after xDiT has wrapped it and before compiling.
     Returns `fp8_summary`."""
-    from torchao.quantization import (
-        Float8DynamicActivationFloat8WeightConfig,
-        PerRow,
-        quantize_,
-    )
+    from torchao.quantization import quantize_
 
     before = module_bytes(denoiser)
     started = time.perf_counter()
-    quantize_(denoiser, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+    quantize_(denoiser, fp8_config())
     summary = fp8_summary(denoiser, before, time.perf_counter() - started)
     logger.info("Denoiser in FP8: %d of %d linear layers, %.2f GB -> %.2f GB of weights (%.1f s)",
                 summary["fp8_linear_layers"], summary["linear_layers"],

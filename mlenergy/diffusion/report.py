@@ -13,9 +13,7 @@ A file that is not a results.json of this benchmark is skipped with a warning.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -26,7 +24,14 @@ import tyro
 from mlenergy.diffusion.task import TASKS
 from mlenergy.diffusion import stats
 from mlenergy.diffusion.config import DEFAULT_CACHE_THRESHOLD
+from mlenergy.diffusion.argcheck import parse_one_line
+from mlenergy.diffusion.config import help_from_docstrings, one_paragraph
 from mlenergy.diffusion.files import RESULTS
+from mlenergy.diffusion.results_reader import ResultsError, find_results, load_results
+
+PROG = "mlenergy-diffusion report"
+# What `report` needs beyond the benchmark's own dependencies.
+INSTALL_HINT = "pip install -e '.[report]'"
 
 STAGES = ("text_encoding", "denoising", "decoding", "remainder")
 STAGE_SHORT = {"text_encoding": "text", "denoising": "denoise", "decoding": "decode",
@@ -42,44 +47,12 @@ class ReportError(ValueError):
     """Bad report input: one line that says what is wrong and how to fix it."""
 
 
-class NotAResult(ValueError):
-    """A results.json that this benchmark did not write, or that is damaged."""
-
-
-def find_results(root: Path) -> list[Path]:
-    """Every results.json under `root`. Directory links are followed (the toolkit's layout
-    reaches runs through a `current/run` link) but each directory is visited once, so a link
-    loop or a second link to the same tree does not count its runs again."""
-    found, visited = [], set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in visited:
-            dirnames[:] = []
-            continue
-        visited.add(real)
-        dirnames[:] = sorted(d for d in dirnames
-                             if os.path.realpath(os.path.join(dirpath, d)) not in visited)
-        if RESULTS in filenames:
-            found.append(Path(dirpath) / RESULTS)
-    return sorted(found)
-
-
 def _number(value) -> float | None:
     try:
         value = float(value)
     except (TypeError, ValueError):
         return None
     return value if math.isfinite(value) else None
-
-
-def _task(doc: dict, path: Path) -> str:
-    if doc.get("task"):
-        return doc["task"]
-    parts = path.parts
-    for i, part in enumerate(parts[:-1]):
-        if part == "diffusion" and parts[i + 1].startswith("text-to-"):
-            return parts[i + 1]
-    return "text-to-video" if doc.get("num_frames") is not None else "text-to-image"
 
 
 def _settings(configurations: dict, key: str) -> list[str]:
@@ -89,7 +62,9 @@ def _settings(configurations: dict, key: str) -> list[str]:
     if key == "use_torch_compile":
         return [str(v) for v, default in ((c.get("compile_scope"), "transformer"),
                                           (c.get("compile_mode"), "default"),
-                                          (c.get("compile_backend"), "inductor"))
+                                          (c.get("compile_backend"), "inductor"),
+                                          ("autotune" if c.get("compile_autotune") else None,
+                                           None))
                 if v not in (None, default)]
     if key in ("use_teacache", "use_fbcache"):
         threshold = c.get("cache_threshold")
@@ -135,7 +110,7 @@ def iteration_metrics(doc: dict, batch_size: int) -> dict:
     latency = (statistics.fmean(times) if times
                else _number(summary.get("mean")) if isinstance(summary, dict) else None)
     if latency is None or latency <= 0:
-        raise NotAResult("no positive iteration time")
+        raise ResultsError("no positive iteration time")
     return {"batch_latency_s": latency, "throughput_per_s": batch_size / latency,
             "energy_per_output_j": None, "avg_power_w": None}
 
@@ -161,29 +136,19 @@ def _ci(summary, n_default, scale: float = 1.0) -> tuple[float | None, float | N
     return low / scale, high / scale
 
 
-def _checked(doc, path: Path) -> dict:
-    if not isinstance(doc, dict):
-        raise NotAResult(f"a JSON {type(doc).__name__}, not an object")
-    if not isinstance(doc.get("model_id"), str) or "batch_size" not in doc:
-        raise NotAResult("no model_id or batch_size: not a results.json of this benchmark")
-    batch = doc["batch_size"]
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise NotAResult(f"batch_size {batch!r} is not a positive integer")
-    return doc
-
-
 def device_label(gpu_model, num_gpus) -> str:
     name = gpu_model or "unknown device"
     return name if num_gpus else f"CPU ({name})"
 
 
 def run_row(path: Path) -> dict:
-    doc = _checked(json.loads(path.read_text()), path)
+    stored = load_results(path)
+    doc = stored.doc
     config = doc.get("configurations") if isinstance(doc.get("configurations"), dict) else {}
     u = int(doc.get("ulysses_degree") or config.get("ulysses_degree") or 1)
     r = int(doc.get("ring_degree") or config.get("ring_degree") or 1)
     batch = doc["batch_size"]
-    task = _task(doc, path)
+    task = stored.task
     num_gpus = int(doc["num_gpus"]) if doc.get("num_gpus") is not None else u * r
     n = doc.get("num_iterations")
     latency_low, latency_high = _ci(doc.get("latency_per_iteration"), n)
@@ -220,6 +185,9 @@ def run_row(path: Path) -> dict:
         # Other runs of the campaign on the node during this one (None: not recorded).
         "shared_node_runs": (len(doc["shared_node_runs"])
                              if isinstance(doc.get("shared_node_runs"), list) else None),
+        # The coefficient of variation stayed under its limit (None: not recorded).
+        "steady": (doc["steadiness"].get("steady")
+                   if isinstance(doc.get("steadiness"), dict) else None),
         "date": doc.get("date"),
         "run_dir": str(path.parent),
     }
@@ -233,6 +201,19 @@ def run_row(path: Path) -> dict:
     return row
 
 
+def campaign_of(run_dir: Path, root: Path) -> str:
+    """Which campaign under the report's tree a run belongs to: the path from the tree to the
+    `diffusion/<task>/...` layout it was written in (a sweep's --out_dir), or to its base
+    directory; "." for runs written straight under the tree."""
+    try:
+        parts = run_dir.relative_to(root).parts[:-1]
+    except ValueError:
+        return str(run_dir.parent)
+    if "diffusion" in parts:
+        parts = parts[:len(parts) - 1 - parts[::-1].index("diffusion")]
+    return "/".join(parts) or "."
+
+
 def load_table(root: Path):
     import pandas as pd
 
@@ -243,7 +224,7 @@ def load_table(root: Path):
     rows = []
     for path in paths:
         try:
-            rows.append(run_row(path))
+            rows.append({**run_row(path), "campaign": campaign_of(path.parent, root)})
         except (OSError, ValueError, KeyError, TypeError) as err:
             print(f"warning: {path} skipped: {err}", file=sys.stderr)
     if not rows:
@@ -309,38 +290,60 @@ def markdown(df) -> str:
 
 
 def write_report(root: Path, out_dir: Path, plots: bool = True) -> dict:
+    """The table, the markdown and the plots of every run under `root`, written into `out_dir`.
+    What could not be written for want of a package is named in `missing` (with the way to get
+    it), never a traceback: the table is the report's result, the plots its illustration."""
     df = load_table(root)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out_dir / "runs.csv", "parquet": out_dir / "runs.parquet",
              "markdown": out_dir / "report.md"}
     df.to_csv(paths["csv"], index=False)
-    df.to_parquet(paths["parquet"], index=False)
+    missing = []
+    try:
+        df.to_parquet(paths["parquet"], index=False)
+    except ImportError:
+        missing.append(f"runs.parquet not written: it needs pyarrow ({INSTALL_HINT})")
+        del paths["parquet"]
     text = markdown(df)
     paths["markdown"].write_text(text + "\n")
     written_plots = []
     if plots:
-        from mlenergy.diffusion import report_plots
+        try:
+            from mlenergy.diffusion import report_plots
 
-        written_plots = report_plots.plot_all(df, out_dir)
-    return {"table": df, "markdown": text, "paths": paths, "plots": written_plots}
+            written_plots = report_plots.plot_all(df, out_dir)
+        except ImportError as err:
+            if "matplotlib" not in str(err):
+                raise
+            missing.append(f"plots not drawn: they need matplotlib ({INSTALL_HINT}); "
+                           "or pass --no_plots")
+    return {"table": df, "markdown": text, "paths": paths, "plots": written_plots,
+            "missing": missing}
 
 
+@help_from_docstrings
 @dataclasses.dataclass(frozen=True)
 class ReportArgs:
-    """Aggregate every results.json under a run tree into one table, a markdown summary and
-    plots, grouped by GPU model, weights kind and dtype."""
+    """Aggregate every results.json under a run tree into one table (CSV, Parquet, Markdown)
+    and plots, grouped by GPU model, weights kind and dtype. Needs pandas, pyarrow and
+    matplotlib: pip install -e '.[report]' (the report extra)."""
 
-    run_dir: Annotated[Path, tyro.conf.Positional]
-    """A run tree, e.g. run/ after a sweep."""
+    run_dir: tyro.conf.Positional[Annotated[Path, tyro.conf.arg(metavar="RUN_DIR")]]
+    """A run tree (e.g. run/ after a sweep) or one run directory: every results.json under it."""
     out_dir: Optional[Path] = None
     """Where runs.csv, runs.parquet, report.md and the plots go. Default: RUN_DIR/report."""
     plots: bool = True
-    """Draw the plots (--no_plots: the table only)."""
+    """Draw the plots (needs matplotlib; --no_plots: the table only)."""
+
+
+def parse_args(argv) -> ReportArgs:
+    return parse_one_line(
+        lambda args: tyro.cli(ReportArgs, args=args, use_underscores=True, prog=PROG,
+                              description=one_paragraph(ReportArgs.__doc__)), argv, prog=PROG)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = tyro.cli(ReportArgs, args=sys.argv[1:] if argv is None else argv,
-                    use_underscores=True, prog="python -m mlenergy.diffusion.report")
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     if not args.run_dir.is_dir():
         print(f"error: {args.run_dir} is not a directory; pass the run tree (e.g. run/)",
               file=sys.stderr)
@@ -354,13 +357,20 @@ def main(argv: list[str] | None = None) -> int:
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except ImportError as err:  # pandas: the table itself needs it
+        print(f"error: the report needs {err.name or 'pandas'}: {INSTALL_HINT}", file=sys.stderr)
+        return 2
     print(report["markdown"])
     for kind, path in report["paths"].items():
         print(f"{kind}: {path}")
     for path in report["plots"]:
         print(f"plot: {path}")
+    for note in report["missing"]:
+        print(f"note: {note}", file=sys.stderr)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from mlenergy.diffusion.cli import exit_quietly_on_broken_pipe
+
+    sys.exit(exit_quietly_on_broken_pipe(main))

@@ -12,8 +12,10 @@ write it.
   that no reader takes it for a current result. --overwrite_results moves the old run aside
   before anything new is written, so a failing rerun never leaves old results beside new files.
 - Lock: `<base_dir>/.<name>.lock`, created exclusively by rank 0 before anything is written and
-  holding its PID, host and process start time; a second run is refused in one line. A lock
-  whose holder is gone (same host, PID dead or reused) is stale and taken over.
+  holding its PID, host and process start time; a second run is refused in one line. It is
+  released on every exit that can run code, and a lock whose holder is gone (same host: PID
+  dead or reused; another host: no heartbeat for MLENERGY_LOCK_STALE_S) is taken over with a
+  warning that names it.
 """
 
 from __future__ import annotations
@@ -23,28 +25,20 @@ import hashlib
 import json
 import math
 import os
-import socket
-import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
 from mlenergy.diffusion.files import RESULTS
+from mlenergy.diffusion.runlock import RunDirLock, config_error as _config_error
+
+__all__ = ["RunDirLock", "Claim", "Existing", "claim", "identity", "inspect", "is_complete",
+           "existing_run", "move_aside"]
 
 IDENTITY_KEY = "run_identity"
 SUPERSEDED_DIR = ".superseded"
 SUPERSEDED_RESULTS = "results.superseded.json"
-# A lock file younger than this may still be being written by its holder.
-_LOCK_WRITE_GRACE_S = 5.0
-
-
-def _config_error(message: str) -> ValueError:
-    try:
-        from mlenergy.diffusion.config import ConfigError  # where the refactor moves it
-    except ImportError:
-        from mlenergy.diffusion.plan import ConfigError
-    return ConfigError(message)
 
 
 def _file_digest(path: Path) -> str:
@@ -55,20 +49,31 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _prompt_identity(workload) -> dict:
+def _prompt_identity(plan) -> dict:
+    """Which prompts the run measures: their source (a file by path and content; a dataset by
+    id or path, split and column), the sampling rule, and how many are drawn."""
+    from mlenergy.diffusion import prompts
+
+    workload = plan.config.workload
+    count = plan.batch_size * (plan.warmup_iters + plan.benchmark_iters)
     if workload.prompts_file is not None:
         path = Path(workload.prompts_file)
-        return {"file": str(path.resolve()), "sha256": _file_digest(path)}
-    dataset = workload.prompt_dataset
-    local = Path(dataset)
-    return {"dataset": str(local.resolve()) if local.exists() else dataset}
+        source = {"file": str(path.resolve()), "sha256": _file_digest(path)}
+    else:
+        dataset = workload.prompt_dataset
+        local = Path(dataset)
+        split, column = prompts.DATASET_SPLITS.get(
+            dataset, ("train", prompts.DEFAULT_COLUMNS[plan.task.name]))
+        source = {"dataset": str(local.resolve()) if local.exists() else dataset,
+                  "split": split, "column": column}
+    return {**source, "sampling": workload.prompt_sampling, "count": count}
 
 
 def identity(plan) -> dict:
     """Every setting of `plan` that changes what is measured, as JSON values. Local models and
     prompt files are named by absolute path (and the prompts by content), so two folders of the
     same name are two runs."""
-    config, workload = plan.config, plan.config.workload
+    config = plan.config
     # What from_pretrained loads: a local directory is recorded as local/<folder> (or the name
     # given), so only its path tells two folders of the same name apart.
     model_path = Path(plan.spec.load_id)
@@ -76,6 +81,8 @@ def identity(plan) -> dict:
         "model_id": plan.spec.model_id,
         "model_path": str(model_path.resolve()) if model_path.is_absolute() else None,
         "revision": plan.spec.revision, "variant": plan.spec.variant,
+        "family": plan.spec.family_name,
+        "scheduler_overrides": dict(plan.spec.scheduler_overrides),
         "task": plan.task.name, "weights": plan.weights, "dtype": plan.dtype,
         "batch_size": plan.batch_size, "height": plan.height, "width": plan.width,
         "inference_steps": plan.inference_steps, "guidance_scale": plan.guidance_scale,
@@ -84,9 +91,9 @@ def identity(plan) -> dict:
         "ulysses_degree": plan.ulysses_degree, "ring_degree": plan.ring_degree,
         "world_size": plan.world_size, "device_type": plan.device_type,
         **plan.options.configurations(),
-        "prompts": _prompt_identity(workload),
         "warmup_iters": plan.warmup_iters, "warmup_steps": plan.warmup_steps,
         "benchmark_iters": plan.benchmark_iters,
+        "prompts": _prompt_identity(plan),
         "count_flops": config.count_flops, "save_images": config.save_images,
         "idle_baseline_s": config.idle_baseline_s,
         "reference_run": (str(Path(config.reference_run).resolve())
@@ -137,9 +144,33 @@ def _first_difference(stored: dict, expected: dict, partial: bool) -> str | None
             if partial:
                 continue
             return f"{key} not recorded, this run's {json.dumps(value)}"
-        if stored[key] != value:
+        if isinstance(value, dict) and isinstance(stored[key], dict):
+            inner = _first_difference(stored[key], value, partial)
+            if inner is None and set(stored[key]) - set(value):
+                extra = sorted(set(stored[key]) - set(value))[0]
+                inner = f"{extra} {json.dumps(stored[key][extra])}, not recorded by this run"
+            if inner is not None:
+                return f"{key}.{inner}"
+        elif stored[key] != value:
             return f"{key} {json.dumps(stored[key])}, not {json.dumps(value)}"
     return None
+
+
+def read_results(run_dir: Path):
+    """The parsed results.json of `run_dir` (OSError, ValueError when it cannot be read)."""
+    return json.loads((Path(run_dir) / RESULTS).read_text(encoding="utf-8"))
+
+
+def per_output(run_dir: Path) -> dict | None:
+    """A complete run's headline: seconds and joules (None when not measured) per image or
+    video; None when the results cannot be read."""
+    try:
+        doc = read_results(run_dir)
+    except (OSError, ValueError):
+        return None
+    unit = "video" if "avg_time_per_video" in doc else "image"
+    return {"unit": unit, "seconds": doc.get(f"avg_time_per_{unit}"),
+            "joules": doc.get(f"energy_per_{unit}")}
 
 
 def inspect(run_dir: Path, expected: dict | None = None) -> Existing:
@@ -159,7 +190,7 @@ def inspect(run_dir: Path, expected: dict | None = None) -> Existing:
     if not results.is_file():
         return Existing("incomplete", f"{results} is not a file")
     try:
-        doc = json.loads(results.read_text(encoding="utf-8"))
+        doc = read_results(run_dir)
     except (OSError, UnicodeDecodeError, ValueError) as err:
         return Existing("incomplete", f"{results} is not readable JSON ({err})")
     reason = _why_incomplete(doc)
@@ -175,6 +206,12 @@ def inspect(run_dir: Path, expected: dict | None = None) -> Existing:
     if difference is not None:
         return Existing("other", f"{results} was measured with {difference}")
     return Existing("done", f"{results} holds this configuration")
+
+
+def existing_run(plan) -> Existing:
+    """What `plan`'s run directory holds, judged against the plan's whole identity: the one test
+    of done that the benchmark, the local sweep and the Slurm task share."""
+    return inspect(plan.run_dir, identity(plan))
 
 
 def is_complete(run_dir: Path, expected: dict | None = None) -> bool:
@@ -198,102 +235,6 @@ def move_aside(run_dir: Path) -> Path:
     if target.is_dir() and ((target / RESULTS).exists() or (target / RESULTS).is_symlink()):
         os.rename(target / RESULTS, target / SUPERSEDED_RESULTS)
     return target
-
-
-def _process_start(pid: int) -> str | None:
-    """The kernel's start time of `pid` (clock ticks since boot): with the PID, it names one
-    process even after the PID is reused."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class RunDirLock:
-    """An exclusive claim on one run directory, by a file beside it (the directory itself may
-    be moved aside while the lock is held)."""
-
-    def __init__(self, run_dir: Path):
-        self.run_dir = Path(run_dir)
-        self.path = self.run_dir.parent / f".{self.run_dir.name}.lock"
-        self.held = False
-
-    def _record(self) -> dict:
-        return {"pid": os.getpid(), "host": socket.gethostname(),
-                "process_start": _process_start(os.getpid()),
-                "since": datetime.now().isoformat(timespec="seconds")}
-
-    def _holder(self) -> dict | None:
-        """The holder's record; None when the lock is stale (its holder is gone)."""
-        try:
-            holder = json.loads(self.path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):
-            age = time.time() - self.path.stat().st_mtime if self.path.exists() else 1e9
-            # Being written right now, or left half-written by a holder that died then.
-            return {"pid": "?", "host": "?", "since": "just now"} \
-                if age < _LOCK_WRITE_GRACE_S else None
-        if not isinstance(holder, dict) or not isinstance(holder.get("pid"), int):
-            return None
-        if holder.get("host") != socket.gethostname():
-            return holder  # cannot tell from here: assume it lives
-        pid = holder["pid"]
-        if pid == os.getpid() or not _alive(pid):
-            return None
-        started = holder.get("process_start")
-        if started is not None and _process_start(pid) not in (None, started):
-            return None  # the PID now names another process
-        return holder
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(3):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self._holder()
-                if holder is not None:
-                    raise _config_error(
-                        f"{self.run_dir} is being measured by another run (PID "
-                        f"{holder.get('pid')} on {holder.get('host')} since "
-                        f"{holder.get('since')}); wait for it to end, or delete {self.path} "
-                        "if that run is gone") from None
-                # Stale: rename first, so that of two runs finding it stale only one removes it.
-                stale = self.path.with_name(f"{self.path.name}.stale.{os.getpid()}")
-                try:
-                    os.rename(self.path, stale)
-                    stale.unlink()
-                except FileNotFoundError:
-                    pass
-                continue
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self._record(), f)
-            self.held = True
-            return
-        raise _config_error(f"could not take the lock {self.path}; another run keeps taking it")
-
-    def release(self) -> None:
-        if not self.held:
-            return
-        self.held = False
-        try:
-            holder = json.loads(self.path.read_text(encoding="utf-8"))
-            if isinstance(holder, dict) and holder.get("pid") == os.getpid():
-                self.path.unlink()
-        except (OSError, ValueError):
-            pass
 
 
 @dataclass
@@ -341,7 +282,7 @@ def _missing_parents(path: Path) -> list[Path]:
 
 def _decide(plan, overwrite: bool) -> tuple[str, str | None, bool]:
     """(verdict, message, leftovers) for rank 0, holding the lock."""
-    existing = inspect(plan.run_dir, identity(plan))
+    existing = existing_run(plan)
     if existing.state == "absent":
         return "measure", None, False
     if overwrite:

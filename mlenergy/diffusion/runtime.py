@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from mlenergy.diffusion import lifeline, watchdog
+from mlenergy.diffusion import console, lifeline, watchdog
 
 logger = logging.getLogger("mlenergy.diffusion")
 
@@ -126,12 +126,16 @@ def die(rank: int, err: BaseException) -> None:
     the other ranks instead of leaving them waiting on this one.
     """
     detail = "".join(traceback.format_exception(type(err), err, err.__traceback__))
-    logger.error("rank %d failed: %s: %s\n%s", rank, type(err).__name__, err, detail)
-    print(f"error: rank {rank} failed: {type(err).__name__}: {err}{watchdog.silent_note()}",
-          file=sys.stderr, flush=True)
+    if getattr(err, "explained", False):  # its message says what to do: one line, no traceback
+        console.log_to_file_only("rank %d failed: %s\n%s", rank, err, detail, level=logging.ERROR)
+        print(f"error: {err}", file=sys.stderr, flush=True)
+    else:
+        logger.error("rank %d failed: %s: %s\n%s", rank, type(err).__name__, err, detail)
+        print(f"error: rank {rank} failed: {type(err).__name__}: {err}{watchdog.silent_note()}",
+              file=sys.stderr, flush=True)
     logging.shutdown()
     sys.stdout.flush()
-    os._exit(1)
+    lifeline.abrupt_exit(1)
 
 
 class Stopwatch:

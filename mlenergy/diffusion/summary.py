@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from mlenergy.diffusion import stats
+from mlenergy.diffusion.console import si_text
 from mlenergy.diffusion.record import RunRecord
 
 # A percentile is printed only from at least this many samples (the p90 of 8 is the maximum).
@@ -45,7 +46,8 @@ def summary_table(record: RunRecord) -> str:
         rows.append((f"time / {unit} p90", _fmt(latency["p90"], ".3f", " s")))
     if record.compile:
         c = record.compile
-        rows.append(("compile", f"{_fmt(c['compile_time_s'], '.1f', ' s')} compiling"
+        rows.append(("compile", f"{_fmt(c['compile_time_s'], '.1f', ' s')} compiling (dynamo)"
+                     + _first_call_text(c)
                      + (", RECOMPILED while measuring" if c["recompiled_during_measurement"]
                         else "")))
     if record.quality:
@@ -55,6 +57,16 @@ def summary_table(record: RunRecord) -> str:
     rows += _measurement_rows(record)
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+
+
+def _first_call_text(c: dict) -> str:
+    """The first warm-up iteration and what it cost over a steady one: compiling, but also
+    kernel tuning at run time, which dynamo's count does not see."""
+    first, overhead = c.get("first_warmup_iteration_s"), c.get("first_call_overhead_s")
+    if first is None:
+        return ""
+    extra = f", {overhead:.1f} s over a steady one" if overhead is not None else ""
+    return f"; first call {first:.1f} s{extra}"
 
 
 def _measurement_rows(record: RunRecord) -> list[tuple[str, str]]:
@@ -88,10 +100,11 @@ def _floor_rows(floor: dict | None) -> list[tuple[str, str]]:
     if not floor:
         return []
     analytic = floor["analytic_flops_per_forward"]
+    achieved = floor["achieved_tflops"]
     return [
-        ("TFLOP / forward", f"{floor['flops_per_forward'] / 1e12:.4g}"
-         + (f"  (analytic {analytic / 1e12:.4g})" if analytic else "")),
-        ("achieved", _fmt(floor["achieved_tflops"], ".4g", " TFLOP/s")
+        ("FLOP / forward", si_text(floor["flops_per_forward"], "FLOP")
+         + (f"  (analytic {si_text(analytic, 'FLOP')})" if analytic else "")),
+        ("achieved", ("not measured" if achieved is None else si_text(achieved * 1e12, "FLOP/s"))
          + (f", MFU {100 * floor['mfu']:.1f}%" if floor["mfu"] is not None else "")),
         ("floor ratio", "denoising time / floor "
          + _fmt(floor["denoising_time_over_floor"], ".2f", "x")
@@ -113,5 +126,7 @@ def _check_rows(record: RunRecord) -> list[tuple[str, str]]:
                      f"direct read vs Zeus {100 * check['nvml']['relative_difference']:+.2f}%"))
     exclusive = a.gpu_exclusivity
     if exclusive and not exclusive["exclusive"]:
-        rows.append(("GPU sharing", f"other processes: {exclusive['foreign_pids']}"))
+        rows.append(("GPU sharing", "other processes: " + "; ".join(
+            f"GPU {gpu}: PIDs {', '.join(str(pid) for pid in pids)}"
+            for gpu, pids in exclusive["foreign_pids"].items() if pids)))
     return rows

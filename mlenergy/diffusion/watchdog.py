@@ -146,7 +146,9 @@ class Watchdog:
                   flush=True)
         self._kill_on_this_host(silent)
         logging.shutdown()
-        os._exit(1)
+        from mlenergy.diffusion import lifeline
+
+        lifeline.abrupt_exit(1)
 
     def _kill_on_this_host(self, ranks) -> None:
         """A stopped process ignores the launcher's SIGTERM until its grace period is over."""

@@ -46,7 +46,8 @@ def foreign_processes(per_gpu: dict[str, list[int]], own_pids: set[int],
 def check_exclusive(gpus, own_pids: set[int], require: bool) -> dict:
     report = foreign_processes(gpus.keyed(gpus.access.compute_processes()), own_pids)
     if not report["exclusive"]:
-        text = ", ".join(f"GPU {g}: {p}" for g, p in report["foreign_pids"].items())
+        text = "; ".join(f"GPU {g}: PIDs {', '.join(str(pid) for pid in p)}"
+                         for g, p in report["foreign_pids"].items() if p)
         if require:
             raise ForeignProcessesError(
                 f"other processes use the run's GPUs ({text}); free the GPUs or drop "

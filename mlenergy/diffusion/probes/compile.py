@@ -44,4 +44,7 @@ def kernel_cache_report() -> dict | None:
         "fx_graph_cache_misses": int(counters["inductor"]["fxgraph_cache_miss"]),
         "aot_autograd_cache_hits": int(counters["aot_autograd"]["autograd_cache_hit"]),
         "aot_autograd_cache_misses": int(counters["aot_autograd"]["autograd_cache_miss"]),
+        # Kernel configurations benchmarked at run time by coordinate-descent tuning (0 unless
+        # it is on and the tuned configurations were not found in the cache).
+        "coordinate_descent_benchmarks": int(counters["inductor"]["coordesc_tuning_bench"]),
     }

@@ -91,7 +91,8 @@ class EnergyMeter:
             bad = [k for k, j in gpu.items() if not math.isfinite(j) or j <= 0]
             if bad or len(gpu) != self.gpus.count:
                 logger.warning("Window %s: no usable energy reading for GPU(s) %s (window %.3f s); "
-                               "its energy is reported as unmeasured.", name, bad, reading.time)
+                               "its energy is reported as unmeasured.", name,
+                               ", ".join(bad) or "(a GPU's reading is missing)", reading.time)
                 gpu = None
         return Measurement(time=float(reading.time), gpu_energy=gpu,
                            cpu_energy=reading.cpu_energy, dram_energy=reading.dram_energy)

@@ -78,8 +78,12 @@ def attention_formulas() -> dict:
         if op is not None:
             mapping[op] = _sdpa_formula
     # flash-attn 2 and 3 register their kernels as torch ops once imported, layout
-    # (batch, seq, heads, dim).
-    for namespace, name in (("flash_attn", "_flash_attn_forward"), ("flash_attn_3", "fwd")):
+    # (batch, seq, heads, dim); so do diffusers' FlashAttention-3 wrapper (what one process
+    # calls with flash_3 / fa3: the counter sees that outer op only) and the fa3-fwd wheel (what
+    # xDiT's FLASH_3 reaches).
+    for namespace, name in (("flash_attn", "_flash_attn_forward"), ("flash_attn_3", "fwd"),
+                            ("_diffusers_flash_attn_3", "_flash_attn_forward"),
+                            ("fa3_fwd", "_flash_attn_forward")):
         try:
             mapping[getattr(getattr(torch.ops, namespace), name)] = _flash_attn_formula
         except (AttributeError, RuntimeError):

@@ -163,6 +163,8 @@ class StageRecorder:
         self._handles = []
         self._last_events: tuple[str, ...] = ()
         self.accepts_step_callback = _accepts(pipeline, "callback_on_step_end")
+        # Told of each step end ("step") and denoiser forward ("forward"): the progress line.
+        self.on_event = lambda kind: None
         for module in self.parts["text_encoding"]:
             self._handles.append(module.register_forward_pre_hook(self._text_pre))
             self._handles.append(module.register_forward_hook(self._text_post))
@@ -230,6 +232,7 @@ class StageRecorder:
     def _denoiser_pre(self, module, args, kwargs):
         if not self.active:
             return None
+        self.on_event("forward")
         it = self._it
         if it.denoise_start is None:
             it.denoise_start = self._boundary("denoise>")
@@ -251,6 +254,7 @@ class StageRecorder:
             self._it.decoder_calls += 1
 
     def _step_end(self, pipeline, step, timestep, callback_kwargs):
+        self.on_event("step")
         if self.active and self._it.decode_start is None:
             self._it.step_marks.append(self._clock.mark())
         return {}

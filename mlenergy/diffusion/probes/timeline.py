@@ -165,6 +165,7 @@ def plot_power(timeline: dict, iterations: list[tuple[float, float]],
         ax.axvline(end - origin, color="black", lw=0.7, ls="--")
     ax.set_xlabel("time since first sample (s)")
     ax.set_ylabel(f"power, {domain} (W)")
+    ax.set_ylim(0, max(ax.get_ylim()[1] * 1.05, 1.0))  # from zero: a flat line reads as flat
     ax.set_title(title)
     ax.legend(loc="lower right", fontsize=8, ncol=3)
     ax.grid(alpha=0.3)

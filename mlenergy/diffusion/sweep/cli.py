@@ -16,9 +16,8 @@ from typing import Annotated, Literal, Optional
 import tyro
 
 from mlenergy.diffusion import presets
-from mlenergy.diffusion import files
 from mlenergy.diffusion.sweep import grid as grid_module
-from mlenergy.diffusion.sweep import local, sharing, slurm
+from mlenergy.diffusion.sweep import campaign, local, sharing, slurm
 from mlenergy.diffusion.sweep.grid import Grid, SweepError
 from mlenergy.diffusion.sweep.point import STATUSES, Point
 from mlenergy.diffusion.sweep.task import split_benchmark_args
@@ -34,7 +33,11 @@ class SweepArgs:
 
     preset: Optional[Literal[tuple(presets.PRESETS)]] = None  # type: ignore[valid-type]
     """leaderboard: batch 1 2 4 8 16 and (ulysses, ring) in 1x1 1x2 2x1 1x4 2x2 4x1 1x8 2x4 4x2
-    8x1, every registered model of the task; --models/--batch_sizes/--parallel override it."""
+    8x1, every registered model of the task at its registry defaults. leaderboard-v3: the
+    ML.ENERGY leaderboard v3 campaign, its 7 image and 6 video models with their v3 settings
+    (FLUX.1-dev 50 steps, bf16 where v3 ran bf16, Wan flow shift 12, SD3.5 guidance 7), the
+    leaderboard's prompt sampling, the same batches and degrees (docs/leaderboard-v3.md).
+    --models/--batch_sizes/--parallel override a preset's parts."""
     task: Literal["text-to-image", "text-to-video"] = "text-to-image"
     """The benchmark subcommand of every point."""
     models: tuple[str, ...] = ()
@@ -148,7 +151,7 @@ def make_grid(args: SweepArgs, benchmark_args: list[str]) -> Grid:
                                     ("--parallel", parallel)) if not v]
     if missing:
         raise SweepError(f"no {', '.join(missing)} given; name them, or use --preset leaderboard")
-    grid_module.check_models(args.task, models)
+    grid_module.check_models(args.task, models, benchmark_args)
     option_sets = tuple(tuple(shlex.split(o)) for o in (args.options or ("",)))
     grid_module.check_flags(option_sets, benchmark_args)
     return Grid(task=args.task, models=tuple(models), batch_sizes=tuple(batch_sizes),
@@ -180,11 +183,21 @@ def _gpus(args: SweepArgs, device_type: str) -> int:
 
 
 def _slots(gpus: int, device_type: str) -> tuple[str, ...]:
-    """The device of each GPU slot: CUDA_VISIBLE_DEVICES entries if the caller set it."""
-    visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]
-    if device_type == "cuda" and visible:
-        return tuple(visible[:gpus])
-    return tuple(str(i) for i in range(gpus))
+    """The device of each GPU slot: CUDA_VISIBLE_DEVICES entries if the caller set it. A slot
+    list with a device twice, or fewer devices than --gpus, is refused: points would share a GPU,
+    or wait for one that never comes."""
+    raw = os.environ.get("CUDA_VISIBLE_DEVICES")
+    visible = [d.strip() for d in (raw or "").split(",") if d.strip()]
+    if device_type != "cuda" or raw is None:
+        return tuple(str(i) for i in range(gpus))
+    twice = _duplicates(visible)
+    if twice:
+        raise SweepError(f"CUDA_VISIBLE_DEVICES={raw} lists device {twice[0]} more than once; "
+                         "list each GPU once")
+    if len(visible) < gpus:
+        raise SweepError(f"--gpus {gpus} but CUDA_VISIBLE_DEVICES={raw} gives {len(visible)}; "
+                         f"pass --gpus {len(visible)} or make more GPUs visible")
+    return tuple(visible[:gpus])
 
 
 def compile_cache_dir(args: SweepArgs) -> Path | None:
@@ -198,6 +211,15 @@ def _require_a_runnable_point(points: list[Point]) -> None:
     if points and all(p.status == "skipped" for p in points):
         raise SweepError(f"no point of the grid can run ({len(points)} skipped), e.g. "
                          f"{points[0].label()}: {points[0].reason}")
+
+
+def dry_run_totals(points: list[Point]) -> str:
+    """One line: how many points would run, and the GPU processes they need."""
+    pending = [p for p in points if p.status == "pending"]
+    counts = summarize(points)["counts"]
+    rest = ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in counts.items() if n)
+    return (f"{len(pending)} point(s) to run ({sum(p.nproc for p in pending)} GPU-process "
+            f"launches in all)" + (f"; {rest}" if rest else ""))
 
 
 def summarize(points: list[Point]) -> dict:
@@ -216,22 +238,46 @@ def print_summary(points: list[Point], summary_path: Path) -> None:
     print(f"  summary: {summary_path}")
 
 
-def run_here(points: list[Point], args: SweepArgs, device_type: str, gpus: int) -> int:
-    summary_path = args.summary or args.out_dir / "sweep_summary.json"
+def _summary_header(args: SweepArgs, argv: list[str], grid: Grid, device_type: str, gpus: int,
+                    cache: Path | None, started: datetime) -> dict:
+    from mlenergy.diffusion import provenance
+
+    return {"started": started.isoformat(timespec="seconds"), "finished": None,
+            "command": campaign.command_line(argv), "version": provenance.version_text(),
+            "grid": campaign.grid_record(grid), "preset": args.preset,
+            "out_dir": str(args.out_dir), "device": device_type, "gpus": gpus,
+            "pack": args.pack, "timeout_s": args.timeout_s,
+            "compile_cache": str(cache) if cache else None, "stopped_by": None}
+
+
+def _take_out_dir(args: SweepArgs):
+    """One local sweep per run tree at a time: a second refuses in one line (its summary and
+    logs would interleave with the first's)."""
+    from mlenergy.diffusion.config import ConfigError
+    from mlenergy.diffusion.runlock import RunDirLock
+
+    lock = RunDirLock(args.out_dir / "sweep", release_on_signals=False)
+    try:
+        lock.acquire()
+    except ConfigError as err:
+        raise SweepError(str(err).replace("is being measured by another run",
+                                          "is being swept by another sweep")) from None
+    return lock
+
+
+def run_here(points: list[Point], args: SweepArgs, argv: list[str], grid: Grid,
+             device_type: str, gpus: int) -> int:
+    summary_path = args.summary or args.out_dir / campaign.SUMMARY
     cache = compile_cache_dir(args)
     cache = cache.resolve() if cache is not None else None
-    started = datetime.now()
-    stopped_by = None
+    header = _summary_header(args, argv, grid, device_type, gpus, cache, datetime.now())
+    previous = campaign.read_previous(summary_path)
 
     def write_summary() -> None:
         local.note_shared_nodes(points)
-        files.write_json_atomically(summary_path, {
-            "started": started.isoformat(timespec="seconds"),
-            "finished": datetime.now().isoformat(timespec="seconds"),
-            "out_dir": str(args.out_dir), "device": device_type, "gpus": gpus,
-            "pack": args.pack, "timeout_s": args.timeout_s,
-            "compile_cache": str(cache) if cache else None,
-            "stopped_by": stopped_by, **summarize(points)})
+        header["finished"] = datetime.now().isoformat(timespec="seconds")
+        campaign.write_summary(summary_path, header, points, summarize(points)["counts"],
+                               previous)
 
     settings = local.Settings(
         timeout_s=args.timeout_s, retries=args.retries, pack=args.pack,
@@ -241,12 +287,11 @@ def run_here(points: list[Point], args: SweepArgs, device_type: str, gpus: int) 
     try:
         signum = local.run_points(points, settings, progress=write_summary,
                                   report=lambda line: print(line, flush=True))
-    finally:
-        write_summary()
-    if signum is not None:
-        import signal
+        if signum is not None:
+            import signal
 
-        stopped_by = signal.Signals(signum).name
+            header["stopped_by"] = signal.Signals(signum).name
+    finally:
         write_summary()
     print_summary(points, summary_path)
     if signum is not None:
@@ -255,7 +300,7 @@ def run_here(points: list[Point], args: SweepArgs, device_type: str, gpus: int) 
 
 
 def _slurm_settings(args: SweepArgs) -> slurm.SlurmSettings:
-    return slurm.SlurmSettings(
+    return slurm.SlurmSettings(device=_device_type(args),
         out_dir=args.out_dir, timeout_s=args.timeout_s, gpus_per_node=args.gpus_per_node,
         cpus_per_gpu=args.cpus_per_gpu, mem_per_gpu=args.mem_per_gpu, partition=args.partition,
         account=args.account, time_limit=args.time_limit, array_limit=args.array_limit,
@@ -264,36 +309,73 @@ def _slurm_settings(args: SweepArgs) -> slurm.SlurmSettings:
 
 def hand_to_slurm(points: list[Point], args: SweepArgs, argv: list[str]) -> int:
     settings = _slurm_settings(args)
-    if not args.submit:
-        print(slurm.campaign_script(points, settings, argv), end="")
-        return 0
-    pending = sum(p.status == "pending" for p in points)
-    done = sum(p.status == "already_done" for p in points)
-    print(f"{pending} point(s) to run, {done} already done, "
-          f"{sum(p.status == 'skipped' for p in points)} skipped")
-    if not pending:
-        print("nothing to submit")
-        return 0
     try:
+        if not args.submit:
+            script = slurm.campaign_script(points, settings, argv)
+            print(script, end="")
+            kept = campaign.write_emitted_script(args.out_dir, script)
+            print(f"(a copy of this script: {kept})", file=sys.stderr)
+            return 0
+        pending = sum(p.status == "pending" for p in points)
+        done = sum(p.status == "already_done" for p in points)
+        print(f"{pending} point(s) to run, {done} already done, "
+              f"{sum(p.status == 'skipped' for p in points)} skipped")
+        if not pending:
+            print("nothing to submit")
+            return 0
         slurm.submit(points, settings)
     except slurm.SubmitError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    print(f"job ids and scripts: {campaign.slurm_dir(args.out_dir)}")
     return 0
+
+
+# The sweep's flags that may be given more than once (each adds a value).
+REPEATABLE = ("--options", "--slurm_option")
+
+
+def check_argv(own: list[str], benchmark_args: list[str]) -> None:
+    """Before parsing: a sweep flag given twice (the last would silently win) and a newline in
+    any argument (it would become a command in a generated script) are refused."""
+    names = [a.split("=", 1)[0] for a in own if a.startswith("--")]
+    twice = [n for n in _duplicates(names) if n not in REPEATABLE]
+    if twice:
+        raise SweepError(f"{twice[0]} is given more than once; give it once (list several "
+                         f"values after one {twice[0]})")
+    for flag, value in zip(own, own[1:] + [""]):
+        if flag in REPEATABLE and value.startswith("--"):
+            raise SweepError(f"{flag} {value}: a value that starts with -- must follow an "
+                             f"equals sign: {flag}={shlex.quote(value)}")
+    for arg in own + benchmark_args:
+        if "\n" in arg or "\r" in arg:
+            raise SweepError(f"argument {arg!r} holds a line break; no path, option or value "
+                             "of a campaign may")
+
+
+def _parse(argv: list[str]) -> tuple[SweepArgs, list[str]]:
+    from mlenergy.diffusion.argcheck import parse_one_line
+
+    own, benchmark_args = split_benchmark_args(argv)
+    check_argv(own, benchmark_args)
+    prog = "mlenergy-diffusion sweep"
+    # The parser's own refusals (an unknown flag, a value it cannot read) as one line too.
+    return parse_one_line(lambda a: tyro.cli(SweepArgs, args=a, use_underscores=True, prog=prog),
+                          own, prog, repeatable=REPEATABLE), benchmark_args
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    own, benchmark_args = split_benchmark_args(argv)
-    args = tyro.cli(SweepArgs, args=own, use_underscores=True,
-                    prog="python -m mlenergy.diffusion.sweep")
     try:
+        args, benchmark_args = _parse(argv)
         check_args(args)
         grid = make_grid(args, benchmark_args)
         device_type = _device_type(args)
         gpus = _gpus(args, device_type)
-        points = grid_module.make_points(grid)
         slurm_mode = args.emit == "slurm" or args.submit
+        if not slurm_mode:
+            _slots(gpus, device_type)
+        points = grid_module.make_points(grid)
         grid_module.resolve(points, grid, gpus, device_type,
                             args.gpus_per_node if slurm_mode else None)
         _require_a_runnable_point(points)
@@ -306,5 +388,14 @@ def main(argv: list[str] | None = None) -> int:
         for p in points:
             print(shlex.join(local.local_command(p)) if p.status == "pending"
                   else f"# {p.status.replace('_', ' ')}: {p.label()}: {p.reason}")
+        print(f"# {dry_run_totals(points)}")
         return 0
-    return run_here(points, args, device_type, gpus)
+    try:
+        lock = _take_out_dir(args)
+    except SweepError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        return run_here(points, args, argv, grid, device_type, gpus)
+    finally:
+        lock.release()

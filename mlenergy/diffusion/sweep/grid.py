@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from mlenergy.diffusion.sweep.point import Point, results_complete, results_path
+from mlenergy.diffusion.sweep.point import Point
 
 # Set by the grid itself; the same flag among the common benchmark flags would be ambiguous.
 GRID_FLAGS = ("--ulysses_degree", "--ring_degree", "--workload.model_id",
@@ -90,14 +90,18 @@ def check_flags(option_sets, common_args) -> None:
                              "in one place")
 
 
-def check_models(task: str, models) -> None:
+def check_models(task: str, models, benchmark_args=()) -> None:
+    """Ids the benchmark would not take. An unregistered hub id (or a local directory) is the
+    benchmark's to judge when the points name its family, as `run` does."""
     from mlenergy.diffusion.registry import MODELS, known_model_ids
 
+    family_given = "--workload.family" in _flag_names(benchmark_args)
     for model_id in models:
         spec = MODELS.get(model_id)
-        if spec is None and not Path(model_id).is_dir():
+        if spec is None and not Path(model_id).is_dir() and not family_given:
             raise SweepError(f"unknown model id {model_id!r}; known {task} models: "
-                             + ", ".join(known_model_ids(task)))
+                             + ", ".join(known_model_ids(task)) + "; for another hub id, name "
+                             "its family after `--` (e.g. -- --workload.family flux)")
         if spec is not None and spec.task != task:
             raise SweepError(f"{model_id} is a {spec.task} model; sweep it with --task "
                              f"{spec.task}, or drop it from --models")
@@ -142,8 +146,8 @@ def parse_benchmark(task: str, flags) -> object:
 
     unknown = [name for name in _flag_names(flags) if name not in _known_benchmark_flags()]
     if unknown:
-        raise SweepError(f"the benchmark has no flag {unknown[0]}; see python -m "
-                         "mlenergy.diffusion.benchmark --help")
+        raise SweepError(f"the benchmark has no flag {unknown[0]}; see `mlenergy-diffusion "
+                         "run --help`")
     argv = [f"workload:{task}", *flags]
     try:
         # The parser reports to the terminal itself; the sweep says it in one line instead.
@@ -152,47 +156,105 @@ def parse_benchmark(task: str, flags) -> object:
     except ConfigError as err:
         raise SweepError(f"the benchmark rejects {shlex.join(flags)}: {err}") from None
     except SystemExit:
-        raise SweepError(f"the benchmark cannot parse {shlex.join(flags)}; run python -m "
-                         f"mlenergy.diffusion.benchmark {shlex.join(argv)} to see why") from None
+        raise SweepError(f"the benchmark cannot parse {shlex.join(flags)}; run `mlenergy-diffusion "
+                         f"run {shlex.join(argv)}` to see why") from None
 
 
-def _point_config(config, point: Point, base_dir: Path):
-    workload = dataclasses.replace(config.workload, model_id=point.model_id,
-                                   batch_size=point.batch_size, base_dir=base_dir)
-    return dataclasses.replace(config, workload=workload, ulysses_degree=point.ulysses_degree,
-                               ring_degree=point.ring_degree)
+def _grid_free(argv) -> tuple[str, ...]:
+    """A point's argv less its subcommand and the grid's own flags: what its option set, the
+    preset's model flags and the common flags say, the same for many points."""
+    return tuple(_without([a for a in argv if not a.startswith("workload:")], set(GRID_FLAGS)))
+
+
+def _flag_values(argv) -> dict[str, str]:
+    return {argv[i]: argv[i + 1] for i in range(len(argv) - 1) if argv[i] in GRID_FLAGS}
+
+
+def point_config(task: str, argv, parsed: dict | None = None):
+    """The benchmark's configuration of one point's exact argv. The flags other than the grid's
+    are parsed once per distinct set (`parsed` caches them); the grid's own values are then
+    filled in from the same argv, which holds each of them once (`check_flags`)."""
+    key = _grid_free(argv)
+    parsed = {} if parsed is None else parsed
+    if key not in parsed:
+        parsed[key] = parse_benchmark(task, list(key))
+    config, grid = parsed[key], _flag_values(argv)
+    workload = dataclasses.replace(
+        config.workload, model_id=grid["--workload.model_id"],
+        batch_size=int(grid["--workload.batch_size"]),
+        base_dir=Path(grid["--workload.base_dir"]))
+    return dataclasses.replace(config, workload=workload,
+                               ulysses_degree=int(grid["--ulysses_degree"]),
+                               ring_degree=int(grid["--ring_degree"]))
+
+
+def plan_point(task: str, argv, nproc: int, device_type: str, gpus_per_node: int | None = None,
+               parsed: dict | None = None):
+    """The benchmark's plan of one point's exact argv, for the machine it will run on: the run
+    directory and identity the benchmark itself will compute. Raises ConfigError (or
+    SweepError) where the benchmark would refuse the point."""
+    from mlenergy.diffusion.launch import Launch
+    from mlenergy.diffusion.plan import make_plan
+
+    config = point_config(task, argv, parsed)
+    return make_plan(config, Launch.for_machine(nproc, device_type, gpus_per_node))
+
+
+def _skip(point: Point, reason: str) -> None:
+    point.status, point.reason = "skipped", reason
 
 
 def resolve(points: list[Point], grid: Grid, gpus: int, device_type: str,
             gpus_per_node: int | None = None) -> None:
-    """Give every point its run directory, or the reason it is skipped; mark points whose
-    complete results exist as already done."""
+    """Give every point its run directory and identity (from the plan of the exact argv it is
+    launched with), or the reason it is skipped; mark points whose results of the same identity
+    exist as already done. Raises SweepError when a run directory holds another configuration
+    (unless the points pass --overwrite_results) or two points share one."""
+    from mlenergy.diffusion import rundir
     from mlenergy.diffusion.config import ConfigError
-    from mlenergy.diffusion.launch import Launch
-    from mlenergy.diffusion.plan import default_base_dir, make_plan
 
-    # Parsed once per option set: the grid's own values are filled in per point.
-    configs = {shlex.join(flags): parse_benchmark(grid.task, [*flags, *grid.common_args])
-               for flags in grid.option_sets}
+    parsed: dict = {}
+    conflicts: list[tuple[Point, str]] = []
     for point in points:
         if point.nproc > gpus:
-            point.status = "skipped"
-            point.reason = f"needs {point.nproc} GPUs (processes); {gpus} available"
+            _skip(point, f"needs {point.nproc} GPUs (processes); {gpus} available")
             continue
         if gpus_per_node and point.nproc > gpus_per_node and point.nproc % gpus_per_node:
-            point.status = "skipped"
-            point.reason = (f"{point.nproc} processes do not fill whole nodes of "
-                            f"{gpus_per_node} GPUs")
+            _skip(point, f"{point.nproc} processes do not fill whole nodes of {gpus_per_node} "
+                         "GPUs")
             continue
-        base = default_base_dir(grid.task, point.model_id, grid.out_dir)
-        config = _point_config(configs[point.options], point, base)
         try:
-            plan = make_plan(config, Launch.for_machine(point.nproc, device_type,
-                                                        gpus_per_node))
+            plan = plan_point(grid.task, point.benchmark_args, point.nproc, device_type,
+                              gpus_per_node, parsed)
         except ConfigError as err:
-            point.status, point.reason = "skipped", str(err)
+            _skip(point, str(err))
             continue
-        point.run_dir = plan.run_dir
-        if results_complete(results_path(plan.run_dir), point):
-            point.status = "already_done"
-            point.reason = f"{results_path(plan.run_dir)} is complete"
+        point.run_dir, point.identity = plan.run_dir, rundir.identity(plan)
+        existing = rundir.inspect(plan.run_dir, point.identity)
+        if existing.state == "done":
+            point.status, point.reason = "already_done", existing.detail
+        elif existing.state == "other" and not plan.config.overwrite_results:
+            conflicts.append((point, existing.detail))
+    _check_one_point_per_run_dir(points)
+    if conflicts:
+        point, detail = conflicts[0]
+        raise SweepError(
+            f"{len(conflicts)} point(s) would measure into a run directory that holds another "
+            f"configuration, e.g. {detail}; pass --overwrite_results after `--` to move those "
+            "results aside and measure again, or choose another --out_dir")
+
+
+def _check_one_point_per_run_dir(points: list[Point]) -> None:
+    """Two points of one grid must never share a run directory: the second would be refused
+    (or called done) because of the first."""
+    seen: dict[Path, Point] = {}
+    for point in points:
+        if point.run_dir is None:
+            continue
+        other = seen.setdefault(Path(point.run_dir), point)
+        if other is not point:
+            raise SweepError(
+                f"two points of the grid share the run directory {point.run_dir}: "
+                f"{other.label()} and {point.label()}; the directory name leaves out what "
+                "tells them apart (give each model folder a distinct name, or "
+                "--workload.model_name; make option sets differ in a setting the name shows)")

@@ -70,7 +70,8 @@ class _Running:
 
 
 class StopSignals:
-    """SIGINT and SIGTERM set `received` instead of ending the sweep at once."""
+    """SIGINT, SIGTERM and SIGHUP (a closed terminal) set `received` instead of ending the
+    sweep at once: the sweep then stops its points and writes its summary."""
 
     def __init__(self):
         self.received: int | None = None
@@ -80,7 +81,8 @@ class StopSignals:
 
     def __enter__(self):
         self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT,
-                                                                      signal.SIGTERM)}
+                                                                      signal.SIGTERM,
+                                                                      signal.SIGHUP)}
         return self
 
     def __exit__(self, *exc):
@@ -88,24 +90,51 @@ class StopSignals:
             signal.signal(s, handler)
 
 
+class NotStarted(Exception):
+    """A point that must not be launched now, and why."""
+
+
+def _held_by_a_live_run(point: Point) -> str | None:
+    from mlenergy.diffusion.runlock import RunDirLock
+
+    holder, gone = RunDirLock(point.run_dir).holder()
+    if holder is None or gone is not None:
+        return None
+    return (f"{point.run_dir} is held by a live run (PID {holder.get('pid')} on "
+            f"{holder.get('host')} since {holder.get('since')}); not started")
+
+
 def _start(point: Point, settings: Settings, devices: list[str] | None) -> _Running:
+    """Launch one attempt of `point`; NotStarted (nothing launched) when its run directory is
+    held by a live run or the sweep cannot record it."""
     point.attempts += 1
     point.command = settings.command(point)
     point.log = settings.log(point)
     point.devices = devices
+    busy = _held_by_a_live_run(point)
+    if busy is not None:
+        raise NotStarted(busy)
     env = dict(settings.env)
     if devices is not None:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
-    if settings.shared_node_dir is not None:
-        env[sharing.ENV] = str(settings.shared_node_dir)
-    launch = Launch(point.command, env, point.log, append=point.attempts > 1,
-                    attempt=point.attempts)
-    point.started = launch.started
     record = None
     if settings.shared_node_dir is not None:
+        env[sharing.ENV] = str(settings.shared_node_dir)
         visible = devices or [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]
-        record = sharing.register(settings.shared_node_dir, point.run_dir, visible or None,
-                                  launch.proc.pid)
+        try:
+            # Under the sweep's PID: the point lives exactly as long as the sweep does.
+            record = sharing.register(settings.shared_node_dir, point.run_dir, visible or None,
+                                      os.getpid())
+        except OSError as err:
+            raise NotStarted(f"could not record the point in {settings.shared_node_dir} "
+                             f"({err}); not started") from None
+    try:
+        launch = Launch(point.command, env, point.log, attempt=point.attempts)
+    except OSError as err:
+        if record is not None:
+            sharing.finish(record)
+        raise NotStarted(f"could not launch it ({err})") from None
+    point.started = launch.started
     return _Running(point, launch, record)
 
 
@@ -122,7 +151,10 @@ def _settle(running: _Running, code: int | None, settings: Settings) -> None:
     elif not results_complete(results_path(point.run_dir), point):
         point.status, point.reason = "failed", "exited 0 but wrote no complete results.json"
     else:
+        from mlenergy.diffusion import rundir
+
         point.status, point.reason = "done", None
+        point.per_output = rundir.per_output(point.run_dir)
 
 
 def _retry(point: Point, settings: Settings) -> bool:
@@ -141,19 +173,66 @@ def _pick(queue: list[Point], running: list[_Running], free: list[str], pack: bo
     return None
 
 
+def _launch_next(queue, running, free, settings, counter, report, progress) -> None:
+    """Start every point that may start now."""
+    while (pick := _pick(queue, running, free, settings.pack)) is not None:
+        point, devices = pick
+        queue.remove(point)
+        for d in devices or ():
+            free.remove(d)
+        counter[0] += point.attempts == 0
+        on = f" on devices {','.join(devices)}" if devices else ""
+        report(f"[{counter[0]}/{counter[1]}] {point.label()} -> {point.run_dir}{on}"
+               f"{_timing(counter, len(queue) + 1, len(running) + 1)}")
+        try:
+            running.append(_start(point, settings, devices))
+        except NotStarted as err:
+            _give_back(free, devices, settings)
+            point.status, point.reason = "failed", str(err)
+            _announce(point, report)
+            progress()
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def _timing(counter: list, left: int, side_by_side: int) -> str:
+    """` (elapsed 3m05s, about 12m00s left)`: the time left estimated from the points finished
+    so far, as many at a time as run now."""
+    elapsed = time.monotonic() - counter[2]
+    finished = counter[3]
+    if not finished:
+        return f" (elapsed {_clock(elapsed)})"
+    left_s = sum(finished) / len(finished) * left / side_by_side
+    return f" (elapsed {_clock(elapsed)}, about {_clock(left_s)} left)"
+
+
+def _give_back(free: list[str], devices, settings: Settings) -> None:
+    free[:] = sorted(free + list(devices or ()), key=settings.slots.index)
+
+
+def _never_fit(queue: list[Point], running, free: list[str], report) -> None:
+    """Points that cannot start with every slot free would wait for ever: skip them."""
+    if running or not queue:
+        return
+    for point in list(queue):
+        queue.remove(point)
+        point.status = "skipped"
+        point.reason = f"needs {point.nproc} GPU slot(s); this sweep has {len(free)}"
+        report(f"    skipped: {point.label()}: {point.reason}")
+
+
 def _loop(queue: list[Point], running: list[_Running], free: list[str], total: int,
           settings: Settings, signals: StopSignals, progress, report) -> None:
-    started = 0
+    # Points started, points to start, the sweep's start, seconds of each finished point.
+    counter = [0, total, time.monotonic(), []]
     while (queue or running) and signals.received is None:
-        while (pick := _pick(queue, running, free, settings.pack)) is not None:
-            point, devices = pick
-            queue.remove(point)
-            for d in devices or ():
-                free.remove(d)
-            started += point.attempts == 0
-            on = f" on devices {','.join(devices)}" if devices else ""
-            report(f"[{started}/{total}] {point.label()} -> {point.run_dir}{on}")
-            running.append(_start(point, settings, devices))
+        _launch_next(queue, running, free, settings, counter, report, progress)
+        if settings.pack:
+            _never_fit(queue, running, free, report)
         for item in list(running):
             code = item.launch.poll()
             if code is None and item.launch.elapsed <= settings.timeout_s:
@@ -161,8 +240,9 @@ def _loop(queue: list[Point], running: list[_Running], free: list[str], total: i
             if code is None:
                 item.launch.stop()
             running.remove(item)
-            free[:] = sorted(free + list(item.point.devices or ()), key=settings.slots.index)
+            _give_back(free, item.point.devices, settings)
             _settle(item, code, settings)
+            counter[3].append(item.point.seconds)
             _announce(item.point, report)
             if _retry(item.point, settings):
                 report(f"    attempt {item.point.attempts + 1} of {item.point.label()}")
@@ -195,7 +275,9 @@ def run_points(points: list[Point], settings: Settings, progress: Callable[[], N
 
 def _announce(point: Point, report: Callable[[str], None]) -> None:
     status = point.status + (f" ({point.reason})" if point.reason else "")
-    report(f"    {status} in {point.seconds:.1f} s: {point.label()}")
+    took = f" in {point.seconds:.1f} s" if point.seconds is not None else ""
+    headline = f" ({point.headline()})" if point.headline() else ""
+    report(f"    {status}{took}: {point.label()}{headline}")
     if point.status == "failed" and point.log is not None and point.log.exists():
         tail = point.log.read_text(errors="replace").splitlines()[-15:]
         report("\n".join(f"    | {line}" for line in tail))

@@ -36,10 +36,23 @@ class Point:
     finished: float | None = None
     # Run directories of the points that ran on this node while this one did.
     shared_node_with: list[str] = field(default_factory=list)
+    # Every setting that changes the numbers (`rundir.identity` of the point's plan): what its
+    # results.json must hold for the point to count as done.
+    identity: dict | None = None
+    # Once done: seconds and joules per image or video (rundir.per_output).
+    per_output: dict | None = None
 
     @property
     def nproc(self) -> int:
         return self.ulysses_degree * self.ring_degree
+
+    def headline(self) -> str:
+        """`0.675 s/image, 3,622 J/image` of a done point; empty otherwise."""
+        if not self.per_output or self.per_output.get("seconds") is None:
+            return ""
+        unit, joules = self.per_output["unit"], self.per_output.get("joules")
+        energy = f"{joules:,.0f} J/{unit}" if joules is not None else "energy not measured"
+        return f"{self.per_output['seconds']:.3f} s/{unit}, {energy}"
 
     def label(self) -> str:
         opts = f" [{self.options}]" if self.options else ""
@@ -57,19 +70,20 @@ class Point:
             "seconds": self.seconds, "attempts": self.attempts,
             "command": shlex.join(self.command) if self.command else None,
             "devices": self.devices, "started": self.started, "finished": self.finished,
-            "shared_node_with": self.shared_node_with,
+            "shared_node_with": self.shared_node_with, "per_output": self.per_output,
         }
 
 
 def results_complete(path: Path, point: Point | None = None) -> bool:
-    """Whether `path` is a finished run's results.json (of `point`'s batch size and degrees,
-    when given), by the benchmark's own test (`rundir.inspect`): an empty, truncated or foreign
-    file, or a directory, is not, so such a point is run, never reported as done."""
+    """Whether `path` is a finished run's results.json of `point`'s configuration (its whole
+    identity, when given), by the benchmark's own test (`rundir.inspect`): an empty, truncated
+    or foreign file, a directory, or results of another configuration are not, so such a point
+    is never reported as done."""
     from mlenergy.diffusion import rundir
 
-    expected = None if point is None else {
-        "batch_size": point.batch_size, "ulysses_degree": point.ulysses_degree,
-        "ring_degree": point.ring_degree}
+    if point is not None and point.identity is None:
+        raise ValueError(f"{point.label()} has no identity yet: plan it first")
+    expected = None if point is None else point.identity
     return Path(path).name == RESULTS and rundir.is_complete(Path(path).parent, expected)
 
 

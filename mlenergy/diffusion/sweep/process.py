@@ -93,19 +93,40 @@ class ProcessTree:
             time.sleep(0.1)
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_the_sweep() -> None:
+    """In the launcher, between fork and exec: SIGKILL when the sweep ends, however it ends
+    (SIGKILL, a crash, a closed terminal). The ranks die with the launcher in turn
+    (lifeline.py), so no point measures on unsupervised. Linux only; elsewhere the sweep's own
+    signal handling is all there is."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 class Launch:
     """One attempt of a point: its command, its log, its process tree."""
 
-    def __init__(self, command: list[str], env: dict, log: Path, append: bool, attempt: int):
+    def __init__(self, command: list[str], env: dict, log: Path, attempt: int):
         log.parent.mkdir(parents=True, exist_ok=True)
         self.started = time.time()
         self._start = time.monotonic()
-        self._out = open(log, "a" if append else "w")
-        self._out.write(f"=== attempt {attempt}\n$ {shlex.join(command)}\n")
+        # Always appended, never truncated: an earlier attempt's lines stay, and a writer that
+        # still has the file open (a run of another sweep) never leaves a hole of NUL bytes.
+        self._out = open(log, "a")
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        self._out.write(f"=== attempt {attempt} at {stamp} (sweep PID {os.getpid()})\n"
+                        f"$ {shlex.join(command)}\n")
         self._out.flush()
         # Its own session: the terminal's Ctrl-C goes to the sweep, which stops the point.
         self.proc = subprocess.Popen(command, stdout=self._out, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+                                     stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                                     preexec_fn=_die_with_the_sweep)
         self.tree = ProcessTree(self.proc.pid)
 
     @property

@@ -39,6 +39,9 @@ class SlurmSettings:
     array_limit: int | None = None
     extra: tuple[str, ...] = ()
     compile_cache: Path | None = None
+    # The device the points were planned for (their identities assume it): cuda on a GPU
+    # cluster; cpu where the campaign is tested.
+    device: str = "cuda"
 
 
 @dataclass(frozen=True)
@@ -48,11 +51,16 @@ class JobArray:
     points: tuple[Point, ...]
     part: int = 0
 
+    task: str = "text-to-image"
+
     @property
     def name(self) -> str:
+        """Task and GPUs within squeue's default name width of 8: img-1gpu, vid-8gpu,
+        img-2x8g (two nodes of 8), then -2, -3 for the further parts of a big array."""
+        kind = "vid" if self.task == "text-to-video" else "img"
         shape = (f"{self.gpus_per_node}gpu" if self.nodes == 1
-                 else f"{self.nodes}x{self.gpus_per_node}gpu")
-        return f"mlenergy-{shape}" + (f"-{self.part + 1}" if self.part else "")
+                 else f"{self.nodes}x{self.gpus_per_node}g")
+        return f"{kind}-{shape}" + (f"-{self.part + 1}" if self.part else "")
 
     def describe(self) -> str:
         gpus = f"{self.gpus_per_node} GPU{'s' if self.gpus_per_node > 1 else ''}"
@@ -66,6 +74,11 @@ def shape(point: Point, gpus_per_node: int) -> tuple[int, int]:
     return nodes, point.nproc // nodes
 
 
+def _task_of(point: Point) -> str:
+    return next((a.split(":", 1)[1] for a in point.benchmark_args if a.startswith("workload:")),
+                "text-to-image")
+
+
 def job_arrays(points: list[Point], gpus_per_node: int) -> list[JobArray]:
     groups: dict[tuple[int, int], list[Point]] = {}
     for point in points:
@@ -74,7 +87,8 @@ def job_arrays(points: list[Point], gpus_per_node: int) -> list[JobArray]:
     arrays = []
     for (nodes, per_node), members in sorted(groups.items(), key=lambda kv: kv[0][0] * kv[0][1]):
         for part, i in enumerate(range(0, len(members), MAX_ARRAY_TASKS)):
-            arrays.append(JobArray(nodes, per_node, tuple(members[i:i + MAX_ARRAY_TASKS]), part))
+            arrays.append(JobArray(nodes, per_node, tuple(members[i:i + MAX_ARRAY_TASKS]), part,
+                                   _task_of(members[0])))
     return arrays
 
 
@@ -96,13 +110,24 @@ def _sbatch_lines(array: JobArray, s: SlurmSettings) -> list[str]:
                         ("--time", s.time_limit)):
         if value:
             lines.append(f"{flag}={value}")
-    lines.append(f"--output={s.out_dir / 'sweep_logs' / 'slurm'}/%x-%A_%a.out")
+    lines.append(f"--output={_sbatch_quote(str(s.out_dir / 'sweep_logs' / 'slurm'))}"
+                 "/%x-%A_%a.out")
     return [f"#SBATCH {line}" for line in lines + list(s.extra)]
+
+
+def _sbatch_quote(value: str) -> str:
+    """A value for an #SBATCH line, which sbatch splits at white space outside double quotes
+    (no shell runs there, so shell quoting does not apply)."""
+    if '"' in value or "\n" in value or "\r" in value:
+        raise SubmitError(f"{value!r}: a path for Slurm may hold neither a double quote nor a "
+                          "line break")
+    return f'"{value}"' if any(c.isspace() for c in value) else value
 
 
 def _array_task_flags(array: JobArray, s: SlurmSettings) -> list[str]:
     return ["--out_dir", str(s.out_dir), "--nodes", str(array.nodes),
-            "--nproc_per_node", str(array.gpus_per_node), "--timeout_s", repr(float(s.timeout_s))]
+            "--nproc_per_node", str(array.gpus_per_node), "--device", s.device,
+            "--timeout_s", repr(float(s.timeout_s))]
 
 
 def array_script(array: JobArray, s: SlurmSettings) -> str:
@@ -146,7 +171,7 @@ def campaign_script(points: list[Point], s: SlurmSettings, sweep_argv: list[str]
     out = ["#!/usr/bin/env bash",
            f"# ML.ENERGY diffusion campaign: {pending} point(s) in {len(arrays)} Slurm job "
            "array(s), written by",
-           f"#   python -m mlenergy.diffusion.sweep {shlex.join(sweep_argv)}",
+           f"#   mlenergy-diffusion sweep {shlex.join(sweep_argv)}",
            "# Run it with bash from the directory the sweep ran in (relative paths start "
            "there).",
            "# It submits each array and prints its job id; run it again to resume: tasks skip",
@@ -155,9 +180,14 @@ def campaign_script(points: list[Point], s: SlurmSettings, sweep_argv: list[str]
     out += _skipped_lines(points)
     done = sum(p.status == "already_done" for p in points)
     out += [f"# already done: {done} point(s)"] if done else []
+    logs = shlex.quote(str(s.out_dir / "sweep_logs" / "slurm"))
     out += ["set -euo pipefail",
-            f"mkdir -p {shlex.quote(str(s.out_dir / 'sweep_logs' / 'slurm'))}",
-            'submit() { local id; id=$(sbatch --parsable); echo "$1: job ${id%%;*}"; }']
+            f"mkdir -p {logs}",
+            "# Each job id is also appended to jobs.jsonl there, with the array's name.",
+            f"jobs={logs}/jobs.jsonl",
+            'submit() { local id; id=$(sbatch --parsable); id=${id%%;*}; echo "$1: job $id"',
+            '  printf \'{"submitted": "%s", "array": "%s", "job_id": "%s"}\\n\' '
+            '"$(date -Iseconds)" "${1%%:*}" "$id" >> "$jobs"; }']
     for array in arrays:
         out += [f"submit {shlex.quote(array.describe())} <<'{HEREDOC_END}'",
                 array_script(array, s).rstrip("\n"), HEREDOC_END]
@@ -165,12 +195,16 @@ def campaign_script(points: list[Point], s: SlurmSettings, sweep_argv: list[str]
 
 
 def submit(points: list[Point], s: SlurmSettings, report=print) -> list[str]:
-    """sbatch every array; returns the job ids."""
+    """sbatch every array; returns the job ids. Each array's script and job id are kept in
+    sweep_logs/slurm (campaign.record_submission)."""
+    from mlenergy.diffusion.sweep import campaign
+
     (s.out_dir / "sweep_logs" / "slurm").mkdir(parents=True, exist_ok=True)
     ids = []
     for array in job_arrays(points, s.gpus_per_node):
+        script = array_script(array, s)
         try:
-            proc = subprocess.run(["sbatch", "--parsable"], input=array_script(array, s),
+            proc = subprocess.run(["sbatch", "--parsable"], input=script,
                                   capture_output=True, text=True, timeout=120)
         except FileNotFoundError:
             raise SubmitError("sbatch is not on PATH: --submit needs Slurm's client tools; "
@@ -181,5 +215,7 @@ def submit(points: list[Point], s: SlurmSettings, report=print) -> list[str]:
                               + (f" (submitted before it: {', '.join(ids)})" if ids else ""))
         job_id = proc.stdout.strip().split(";")[0]
         ids.append(job_id)
-        report(f"{array.describe()}: job {job_id}")
+        kept = campaign.record_submission(s.out_dir, array.name, job_id, script,
+                                          [str(p.run_dir) for p in array.points])
+        report(f"{array.describe()}: job {job_id} (script: {kept})")
     return ids

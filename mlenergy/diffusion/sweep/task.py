@@ -1,10 +1,11 @@
 """One task of a Slurm job array: one point, run like the local sweep runs it.
 
     python -m mlenergy.diffusion.sweep.task --out_dir OUT --run_dir DIR [--nodes N]
-        [--nproc_per_node G] [--timeout_s S] -- BENCHMARK FLAGS
+        [--nproc_per_node G] [--device D] [--timeout_s S] -- BENCHMARK FLAGS
 
-Written into the arrays by `--emit slurm`; not meant to be typed. A point whose results.json is
-complete is skipped. A one-node point is a `torchrun --standalone` in the task's allocation; a
+Written into the arrays by `--emit slurm`; not meant to be typed. The task plans its point from
+the exact benchmark flags it launches, as the sweep did, and skips it when the run directory
+holds complete results of that identity (the benchmark's own test of done). A one-node point is a `torchrun --standalone` in the task's allocation; a
 multi-node point is one `srun` of a torchrun per node, meeting at a c10d rendezvous on this
 (the batch) node. SIGTERM from Slurm (scancel, the time limit) stops the point's processes.
 Exit status: 0 done or already done, 1 failed, 128 + signal when stopped.
@@ -17,6 +18,7 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import Literal
 
 from mlenergy.diffusion.sweep import sharing
 from mlenergy.diffusion.sweep.local import (Settings, child_env, local_command, log_path,
@@ -40,6 +42,9 @@ class TaskArgs:
 
     nproc_per_node: int = 1
     """Processes (GPUs) per node."""
+
+    device: Literal["cuda", "cpu"] = "cuda"
+    """The device the point runs on (what its plan, and so its identity, assumes)."""
 
     timeout_s: float = 3600.0
     """The point is stopped (all its processes) after this long."""
@@ -89,6 +94,27 @@ def multinode_command(point: Point, nodes: int, per_node: int) -> list[str]:
             "-m", "mlenergy.diffusion.benchmark", *point.benchmark_args]
 
 
+def _plan(point: Point, args: TaskArgs) -> str | None:
+    """Give `point` its identity from the plan of its exact flags; the reason it cannot run
+    otherwise."""
+    from mlenergy.diffusion import rundir
+    from mlenergy.diffusion.config import ConfigError
+    from mlenergy.diffusion.sweep.grid import SweepError, plan_point
+
+    task = next((a.split(":", 1)[1] for a in point.benchmark_args if a.startswith("workload:")),
+                None)
+    try:
+        plan = plan_point(task, point.benchmark_args, point.nproc, args.device,
+                          args.nproc_per_node)
+    except (ConfigError, SweepError) as err:
+        return str(err)
+    if Path(plan.run_dir) != Path(args.run_dir):
+        return (f"the benchmark flags name the run directory {plan.run_dir}, not {args.run_dir}; "
+                "emit the campaign again with the same sweep version")
+    point.identity = rundir.identity(plan)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     import tyro
 
@@ -98,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     if point.nproc != args.nodes * args.nproc_per_node:
         print(f"error: ulysses x ring = {point.nproc} but the task has {args.nodes} node(s) x "
               f"{args.nproc_per_node} process(es)", file=sys.stderr)
+        return 2
+    problem = _plan(point, args)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr, flush=True)
         return 2
     if results_complete(results_path(args.run_dir), point):
         print(f"already done: {args.run_dir}", flush=True)

@@ -1,0 +1,231 @@
+"""Issue 24's options: the FP8 denoiser leaves inductor's process-wide settings as it found them,
+`--compile_autotune` (coordinate-descent tuning) is the one way to turn them on, the first call's
+cost is reported beside dynamo's count, and `--attention_backend fa3` (FlashAttention-3 from the
+fa3-fwd wheel) is refused in one line wherever it cannot run."""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+import sys
+import types
+
+import pytest
+import torch
+
+from conftest import TINY_FLUX, run_benchmark
+from mlenergy.diffusion import attention, options_apply, quantize, summary
+from mlenergy.diffusion.config import ConfigError, parse_cli
+from mlenergy.diffusion.launch import Launch
+from mlenergy.diffusion.options import Options
+from mlenergy.diffusion.plan import make_plan
+from mlenergy.diffusion.quantize import Gpu
+
+H100 = Gpu("NVIDIA H100 80GB HBM3", (9, 0))
+A100 = Gpu("NVIDIA A100-SXM4-80GB", (8, 0))
+L40S = Gpu("NVIDIA L40S", (8, 9))
+
+
+def plan_for(argv: str, world_size: int = 1, device_type: str = "cuda"):
+    launch = Launch(world_size=world_size, local_world_size=world_size,
+                    device_type=device_type, visible_gpus=8)
+    return make_plan(parse_cli(shlex.split(argv)), launch)
+
+
+# ---------------------------------------------------------------- FP8 and inductor's settings
+
+@dataclasses.dataclass
+class _FakeFloat8Config:
+    """torchao 0.18.0's Float8DynamicActivationFloat8WeightConfig as far as it matters here: its
+    `set_inductor_config` defaults to True, and quantize_ then calls
+    `recommended_inductor_config_setter()`, which sets these inductor settings process-wide."""
+    granularity: object = None
+    set_inductor_config: bool = True
+
+
+def _fake_quantize(model, config):
+    if config.set_inductor_config:
+        from torch._inductor import config as inductor
+
+        inductor.coordinate_descent_tuning = True
+        inductor.coordinate_descent_check_all_directions = True
+        inductor.force_fuse_int_mm_with_mul = True
+        inductor.fx_graph_cache = True
+        inductor.triton.unique_kernel_names = True
+    _fake_quantize.configs.append(config)
+
+
+@pytest.fixture
+def fake_torchao(monkeypatch):
+    """A stand-in torchao (the real one stays out of the test environment: diffusers imports it
+    noisily with every pipeline wherever it is installed)."""
+    package, module = types.ModuleType("torchao"), types.ModuleType("torchao.quantization")
+    module.Float8DynamicActivationFloat8WeightConfig = _FakeFloat8Config
+    module.PerRow = type("PerRow", (), {})
+    module.quantize_ = _fake_quantize
+    package.quantization = module
+    _fake_quantize.configs = []
+    monkeypatch.setitem(sys.modules, "torchao", package)
+    monkeypatch.setitem(sys.modules, "torchao.quantization", module)
+    from torch._inductor import config as inductor
+
+    # Whatever a test changes in inductor's settings is undone after it.
+    with inductor.patch({name: options_apply.inductor_settings()[name]
+                         for name in options_apply.INDUCTOR_SETTINGS}):
+        yield _fake_quantize.configs
+
+
+def test_fp8_quantization_leaves_inductor_settings_as_it_found_them(fake_torchao):
+    before = options_apply.inductor_settings()
+    assert before["coordinate_descent_tuning"] is False  # torch's default, as found
+    model = torch.nn.Sequential(torch.nn.Linear(32, 32, dtype=torch.bfloat16))
+    summary_ = quantize.quantize_fp8(model)
+    assert options_apply.inductor_settings() == before
+    (config,) = fake_torchao
+    assert config.set_inductor_config is False
+    assert type(config.granularity).__name__ == "PerRow"
+    assert summary_["linear_layers"] == 1
+
+
+def test_the_fake_torchao_does_change_the_settings_when_allowed(fake_torchao):
+    """The check above is a real one: torchao's default would have changed them."""
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, quantize_
+
+    quantize_(torch.nn.Linear(4, 4), Float8DynamicActivationFloat8WeightConfig())
+    assert options_apply.inductor_settings()["coordinate_descent_tuning"] is True
+
+
+def test_compile_autotune_is_the_one_way_to_turn_coordinate_descent_on(fake_torchao):
+    before = options_apply.inductor_settings()
+    assert options_apply.apply_inductor_settings(Options(use_torch_compile=True)) == {}
+    assert options_apply.inductor_settings() == before
+    tuned = Options(use_torch_compile=True, compile_autotune=True)
+    assert options_apply.apply_inductor_settings(tuned) == options_apply.AUTOTUNE_SETTINGS
+    after = options_apply.inductor_settings()
+    assert after["coordinate_descent_tuning"] and after["coordinate_descent_check_all_directions"]
+    assert {k: v for k, v in after.items() if k not in options_apply.AUTOTUNE_SETTINGS} == \
+        {k: v for k, v in before.items() if k not in options_apply.AUTOTUNE_SETTINGS}
+
+
+def test_compile_autotune_is_named_and_needs_inductor_compilation():
+    plan = plan_for("--use_torch_compile --compile_scope blocks --compile_autotune "
+                    "--quantize_denoiser fp8 workload:t2i --workload.weights random")
+    assert plan.options.compile_autotune
+    assert plan.run_dir.name.endswith("+compilescope-blocks+autotune-coordesc+quantdenoiser-fp8")
+    assert "autotune" not in plan_for("--use_torch_compile workload:t2i").run_dir.name
+    with pytest.raises(ConfigError, match="^--compile_autotune needs --use_torch_compile"):
+        plan_for("--compile_autotune workload:t2i")
+    with pytest.raises(ConfigError, match="tunes inductor's kernels.*not aot_eager"):
+        plan_for("--use_torch_compile --compile_backend aot_eager --compile_autotune "
+                 "workload:t2i")
+
+
+def test_compile_autotune_without_compiling_is_refused_by_the_cli(tmp_path):
+    base = tmp_path / "out"
+    proc = run_benchmark([*TINY_FLUX, "--workload.base_dir", str(base), "--compile_autotune"],
+                         tmp_path)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: --compile_autotune needs --use_torch_compile")
+    assert not base.exists()
+
+
+# ---------------------------------------------------------------- the first call's cost
+
+def test_the_first_calls_overhead_is_measured_against_a_steady_warmup_iteration():
+    # As on the H200 with torchao's settings: dynamo counted 4 s, the first call took 108 s.
+    overhead = options_apply.first_call_overhead([108.0, 3.1, 2.95])
+    assert overhead == {"steady_warmup_iteration_s": 2.95,
+                        "first_call_overhead_s": pytest.approx(105.05)}
+    assert options_apply.first_call_overhead([108.0]) == {
+        "steady_warmup_iteration_s": None, "first_call_overhead_s": None}
+    text = summary._first_call_text({"first_warmup_iteration_s": 108.0,
+                                     "first_call_overhead_s": 105.05})
+    assert text == "; first call 108.0 s, 105.0 s over a steady one"
+
+
+# ---------------------------------------------------------------- fa3
+
+@pytest.mark.parametrize("device, gpus, version, ring, expected", [
+    ("cpu", [], None, 1, ["has none", "fa3-fwd 0.0.3 wheel, which is not installed"]),
+    ("cpu", [], "0.0.3", 1, ["has none"]),
+    ("cuda", [H100], None, 1, ["fa3-fwd 0.0.3 wheel, which is not installed"]),
+    ("cuda", [H100, A100], "0.0.3", 1, ["GPU 1 (NVIDIA A100-SXM4-80GB) has 8.0"]),
+    ("cuda", [L40S], "0.0.3", 1, ["GPU 0 (NVIDIA L40S) has 8.9"]),
+    ("cuda", [H100], "0.0.2", 1, ["but 0.0.2 is installed"]),
+    ("cuda", [H100], "0.0.3", 2, ["not ring attention"]),
+])
+def test_fa3_is_refused_in_one_line_with_every_reason(device, gpus, version, ring, expected):
+    reason = attention.fa3_refusal(device, gpus, version, ring_degree=ring)
+    assert reason.startswith("--attention_backend fa3 ") and "\n" not in reason
+    for part in expected:
+        assert part in reason
+    if len(expected) == 1:
+        assert "it also" not in reason
+
+
+def test_fa3_runs_on_hopper_with_the_pinned_wheel():
+    assert attention.fa3_refusal("cuda", [H100, H100], "0.0.3") is None
+
+
+def test_fa3_is_checked_against_this_machines_gpus_and_wheel(monkeypatch):
+    monkeypatch.setattr(quantize, "visible_gpus", lambda: [H100])
+    monkeypatch.setattr(attention, "installed_fa3", lambda: None)
+    with pytest.raises(ConfigError, match="fa3-fwd 0.0.3 wheel, which is not installed"):
+        plan_for("--attention_backend fa3 workload:t2i")
+    monkeypatch.setattr(attention, "installed_fa3", lambda: "0.0.3")
+    plan = plan_for("--attention_backend fa3 workload:t2i")
+    assert plan.run_dir.name.endswith("+attn-fa3")
+    assert options_apply.xfuser_backend_name(plan) == "FLASH_3"
+    monkeypatch.setattr(quantize, "visible_gpus", lambda: [A100])
+    with pytest.raises(ConfigError, match="Hopper GPUs only"):
+        plan_for("--attention_backend fa3 workload:t2i")
+
+
+def test_fa3_planned_for_gpus_elsewhere_is_refused_only_with_ring_attention():
+    assert quantize.visible_gpus() == []
+    plan_for("--attention_backend fa3 --ulysses_degree 2 workload:t2i", world_size=2)
+    with pytest.raises(ConfigError, match="not ring attention"):
+        plan_for("--attention_backend fa3 --ring_degree 2 workload:t2i", world_size=2)
+
+
+def test_fa3_on_this_cpu_machine_without_the_wheel_is_refused_by_the_cli(tmp_path):
+    assert not torch.cuda.is_available() and attention.installed_fa3() is None
+    base = tmp_path / "out"
+    proc = run_benchmark([*TINY_FLUX, "--workload.base_dir", str(base),
+                          "--attention_backend", "fa3"], tmp_path)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: --attention_backend fa3 needs a Hopper GPU")
+    assert "fa3-fwd 0.0.3 wheel, which is not installed" in lines[0]
+    assert not base.exists() and proc.stdout.strip() == ""
+
+
+def test_the_fa3_self_check_accepts_the_kernel_and_rejects_a_wrong_one():
+    def sdpa(q, k, v):  # (batch, tokens, heads, head dim), as flash_attn_func takes them
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+        return out, None
+
+    cpu = torch.device("cpu")
+    assert attention.self_check(sdpa, cpu, tokens=64, head_dim=64) == 0.0
+    with pytest.raises(RuntimeError, match="differs from torch SDPA"):
+        attention.self_check(lambda q, k, v: torch.zeros_like(q), cpu, tokens=64, head_dim=64)
+
+
+def test_the_attention_kernel_is_named():
+    assert "fa3-fwd wheel" in attention.kernel_name("fa3", "diffusers:_flash_3")
+    assert attention.kernel_name(None, "xfuser:CUDNN").startswith("cuDNN")
+    assert attention.kernel_name(None, "diffusers:native").startswith("torch SDPA")
+
+
+def test_flops_of_attention_through_fa3_are_counted():
+    """On one process fa3 runs inside diffusers' FlashAttention-3 op, which FlopCounterMode
+    cannot see into: without a formula the H200 run's MFU read 45% instead of about 56%."""
+    import diffusers.models.attention_dispatch  # noqa: F401  (registers the op)
+    from mlenergy.diffusion.probes import flops
+
+    op = torch.ops._diffusers_flash_attn_3._flash_attn_forward
+    formula = flops.attention_formulas()[op]
+    shape = (1, 4608, 24, 128)  # FLUX.1-dev at 1024x1024: (batch, tokens, heads, head dim)
+    assert formula(shape, shape, shape) == 4 * 24 * 4608 * 4608 * 128
