@@ -146,6 +146,8 @@ def test_two_points_with_one_run_directory_are_refused_before_anything_runs(tmp_
      "--batch_sizes is given more than once"),
     (["--models", FLUX, "--options", "--use_torch_compile"],
      "--options --use_torch_compile: a value that starts with -- must follow an equals sign"),
+    (["--models", FLUX, "--batch_sizes", "1", "--options=--workload.model_name 'a b"],
+     "cannot be split into flags (No closing quotation); close its quotes"),
 ])
 def test_sweep_flags_are_given_once(argv, message, tmp_path, capsys):
     assert sweep_main([*argv, "--parallel", "1x1", "--out_dir", str(tmp_path / "run")]) == 2

@@ -142,6 +142,14 @@ def check_args(args: SweepArgs) -> None:
         raise SweepError(f"--{changed[0]} is a Slurm setting; add --emit slurm or --submit")
 
 
+def _split_options(text: str) -> tuple[str, ...]:
+    try:
+        return tuple(shlex.split(text))
+    except ValueError as err:  # an unclosed quote
+        raise SweepError(f"--options={text!r} cannot be split into flags ({err}); close its "
+                         "quotes") from None
+
+
 def make_grid(args: SweepArgs, benchmark_args: list[str]) -> Grid:
     preset = presets.for_task(args.preset, args.task)
     models = args.models or tuple(preset.get("models", ()))
@@ -152,7 +160,7 @@ def make_grid(args: SweepArgs, benchmark_args: list[str]) -> Grid:
     if missing:
         raise SweepError(f"no {', '.join(missing)} given; name them, or use --preset leaderboard")
     grid_module.check_models(args.task, models, benchmark_args)
-    option_sets = tuple(tuple(shlex.split(o)) for o in (args.options or ("",)))
+    option_sets = tuple(_split_options(o) for o in (args.options or ("",)))
     grid_module.check_flags(option_sets, benchmark_args)
     return Grid(task=args.task, models=tuple(models), batch_sizes=tuple(batch_sizes),
                 parallel=tuple(grid_module.parse_parallel(p) for p in parallel),
