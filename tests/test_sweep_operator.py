@@ -190,3 +190,15 @@ def test_option_sets_are_the_one_flag_given_once_per_value(tmp_path, capsys):
     commands = [line for line in capsys.readouterr().out.splitlines()
                 if not line.startswith("#")]
     assert len(commands) == 2 and "--use_torch_compile" in commands[1]
+
+
+def test_the_preset_help_describes_every_preset(capsys):
+    from mlenergy.diffusion import presets
+
+    with pytest.raises(SystemExit) as done:
+        sweep_main(["--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert text.startswith("usage: mlenergy-diffusion sweep")
+    for name in presets.PRESETS:
+        assert f"{name}: " in text, name
