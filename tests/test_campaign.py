@@ -167,7 +167,10 @@ def _identity(argv: list[str]) -> dict:
     return rundir.identity(make_plan(parse_cli(argv), Launch()))
 
 
-def test_every_field_that_changes_the_numbers_changes_the_identity(tmp_path):
+def test_every_field_that_changes_the_numbers_changes_the_identity(tmp_path, monkeypatch):
+    from test_plan_guards import _cache_other_dataset
+
+    _cache_other_dataset(tmp_path, monkeypatch)
     fields = {f.name for cls in (BenchmarkConfig, TextToVideo) for f in dataclasses.fields(cls)}
     flips = _flips(tmp_path)
     # A new field must be placed: in the identity (with a flip here) or named as not changing

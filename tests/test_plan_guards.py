@@ -45,9 +45,18 @@ COMPILE = ["--use_torch_compile", "--compile_backend", "eager"]
 
 
 def _local_model(folder: Path) -> Path:
+    """FLUX.1-schnell's configs, with every component folder a pipeline needs (planning looks
+    for them and for weight files, and reads no weights)."""
     for name, doc in SCHNELL_CONFIGS.items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_text(json.dumps(doc))
+    for slot, entry in SCHNELL_CONFIGS["model_index.json"].items():
+        if slot.startswith("_") or not isinstance(entry, list):
+            continue
+        (folder / slot).mkdir(exist_ok=True)
+        if not (folder / slot / "config.json").exists():
+            (folder / slot / "config.json").write_text("{}")
+        (folder / slot / "weights.safetensors").write_bytes(b"")
     return folder
 
 
@@ -61,9 +70,29 @@ def _reference_run(folder: Path) -> Path:
     return folder
 
 
+def _cache_other_dataset(tmp_path: Path, monkeypatch) -> None:
+    """someone/other-prompts (and the image dataset, for videos) in the prompt cache, as a run
+    where the hub answered leaves them: offline, a dataset that is neither cached nor the task's
+    own is refused while planning."""
+    from mlenergy.diffusion import prompt_datasets
+
+    monkeypatch.setenv("MLENERGY_CACHE_DIR", str(tmp_path / "mlenergy-cache"))
+    for dataset in ("someone/other-prompts", "data-is-better-together/open-image-preferences-v1"):
+        cache = prompt_datasets.cache_file(dataset, task="text-to-image")
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps([f"a green sphere number {i}" for i in range(40)]))
+
+
 @pytest.fixture
 def places(tmp_path, monkeypatch):
     """Local models, prompt files, a reference run and a hub cache the table points at."""
+    from mlenergy.diffusion import limits
+
+    # Pretrained FLUX.1-schnell in float32 (48 GB) is planned for a host that could hold it:
+    # what is compared here is the identity, not this machine's memory (test_limits, test_inputs).
+    monkeypatch.setattr(limits, "host_available_bytes", lambda: 1 << 40)
+    monkeypatch.setattr(limits, "_device_memory_bytes", lambda device_type: 1 << 40)
+    _cache_other_dataset(tmp_path, monkeypatch)
     home = tmp_path / "hf"
     model = _local_model(tmp_path / "model-a" / "my-model")
     add_snapshot(home, "acme/tiny-flux", "a" * 40, model, refs=("main",))
@@ -244,13 +273,13 @@ def _skipped(stdout: str) -> dict[int, str]:
     return {int(u): reason for u, reason in found}
 
 
-def test_the_sweep_reports_each_ranks_share_of_the_activations(capsys, tmp_path):
+def test_the_sweep_reports_each_ranks_share_of_the_activations(h200, capsys, tmp_path):
     # 2,049 frames at 720p are far beyond any host's memory, per rank too; 9 at 64x64 fit.
     huge, small = "--workload.num_frames 2049 --workload.height 720 --workload.width 1280", \
         "--workload.num_frames 9 --workload.height 64 --workload.width 64"
     code = sweep_main(["--task", "text-to-video", "--models", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
                        "--batch_sizes", "1024", "--parallel", "1x1", "2x1", "4x1",
-                       f"--options={huge}", f"--options={small}", "--device", "cpu", "--gpus",
+                       f"--options={huge}", f"--options={small}", "--device", "cuda", "--gpus",
                        "4", "--dry_run", "--out_dir", str(tmp_path / "run"), "--",
                        "--workload.weights", "random"])
     out = capsys.readouterr().out
@@ -259,7 +288,7 @@ def test_the_sweep_reports_each_ranks_share_of_the_activations(capsys, tmp_path)
     assert sorted(reasons) == [1, 2, 4], out
     needs = {u: NEEDS.search(reason) for u, reason in reasons.items()}
     assert all(needs.values()), reasons
-    assert {m.group(4) for m in needs.values()} == {"host memory"}
+    assert {m.group(4) for m in needs.values()} == {"each GPU"}
     # Half per rank on two; on four, decoding (whole on the decoding rank) is the larger floor.
     assert "in the denoiser" in needs[1].group(2) and "in the denoiser" in needs[2].group(2)
     assert _gb(needs[2].group(1)) == pytest.approx(_gb(needs[1].group(1)) / 2, rel=1e-3)
