@@ -47,14 +47,12 @@ def test_an_uncached_model_with_the_hub_unreachable_is_one_line_before_anything_
 
 def test_weights_that_fail_to_load_end_the_run_in_one_line_with_the_traceback_in_the_log(
         tmp_path):
-    """The cache holds the pipeline's model_index.json (as a run with random weights leaves it)
-    but no weights: the check before loading passes, loading fails."""
-    index = {"_class_name": "FluxPipeline", "_diffusers_version": "0.42.1",
-             "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
-             "transformer": ["diffusers", "FluxTransformer2DModel"],
-             "vae": ["diffusers", "AutoencoderKL"]}
-    add_snapshot(tmp_path / "hf", "acme/half-cached", "c" * 40,
-                 files={"model_index.json": index})
+    """The cache holds a complete tiny pipeline whose transformer weights are damaged: every
+    check before loading passes (components, configs, weight files, memory), loading fails."""
+    source = save_tiny_flux(tmp_path / "tiny")
+    for weights in (source / "transformer").glob("*.safetensors"):
+        weights.write_bytes(weights.read_bytes()[:64])
+    add_snapshot(tmp_path / "hf", "acme/half-cached", "c" * 40, source=source)
     base = tmp_path / "out"
     proc = _online_but_unreachable(tmp_path, [
         "workload:t2i", "--workload.model_id", "acme/half-cached", "--workload.family", "flux",
