@@ -76,8 +76,11 @@ class RunDirLock:
     `lifeline.abrupt_exit`, SIGTERM, SIGINT, SIGHUP); SIGKILL leaves it, to be taken over as
     stale, with a warning that names it."""
 
-    def __init__(self, run_dir: Path, release_on_signals: bool = True):
+    def __init__(self, run_dir: Path, release_on_signals: bool = True,
+                 holder_does: str = "being measured by another run"):
         self.run_dir = Path(run_dir)
+        # What the refusal says the live holder is doing with `run_dir`.
+        self.holder_does = holder_does
         self.path = self.run_dir.parent / f".{self.run_dir.name}.lock"
         self.held = False
         # False where the holder handles SIGTERM/SIGINT/SIGHUP itself (the sweep) and releases
@@ -130,7 +133,7 @@ class RunDirLock:
                 holder, gone = self.holder()
                 if holder is not None and gone is None:
                     raise config_error(
-                        f"{self.run_dir} is being measured by another run (PID "
+                        f"{self.run_dir} is {self.holder_does} (PID "
                         f"{holder.get('pid')} on {holder.get('host')} since "
                         f"{holder.get('since')}); wait for it to end, or delete {self.path} "
                         "if that run is gone") from None

@@ -264,12 +264,12 @@ def _take_out_dir(args: SweepArgs):
     from mlenergy.diffusion.config import ConfigError
     from mlenergy.diffusion.runlock import RunDirLock
 
-    lock = RunDirLock(args.out_dir / "sweep", release_on_signals=False)
+    lock = RunDirLock(args.out_dir / "sweep", release_on_signals=False,
+                      holder_does="being swept by another sweep")
     try:
         lock.acquire()
     except ConfigError as err:
-        raise SweepError(str(err).replace("is being measured by another run",
-                                          "is being swept by another sweep")) from None
+        raise SweepError(str(err)) from None
     return lock
 
 
