@@ -74,13 +74,6 @@ def _sum_ops(counts: list[dict]) -> dict:
     return out
 
 
-def idle_baseline(block: dict | None, start: float, end: float) -> dict:
-    power = timeline.mean_power(block, start, end) if block else None
-    return {"start_time": start, "end_time": end, "duration_s": end - start,
-            "mean_power_w": power,
-            "total_power_w": sum(power.values()) if power else None}
-
-
 def analyze(record: RunRecord, denoiser) -> Analysis:
     """Every measurement section of results.json beyond the headline numbers."""
     plan, seen = record.plan, record.observations
@@ -106,7 +99,7 @@ def analyze(record: RunRecord, denoiser) -> Analysis:
         stage_breakdown=breakdown, stage_fence=seen.fence_mode,
         steps=stage_records.step_summary(per_iteration),
         physical_floor=floor,
-        idle_baseline=idle_baseline(block, *seen.idle_window) if seen.idle_window else None,
+        idle_baseline=seen.idle_baseline,
         energy_cross_check={
             "nvml": checks.nvml_cross_check(before, after, whole.gpu_energy),
             "timeline": checks.timeline_self_check(

@@ -22,6 +22,7 @@ bind_to_launcher()
 
 import dataclasses
 import logging
+import time
 from datetime import datetime
 from typing import Any
 
@@ -29,6 +30,7 @@ from mlenergy.diffusion import (
     console,
     describe,
     files,
+    group,
     launch,
     model_info,
     provenance,
@@ -40,6 +42,7 @@ from mlenergy.diffusion import (
 from mlenergy.diffusion import prompts as prompt_source
 from mlenergy.diffusion.config import ConfigError, parse_cli
 from mlenergy.diffusion.plan import RunPlan, make_plan
+from mlenergy.diffusion.startup import StartupClock
 from mlenergy.diffusion.record import (
     IterationRecord,
     LoadRecord,
@@ -60,17 +63,26 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as err:
             print(f"error: {err}", file=sys.stderr)  # on every rank: each has its own values
             return 2
-    config = parse_cli(argv)
-    console.start(verbose=config.verbose)
     rank = runtime.launched_ranks()[0]
     try:
-        plan = make_plan(config)
-    except (ConfigError, OSError) as err:
+        point_argvs = group.split_points(argv)
+    except group.GroupError as err:
+        if rank == 0:
+            print(f"error: {err}", file=sys.stderr)
+        return 2
+    configs = [parse_cli(point) for point in point_argvs]
+    console.start(verbose=any(c.verbose for c in configs))
+    try:
+        plans = [make_plan(config) for config in configs]
+        if len(plans) > 1:
+            group.check_one_pipeline([p.run_dir for p in plans],
+                                     [rundir.identity(p) for p in plans])
+    except (ConfigError, OSError, group.GroupError) as err:
         if rank == 0:  # every rank finds the same fault: one line says it
             print(f"error: {_input_error(err)}", file=sys.stderr)
         return 2
     try:
-        run(plan)
+        run(plans)
     except ConfigError as err:
         # Input found bad once the prompts are known (before any model loads or file is written).
         if rank == 0:
@@ -93,22 +105,101 @@ def _input_error(err: Exception) -> str:
     return str(err)
 
 
-def run(plan: RunPlan) -> None:
-    """One run: prompts, the pipeline, the probes, warm-up, the measured iterations, results."""
-    from mlenergy.diffusion import environment, quality, testing
-    from mlenergy.diffusion.probes import Probes, RunGpus
+@dataclasses.dataclass
+class _Point:
+    """A point this process measures: its plan, its claim on the run directory, its prompts."""
 
-    started = datetime.now()
-    ranks = runtime.init_process_group(plan.device_type)
+    plan: RunPlan
+    claim: rundir.Claim
+    schedule: Any
+    prompt_source: str
+    prompts_note: tuple[str, bool]
+
+
+@dataclasses.dataclass
+class _Shared:
+    """What the points of one process share: the pipeline, as loaded once, and the baseline."""
+
+    pipeline: Any
+    loaded: LoadRecord
+    denoiser: Any
+    baseline: Any
+
+
+def run(plans: list[RunPlan]) -> None:
+    """One process, one or more points (`--then`): every point's run directory is claimed and its
+    prompts drawn first (bad input stops here, before any model loads); the pipeline is loaded
+    once; then each point runs as if launched alone."""
+    from mlenergy.diffusion.probes import RunGpus
+
+    clock = StartupClock()
+    with clock.process_phase("process_group"):
+        ranks = runtime.init_process_group(plans[0].device_type)
+    with clock.process_phase("inputs"):
+        points = [p for p in (_take_point(plan, ranks) for plan in plans) if p is not None]
+    gpus = RunGpus.for_ranks(ranks) if points else None
+    shared = None
+    for position, point in enumerate(points, start=1):
+        shared = _measure_point(point, ranks, gpus, shared, clock, (len(points), position))
+        clock.next_point(started=time.time())
+    if shared is not None:
+        shared.baseline.stop()
+    runtime.shutdown()
+
+
+def _take_point(plan: RunPlan, ranks) -> _Point | None:
+    """Claim the point's run directory and draw its prompts; None when it is already done."""
+    from mlenergy.diffusion import quality
+
     claim = rundir.claim(plan, ranks.is_main, runtime.broadcast_object)
     if claim.done:
-        runtime.shutdown()
-        return
-    gpus = RunGpus.for_ranks(ranks)
+        return None
     schedule, source, prompts_note = _prompts(plan, ranks)
     if plan.reference is not None:
         quality.check_prompts(plan.config.reference_run, plan.reference, schedule.measured)
-    moved = claim.clear()
+    return _Point(plan, claim, schedule, source, prompts_note)
+
+
+def _measure_point(point: _Point, ranks, gpus, shared: _Shared | None, clock: StartupClock,
+                  place: tuple[int, int]) -> _Shared:
+    """One point: its log and requests, the pipeline (loaded by the first point), the probes,
+    warm-up, the measured iterations, results. Returns what the next point shares."""
+    from mlenergy.diffusion import testing
+    from mlenergy.diffusion.probes import Probes
+
+    started = datetime.now()
+    plan, schedule = point.plan, point.schedule
+    with clock.point_phase("setup"):
+        env, origin = _start_logs(point, ranks, gpus, shared)
+    if shared is None:
+        shared = _load_once(plan, ranks, gpus, clock)
+    with clock.point_phase("setup"):
+        probes = Probes.start(plan, shared.baseline, shared.pipeline, first=place[1] == 1)
+        pipeline = testing.with_test_hooks(shared.pipeline, ranks.rank, len(schedule.warmup),
+                                           plan.batch_size)
+    with clock.point_phase("warmup"):
+        warmup = _warm_up(plan, ranks, pipeline, schedule.warmup, probes)
+    measured = _measure(plan, ranks, pipeline, schedule.measured, probes)
+    record = _gather(plan, probes, measured, started=started, env=env,
+                     prompt_source=point.prompt_source, loaded=shared.loaded, warmup=warmup)
+    # The last collective. Rank 0 writes alone after it: no rank waits (within the collective
+    # timeout) for a slow analysis, plot or file system, and fails a run whose results are whole.
+    runtime.barrier()
+    if record is not None:
+        record.provenance = origin
+        record.startup = clock.section(*place, first_window_start=measured.window[0],
+                                       warmup=warmup)
+        _write_results(record, shared.denoiser)
+    point.claim.release()
+    return shared
+
+
+def _start_logs(point: _Point, ranks, gpus, shared: _Shared | None) -> tuple[dict, dict]:
+    """The point's driver log and requests.json, and what it says about where it runs."""
+    from mlenergy.diffusion import environment
+
+    plan = point.plan
+    moved = point.claim.clear()
     console.log_to_file(plan.run_dir / files.DRIVER_LOG, ranks.is_main)
     if moved is not None:
         logger.info("What the run directory held is now in %s", moved)
@@ -119,29 +210,29 @@ def run(plan: RunPlan) -> None:
     logger.info("Environment: %s", describe.environment_text(env))
     origin = provenance.describe()
     logger.info("Provenance: %s", describe.provenance_text(origin))
-    logger.log(logging.WARNING if prompts_note[1] else logging.INFO, "%s", prompts_note[0])
+    note, warns = point.prompts_note
+    logger.log(logging.WARNING if warns else logging.INFO, "%s", note)
     logger.info("%s", resolve.describe(plan.spec))
+    if shared is not None:
+        logger.info("Pipeline: the one this process loaded for its first point (in %.1f s), "
+                    "shared by its points", shared.loaded.seconds)
     if ranks.is_main:
         files.write_json_atomically(
             plan.run_dir / files.REQUESTS,
-            results.requests_document(plan, schedule.warmup, schedule.measured),
-        )
+            results.requests_document(plan, point.schedule.warmup, point.schedule.measured))
+    return env, origin
 
-    pipeline, loaded, denoiser = _load_pipeline(plan, ranks)
-    probes = Probes.start(plan, gpus, pipeline)
-    pipeline = testing.with_test_hooks(pipeline, ranks.rank, len(schedule.warmup))
-    warmup = _warm_up(plan, ranks, pipeline, schedule.warmup, probes)
-    measured = _measure(plan, ranks, pipeline, schedule.measured, probes)
-    record = _gather(plan, probes, measured, started=started, env=env, prompt_source=source,
-                     loaded=loaded, warmup=warmup)
-    # The last collective. Rank 0 writes alone after it: no rank waits (within the collective
-    # timeout) for a slow analysis, plot or file system, and fails a run whose results are whole.
-    runtime.barrier()
-    if record is not None:
-        record.provenance = origin
-        _write_results(record, denoiser)
-    claim.release()
-    runtime.shutdown()
+
+def _load_once(plan: RunPlan, ranks, gpus, clock: StartupClock) -> _Shared:
+    """The pipeline and the baseline that every point of the process shares."""
+    from mlenergy.diffusion.probes import Baseline
+
+    with clock.process_phase("load"):
+        pipeline, loaded, denoiser = _load_pipeline(plan, ranks)
+    with clock.process_phase("idle_baseline"):
+        # Before any hook goes in, with nothing running on the run's GPUs.
+        baseline = Baseline.take(gpus, plan.config.idle_baseline_s)
+    return _Shared(pipeline, loaded, denoiser, baseline)
 
 
 def _load_pipeline(plan: RunPlan, ranks) -> tuple[Any, LoadRecord, Any]:
@@ -300,7 +391,7 @@ def _gather(plan: RunPlan, probes, measured: _Measured, *, started: datetime, en
         timeline=timeline.merge_blocks(gathered["timeline_blocks"], *measured.window),
         fence_mode=probes.recorder.fence_mode, flop_counts=flop_counts,
         nvml_reads=gathered["nvml_reads"], peak_memory_gb=gathered["peak_memory_gb"],
-        exclusivity=probes.exclusivity, idle_window=probes.idle_window,
+        exclusivity=probes.exclusivity, idle_baseline=probes.idle_baseline,
         measured_compiles=measured.compiles)
     record = RunRecord(
         plan=plan, started=started, environment=env, gpu_model=environment.device_model(env),

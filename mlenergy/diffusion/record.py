@@ -55,7 +55,8 @@ class Observations:
     nvml_reads: tuple[dict | None, dict | None]
     peak_memory_gb: list[float | None]
     exclusivity: dict | None
-    idle_window: tuple[float, float] | None
+    # The process's idle baseline (taken once, before its first point).
+    idle_baseline: dict | None
     measured_compiles: tuple
 
 
@@ -97,6 +98,8 @@ class RunRecord:
     # Other runs of the campaign on this node during the measurement (None: not started by a
     # sweep, so unknown); see sweep/sharing.py.
     shared_node_runs: list[dict] | None = None
+    # Where the time before the first measured window went (startup.py).
+    startup: dict | None = None
 
     # -- headline numbers, from the per-iteration windows ------------------------------------
     @property

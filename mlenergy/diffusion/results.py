@@ -79,6 +79,7 @@ def results_document(record: RunRecord) -> dict:
         "parameter_memory_gb": record.load.parameter_gb,
         "model_load_time_s": record.load.seconds,
         "warmup_time_s": record.warmup.seconds,
+        "startup": record.startup,
         "environment": record.environment,
         "provenance": record.provenance,
         "shared_node_runs": record.shared_node_runs,

@@ -170,7 +170,9 @@ def per_output(run_dir: Path) -> dict | None:
         return None
     unit = "video" if "avg_time_per_video" in doc else "image"
     return {"unit": unit, "seconds": doc.get(f"avg_time_per_{unit}"),
-            "joules": doc.get(f"energy_per_{unit}")}
+            "joules": doc.get(f"energy_per_{unit}"),
+            # The measured iterations' time: what a campaign's GPU time is booked for.
+            "measured_s": doc.get("total_time")}
 
 
 def inspect(run_dir: Path, expected: dict | None = None) -> Existing:

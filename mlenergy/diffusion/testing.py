@@ -2,10 +2,12 @@
 variable is set; they wrap the pipeline once it is built, so the measured loop carries no test
 code.
 
-- MLENERGY_FAIL_RANK=R: rank R raises at its first measured iteration.
+- MLENERGY_FAIL_RANK=R: rank R raises at its first measured iteration; `R@B`: only in the
+  point of batch size B (of a process measuring several).
 - MLENERGY_HANG_RANK=R: rank R goes silent (alive, sleeping, its connections open) instead of
   making its first measured call, so the other ranks wait inside xDiT's collectives;
-  `R:after_call`: once that call has returned, so they wait at the window's closing fence.
+  `R:after_call`: once that call has returned, so they wait at the window's closing fence;
+  `R@B`: only in the point of batch size B.
 - MLENERGY_RECORD_CALLS=<file>: every rank appends one JSON line per pipeline call, return and
   saved image (rank, time, seed, prompts, steps), in the shape of the scripted GPUs' event log
   (probes/fake.py), so that one file can hold both and show the order of a run's events.
@@ -120,14 +122,14 @@ class _RecordingPipeline(_Wrapped):
         return output
 
 
-def with_test_hooks(pipeline, rank: int, warmup_iters: int):
+def with_test_hooks(pipeline, rank: int, warmup_iters: int, batch_size: int = 1):
     """The pipeline wrapped by whichever hooks the environment asks for (none: itself). Failures
     and hangs strike at the first measured iteration, after the warm-up calls."""
-    if os.environ.get(FAIL_RANK_ENV) == str(rank):
+    if os.environ.get(FAIL_RANK_ENV) in (str(rank), f"{rank}@{batch_size}"):
         pipeline = _FailingPipeline(pipeline, fail_at=warmup_iters, rank=rank)
     hang = os.environ.get(HANG_RANK_ENV, "")
     hang_rank, _, where = hang.partition(":")
-    if hang and hang_rank == str(rank):
+    if hang and hang_rank in (str(rank), f"{rank}@{batch_size}"):
         pipeline = _HangingPipeline(pipeline, hang_at=warmup_iters, rank=rank,
                                     after_call=where == "after_call")
     record = os.environ.get(RECORD_CALLS_ENV)

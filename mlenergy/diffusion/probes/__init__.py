@@ -6,6 +6,7 @@ compilation counters. Each probe is a small module; all of them reach the device
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from mlenergy.diffusion import runtime
@@ -18,29 +19,68 @@ logger = logging.getLogger("mlenergy.diffusion")
 
 
 @dataclass
+class Baseline:
+    """What a process measures once, before its first point, for every point it measures: the
+    power timeline's monitor (running until the process's last point is gathered) and the idle
+    GPUs' power."""
+
+    gpus: RunGpus
+    monitor: timeline.TimelineMonitor
+    idle_window: tuple[float, float] | None
+    # results.json `idle_baseline` (rank 0; None elsewhere and when not measured).
+    idle_baseline: dict | None
+
+    @classmethod
+    def take(cls, gpus: RunGpus, idle_seconds: float) -> Baseline:
+        """Once the pipeline is loaded (every rank holds its device context), before any hook."""
+        monitor = timeline.TimelineMonitor(gpus)
+        idle_window = timeline.idle_baseline_window(idle_seconds, gpus)
+        idle = None
+        if idle_window is not None:
+            # Every node's samples of the idle window, merged on rank 0.
+            blocks = runtime.all_gather_object(monitor.block(None, idle_window[1]))
+            if gpus.ranks.is_main:
+                idle = timeline.idle_baseline(timeline.merge_blocks(blocks, *idle_window),
+                                              *idle_window)
+        return cls(gpus=gpus, monitor=monitor, idle_window=idle_window, idle_baseline=idle)
+
+    def stop(self) -> None:
+        self.monitor.stop()
+
+
+@dataclass
 class Probes:
     gpus: RunGpus
     meter: EnergyMeter
     monitor: timeline.TimelineMonitor
     exclusivity: dict | None
-    idle_window: tuple[float, float] | None
+    baseline: Baseline
     recorder: stages.StageRecorder
     compiles: CompileTracker
+    # Where this point's power timeline begins: the idle baseline for a process's first point,
+    # the point's own start for later ones.
+    timeline_from: float | None
 
     @classmethod
-    def start(cls, plan, gpus: RunGpus, pipeline) -> Probes:
-        """Once the pipeline is loaded (every rank holds its device context): the monitors, the
-        exclusivity check, the idle baseline, then the stage hooks."""
+    def start(cls, plan, baseline: Baseline, pipeline, first: bool) -> Probes:
+        """For one point, once the baseline is taken: the energy meter, the exclusivity check,
+        then the stage hooks."""
+        gpus = baseline.gpus
+        # A process's first point keeps every sample from the monitor's start, idle window
+        # included, as a point launched alone does.
+        since = None if first else time.time()
         meter = EnergyMeter(gpus)
-        monitor = timeline.TimelineMonitor(gpus)
         exclusivity = checks.check_run_gpus(gpus, plan.config.require_exclusive_gpus)
-        # Before the hooks go in, with nothing running on the run's GPUs.
-        idle_window = timeline.idle_baseline_window(plan.config.idle_baseline_s, gpus)
         recorder = stages.StageRecorder(pipeline, gpus, plan.inference_steps)
         logger.info("Stage hooks: %s; step-end callback %s", recorder.describe(),
                     "passed to the pipeline" if recorder.accepts_step_callback else "not taken")
-        return cls(gpus=gpus, meter=meter, monitor=monitor, exclusivity=exclusivity,
-                   idle_window=idle_window, recorder=recorder, compiles=CompileTracker())
+        return cls(gpus=gpus, meter=meter, monitor=baseline.monitor, exclusivity=exclusivity,
+                   baseline=baseline, recorder=recorder, compiles=CompileTracker(),
+                   timeline_from=since)
+
+    @property
+    def idle_baseline(self) -> dict | None:
+        return self.baseline.idle_baseline
 
     def count_flops(self, plan) -> list[dict] | None:
         """FLOPs of one denoiser forward, counted on every rank after the measured phase."""
@@ -53,10 +93,10 @@ class Probes:
         """Every rank's timeline samples, stage records, NVML reads and peak memory, merged on
         rank 0 (None elsewhere). `per_rank` holds this rank's `stage_records` and `nvml_reads`."""
         ranks = self.gpus.ranks
-        # Every sample from the monitor's start: a value holds until the next sample, so the
-        # one before a window's start is needed to know the power there.
-        blocks = runtime.all_gather_object(self.monitor.block(None, window_end))
-        self.monitor.stop()
+        # Every sample from well before the first window (the point's start): a value holds
+        # until the next sample, so the one before a window's start is needed to know the power
+        # there. The monitor goes on for the process's next point.
+        blocks = runtime.all_gather_object(self.monitor.block(self.timeline_from, window_end))
         rank_stages = runtime.all_gather_object(per_rank["stage_records"])
         nvml_reads = runtime.all_gather_object(per_rank["nvml_reads"])
         peaks = runtime.all_gather_object(memory.peak_memory_gb(ranks.device))

@@ -39,19 +39,29 @@ class TimelineMonitor:
 
     def block(self, start: float | None, end: float) -> dict | None:
         """This node's samples up to `end` (wall time) from `start` (None: from the first), GPU
-        keys global."""
+        keys global. A sample holds its value until the next, and samples come only when the
+        value changes: the last one before `start` is kept, for it gives the power there."""
         if self._monitors is None:
             return None
         keyed = self._gpus.keyed
-        power = {domain: keyed({g: [[t, w] for t, w in series] for g, series in per_gpu.items()})
-                 for domain, per_gpu in self._monitors.power(start, end).items()}
-        temperature = keyed({g: [[t, c] for t, c in series]
-                             for g, series in self._monitors.temperature(start, end).items()})
+        power = {domain: keyed({g: _from(series, start) for g, series in per_gpu.items()})
+                 for domain, per_gpu in self._monitors.power(None, end).items()}
+        temperature = keyed({g: _from(series, start)
+                             for g, series in self._monitors.temperature(None, end).items()})
         return {"power": power, "temperature": temperature}
 
     def stop(self) -> None:
         if self._monitors is not None:
             self._monitors.stop()
+
+
+def _from(series, start: float | None) -> list[list[float]]:
+    """[t, value] pairs from the last one at or before `start` (all when None)."""
+    pairs = [[t, v] for t, v in series]
+    if start is None:
+        return pairs
+    first = max((i for i, (t, _) in enumerate(pairs) if t <= start), default=0)
+    return pairs[first:]
 
 
 def idle_baseline_window(seconds: float, gpus) -> tuple[float, float] | None:
@@ -80,6 +90,14 @@ def merge_blocks(blocks: list[dict | None], start: float, end: float) -> dict | 
         temperature.update(block["temperature"])
     return {"benchmark_start_time": start, "benchmark_end_time": end, "power": power,
             "temperature": temperature}
+
+
+def idle_baseline(block: dict | None, start: float, end: float) -> dict:
+    """results.json `idle_baseline`: the GPUs' mean power over the idle window."""
+    power = mean_power(block, start, end) if block else None
+    return {"start_time": start, "end_time": end, "duration_s": end - start,
+            "mean_power_w": power,
+            "total_power_w": sum(power.values()) if power else None}
 
 
 def power_series(timeline: dict) -> tuple[str, dict[str, list]] | None:

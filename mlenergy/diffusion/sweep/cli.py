@@ -17,7 +17,7 @@ import tyro
 
 from mlenergy.diffusion import presets
 from mlenergy.diffusion.sweep import grid as grid_module
-from mlenergy.diffusion.sweep import campaign, local, sharing, slurm
+from mlenergy.diffusion.sweep import campaign, groups, local, sharing, slurm
 from mlenergy.diffusion.sweep.grid import Grid, SweepError
 from mlenergy.diffusion.sweep.point import STATUSES, Point
 from mlenergy.diffusion.sweep.task import split_benchmark_args
@@ -69,8 +69,13 @@ class SweepArgs:
     pack: bool = False
     """Run points whose GPU sets are disjoint side by side on this node, each with its own
     CUDA_VISIBLE_DEVICES slice and rendezvous port. Default: one point at a time."""
+    one_point_per_process: bool = False
+    """Give every point a launch of its own. Default: points that differ only in batch size (or
+    seed, iteration counts, prompts) are measured one after another by one launch, which loads
+    the pipeline once (`benchmark.py ... --then ...`); each still gets its own warm-up,
+    windows, run directory and results."""
     dry_run: bool = False
-    """Print each point's command (or why it is skipped); run nothing."""
+    """Print each launch's command (or why a point is skipped); run nothing."""
     emit: Optional[Literal["slurm"]] = None
     """slurm: print a bash script that submits the pending points as Slurm job arrays."""
     submit: bool = False
@@ -221,13 +226,15 @@ def _require_a_runnable_point(points: list[Point]) -> None:
                          f"{points[0].label()}: {points[0].reason}")
 
 
-def dry_run_totals(points: list[Point]) -> str:
-    """One line: how many points would run, and the GPU processes they need."""
+def dry_run_totals(points: list[Point], one_point_per_process: bool = False) -> str:
+    """One line: how many points would run, in how many launches of how many processes."""
     pending = [p for p in points if p.status == "pending"]
+    launches = groups.make_groups(points, one_point_per_process)
     counts = summarize(points)["counts"]
     rest = ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in counts.items() if n)
-    return (f"{len(pending)} point(s) to run ({sum(p.nproc for p in pending)} GPU-process "
-            f"launches in all)" + (f"; {rest}" if rest else ""))
+    return (f"{len(pending)} point(s) to run in {len(launches)} launch(es) "
+            f"({sum(g.nproc for g in launches)} GPU processes in all)"
+            + (f"; {rest}" if rest else ""))
 
 
 def summarize(points: list[Point]) -> dict:
@@ -235,7 +242,7 @@ def summarize(points: list[Point]) -> dict:
     return {"counts": counts, "points": [p.to_json() for p in points]}
 
 
-def print_summary(points: list[Point], summary_path: Path) -> None:
+def print_summary(points: list[Point], summary_path: Path, gpu_time: dict | None = None) -> None:
     print("\nSweep summary")
     for p in points:
         extra = f": {p.reason}" if p.reason and p.status != "already_done" else ""
@@ -243,6 +250,11 @@ def print_summary(points: list[Point], summary_path: Path) -> None:
         print(f"  {p.status:<12} {p.label()}{extra}{log}")
     counts = summarize(points)["counts"]
     print("  " + ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in counts.items()))
+    if gpu_time and gpu_time["launches"]:
+        share = gpu_time["measured_share"]
+        print(f"  GPU time: {gpu_time['booked_gpu_s']:,.1f} s booked by "
+              f"{gpu_time['launches']} launch(es), {gpu_time['measured_gpu_s']:,.1f} s inside "
+              f"measured windows" + (f" ({share:.0%})" if share is not None else ""))
     print(f"  summary: {summary_path}")
 
 
@@ -255,6 +267,7 @@ def _summary_header(args: SweepArgs, argv: list[str], grid: Grid, device_type: s
             "grid": campaign.grid_record(grid), "preset": args.preset,
             "out_dir": str(args.out_dir), "device": device_type, "gpus": gpus,
             "pack": args.pack, "timeout_s": args.timeout_s,
+            "one_point_per_process": args.one_point_per_process,
             "compile_cache": str(cache) if cache else None, "stopped_by": None}
 
 
@@ -284,6 +297,7 @@ def run_here(points: list[Point], args: SweepArgs, argv: list[str], grid: Grid,
     def write_summary() -> None:
         local.note_shared_nodes(points)
         header["finished"] = datetime.now().isoformat(timespec="seconds")
+        header["gpu_time"] = local.efficiency(points, settings.booked)
         campaign.write_summary(summary_path, header, points, summarize(points)["counts"],
                                previous)
 
@@ -291,7 +305,8 @@ def run_here(points: list[Point], args: SweepArgs, argv: list[str], grid: Grid,
         timeout_s=args.timeout_s, retries=args.retries, pack=args.pack,
         slots=_slots(gpus, device_type), env=local.child_env(cache),
         log=lambda p: local.log_path(args.out_dir, p),
-        shared_node_dir=sharing.node_dir(args.out_dir / "shared_node_runs"))
+        shared_node_dir=sharing.node_dir(args.out_dir / "shared_node_runs"),
+        one_point_per_process=args.one_point_per_process)
     try:
         signum = local.run_points(points, settings, progress=write_summary,
                                   report=lambda line: print(line, flush=True))
@@ -301,7 +316,7 @@ def run_here(points: list[Point], args: SweepArgs, argv: list[str], grid: Grid,
             header["stopped_by"] = signal.Signals(signum).name
     finally:
         write_summary()
-    print_summary(points, summary_path)
+    print_summary(points, summary_path, header.get("gpu_time"))
     if signum is not None:
         return 128 + signum
     return 1 if any(p.status == "failed" for p in points) else 0
@@ -312,7 +327,8 @@ def _slurm_settings(args: SweepArgs) -> slurm.SlurmSettings:
         out_dir=args.out_dir, timeout_s=args.timeout_s, gpus_per_node=args.gpus_per_node,
         cpus_per_gpu=args.cpus_per_gpu, mem_per_gpu=args.mem_per_gpu, partition=args.partition,
         account=args.account, time_limit=args.time_limit, array_limit=args.array_limit,
-        extra=tuple(args.slurm_option), compile_cache=compile_cache_dir(args))
+        extra=tuple(args.slurm_option), compile_cache=compile_cache_dir(args),
+        one_point_per_process=args.one_point_per_process)
 
 
 def hand_to_slurm(points: list[Point], args: SweepArgs, argv: list[str]) -> int:
@@ -394,9 +410,11 @@ def main(argv: list[str] | None = None) -> int:
         return hand_to_slurm(points, args, argv)
     if args.dry_run:
         for p in points:
-            print(shlex.join(local.local_command(p)) if p.status == "pending"
-                  else f"# {p.status.replace('_', ' ')}: {p.label()}: {p.reason}")
-        print(f"# {dry_run_totals(points)}")
+            if p.status != "pending":
+                print(f"# {p.status.replace('_', ' ')}: {p.label()}: {p.reason}")
+        for launch in groups.make_groups(points, args.one_point_per_process):
+            print(shlex.join(local.local_command(launch)))
+        print(f"# {dry_run_totals(points, args.one_point_per_process)}")
         return 0
     try:
         lock = _take_out_dir(args)

@@ -1,8 +1,10 @@
-"""Running points on this node: one at a time, or packed side by side on disjoint GPUs.
+"""Running points on this node: one launch at a time, or packed side by side on disjoint GPUs.
 
-A point is one torchrun of the benchmark in a session of its own. One that fails or outlives its
-timeout is recorded and the sweep goes on; SIGINT or SIGTERM to the sweep stops the running
-points the way a timeout does (TERM to every process of theirs, a grace period, KILL).
+A launch is one torchrun of the benchmark in a session of its own, measuring a group of points
+that share one pipeline (sweep/groups.py), or one point. A point that fails or outlives its
+timeout is recorded and the sweep goes on (the points its launch did not reach are launched
+again); SIGINT or SIGTERM to the sweep stops the running launches the way a timeout does (TERM
+to every process of theirs, a grace period, KILL).
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from mlenergy.diffusion.sweep import sharing
-from mlenergy.diffusion.sweep.point import Point, results_complete, results_path
+from mlenergy.diffusion.sweep import groups, sharing
+from mlenergy.diffusion.sweep.groups import Group
+from mlenergy.diffusion.sweep.point import Point
 from mlenergy.diffusion.sweep.process import Launch
 
 # A sweep started from inside a torchrun must not hand its own rank to the points.
@@ -25,7 +28,7 @@ LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "M
 POLL_S = 0.2
 
 
-def local_command(point: Point) -> list[str]:
+def local_command(point: Point | Group) -> list[str]:
     if point.nproc == 1:
         # One process needs no launcher (the benchmark sets up its own one-rank group).
         return [sys.executable, "-m", "mlenergy.diffusion.benchmark", *point.benchmark_args]
@@ -59,14 +62,21 @@ class Settings:
     slots: tuple[str, ...] = ()
     pack: bool = False
     shared_node_dir: Path | None = None
-    command: Callable[[Point], list[str]] = local_command
+    command: Callable[[Point | Group], list[str]] = local_command
+    one_point_per_process: bool = False
+    # (seconds, processes) of every launch that ended: the GPU time the sweep booked.
+    booked: list[tuple[float, int]] = field(default_factory=list)
 
 
 @dataclass
 class _Running:
-    point: Point
+    group: Group
     launch: Launch
-    record: Path | None
+    records: list[Path]
+
+    @property
+    def devices(self) -> list[str] | None:
+        return self.group.points[0].devices
 
 
 class StopSignals:
@@ -104,57 +114,83 @@ def _held_by_a_live_run(point: Point) -> str | None:
             f"{holder.get('host')} since {holder.get('since')}); not started")
 
 
-def _start(point: Point, settings: Settings, devices: list[str] | None) -> _Running:
-    """Launch one attempt of `point`; NotStarted (nothing launched) when its run directory is
-    held by a live run or the sweep cannot record it."""
-    point.attempts += 1
-    point.command = settings.command(point)
-    point.log = settings.log(point)
-    point.devices = devices
-    busy = _held_by_a_live_run(point)
-    if busy is not None:
-        raise NotStarted(busy)
+def _start(group: Group, settings: Settings, devices: list[str] | None,
+           report: Callable[[str], None]) -> _Running | None:
+    """Launch one attempt of `group`. A point whose run directory is held by a live run is not
+    started (recorded as failed, with why); None when no point is left or nothing could be
+    launched (its points then failed too)."""
+    for point in list(group.points):
+        busy = _held_by_a_live_run(point)
+        if busy is not None:
+            group.points.remove(point)
+            _not_started(point, busy, report)
+    if not group.points:
+        return None
+    command, log = settings.command(group), settings.log(group.points[0])
+    for point in group.points:
+        point.attempts += 1
+        point.command, point.log, point.devices = command, log, devices
     env = dict(settings.env)
     if devices is not None:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
-    record = None
-    if settings.shared_node_dir is not None:
-        env[sharing.ENV] = str(settings.shared_node_dir)
-        visible = devices or [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]
-        try:
-            # Under the sweep's PID: the point lives exactly as long as the sweep does.
-            record = sharing.register(settings.shared_node_dir, point.run_dir, visible or None,
-                                      os.getpid())
-        except OSError as err:
-            raise NotStarted(f"could not record the point in {settings.shared_node_dir} "
-                             f"({err}); not started") from None
     try:
-        launch = Launch(point.command, env, point.log, attempt=point.attempts)
+        records = _register(group, settings, env, devices)
+        launch = Launch(command, env, log, attempt=group.points[0].attempts)
+    except NotStarted as err:
+        for point in group.points:
+            _not_started(point, str(err), report)
+        return None
     except OSError as err:
-        if record is not None:
+        for record in records:
             sharing.finish(record)
-        raise NotStarted(f"could not launch it ({err})") from None
-    point.started = launch.started
-    return _Running(point, launch, record)
+        for point in group.points:
+            _not_started(point, f"could not launch it ({err})", report)
+        return None
+    for point in group.points:
+        point.started = launch.started
+    return _Running(group, launch, records)
 
 
-def _settle(running: _Running, code: int | None, settings: Settings) -> None:
-    point = running.point
-    point.seconds = running.launch.elapsed
-    point.finished = time.time()
-    if running.record is not None:
-        sharing.finish(running.record)
-    if code is None:
-        point.status, point.reason = "failed", f"timed out after {settings.timeout_s:g} s; killed"
-    elif code != 0:
-        point.status, point.reason = "failed", f"exit status {code}"
-    elif not results_complete(results_path(point.run_dir), point):
-        point.status, point.reason = "failed", "exited 0 but wrote no complete results.json"
-    else:
-        from mlenergy.diffusion import rundir
+def _register(group: Group, settings: Settings, env: dict, devices) -> list[Path]:
+    """Each point's record in the node's shared_node_runs (under the sweep's PID: it lives
+    exactly as long as the sweep does)."""
+    if settings.shared_node_dir is None:
+        return []
+    env[sharing.ENV] = str(settings.shared_node_dir)
+    visible = devices or [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]
+    run_dirs = [p.run_dir for p in group.points]
+    records: list[Path] = []
+    try:
+        for point in group.points:
+            records.append(sharing.register(settings.shared_node_dir, point.run_dir,
+                                            visible or None, os.getpid(), same_process=run_dirs))
+    except OSError as err:
+        for record in records:
+            sharing.finish(record)
+        raise NotStarted(f"could not record the point in {settings.shared_node_dir} "
+                         f"({err}); not started") from None
+    return records
 
-        point.status, point.reason = "done", None
-        point.per_output = rundir.per_output(point.run_dir)
+
+def _not_started(point: Point, reason: str, report: Callable[[str], None]) -> None:
+    point.status, point.reason = "failed", reason
+    _announce(point, report)
+
+
+def _settle(running: _Running, code: int | None, settings: Settings,
+            why_stopped: str | None = None) -> list[Point]:
+    """Every point's status once its launch ended; returns the points it never reached."""
+    for record in running.records:
+        sharing.finish(record)
+    settings.booked.append((running.launch.elapsed, running.group.nproc))
+    if code is None and why_stopped is None:
+        why_stopped = (f"timed out after {_timeout(running.group, settings):g} s; killed")
+    return groups.settle(running.group, code, why_stopped, running.launch.started)
+
+
+def _timeout(group: Group, settings: Settings) -> float:
+    """--timeout_s is per point: a launch of N points gets N times as long."""
+    return settings.timeout_s * len(group.points)
 
 
 def _retry(point: Point, settings: Settings) -> bool:
@@ -162,35 +198,35 @@ def _retry(point: Point, settings: Settings) -> bool:
             and not point.reason.startswith("timed out"))
 
 
-def _pick(queue: list[Point], running: list[_Running], free: list[str], pack: bool):
-    """The next point to start now and its devices, or None: in order, but with --pack a point
+def _pick(queue: list[Group], running: list[_Running], free: list[str], pack: bool):
+    """The next launch to start now and its devices, or None: in order, but with --pack a launch
     that fits the free GPUs may pass one that does not (backfill)."""
     if not pack:
         return (queue[0], None) if queue and not running else None
-    for point in queue:
-        if point.nproc <= len(free):
-            return point, free[:point.nproc]
+    for group in queue:
+        if group.nproc <= len(free):
+            return group, free[:group.nproc]
     return None
 
 
 def _launch_next(queue, running, free, settings, counter, report, progress) -> None:
-    """Start every point that may start now."""
+    """Start every launch that may start now."""
     while (pick := _pick(queue, running, free, settings.pack)) is not None:
-        point, devices = pick
-        queue.remove(point)
+        group, devices = pick
+        queue.remove(group)
         for d in devices or ():
             free.remove(d)
-        counter[0] += point.attempts == 0
+        counter[0] += sum(p.attempts == 0 for p in group.points)
         on = f" on devices {','.join(devices)}" if devices else ""
-        report(f"[{counter[0]}/{counter[1]}] {point.label()} -> {point.run_dir}{on}"
-               f"{_timing(counter, len(queue) + 1, len(running) + 1)}")
-        try:
-            running.append(_start(point, settings, devices))
-        except NotStarted as err:
+        left = sum(len(g.points) for g in queue) + len(group.points)
+        report(f"[{counter[0]}/{counter[1]}] {group.label()} -> {group.run_dir}{on}"
+               f"{_timing(counter, left, len(running) + 1)}")
+        started = _start(group, settings, devices, report)
+        if started is None:
             _give_back(free, devices, settings)
-            point.status, point.reason = "failed", str(err)
-            _announce(point, report)
             progress()
+        else:
+            running.append(started)
 
 
 def _clock(seconds: float) -> str:
@@ -214,18 +250,36 @@ def _give_back(free: list[str], devices, settings: Settings) -> None:
     free[:] = sorted(free + list(devices or ()), key=settings.slots.index)
 
 
-def _never_fit(queue: list[Point], running, free: list[str], report) -> None:
-    """Points that cannot start with every slot free would wait for ever: skip them."""
+def _never_fit(queue: list[Group], running, free: list[str], report) -> None:
+    """Launches that cannot start with every slot free would wait for ever: skip their points."""
     if running or not queue:
         return
-    for point in list(queue):
-        queue.remove(point)
-        point.status = "skipped"
-        point.reason = f"needs {point.nproc} GPU slot(s); this sweep has {len(free)}"
-        report(f"    skipped: {point.label()}: {point.reason}")
+    for group in list(queue):
+        queue.remove(group)
+        for point in group.points:
+            point.status = "skipped"
+            point.reason = f"needs {point.nproc} GPU slot(s); this sweep has {len(free)}"
+            report(f"    skipped: {point.label()}: {point.reason}")
 
 
-def _loop(queue: list[Point], running: list[_Running], free: list[str], total: int,
+def _finish(item: _Running, code: int | None, queue: list[Group], settings: Settings,
+            counter: list, report) -> None:
+    """A launch ended: its points settled, announced, and what is left of it queued again."""
+    unreached = _settle(item, code, settings)
+    for point in item.group.points:
+        if point not in unreached:
+            if point.seconds is not None:
+                counter[3].append(point.seconds)
+            _announce(point, report)
+    again = [p for p in item.group.points if _retry(p, settings)]
+    for point in again:
+        report(f"    attempt {point.attempts + 1} of {point.label()}")
+        point.status = "pending"
+    if again or unreached:
+        queue.insert(0, Group(again + unreached))
+
+
+def _loop(queue: list[Group], running: list[_Running], free: list[str], total: int,
           settings: Settings, signals: StopSignals, progress, report) -> None:
     # Points started, points to start, the sweep's start, seconds of each finished point.
     counter = [0, total, time.monotonic(), []]
@@ -235,29 +289,24 @@ def _loop(queue: list[Point], running: list[_Running], free: list[str], total: i
             _never_fit(queue, running, free, report)
         for item in list(running):
             code = item.launch.poll()
-            if code is None and item.launch.elapsed <= settings.timeout_s:
+            if code is None and item.launch.elapsed <= _timeout(item.group, settings):
                 continue
             if code is None:
                 item.launch.stop()
             running.remove(item)
-            _give_back(free, item.point.devices, settings)
-            _settle(item, code, settings)
-            counter[3].append(item.point.seconds)
-            _announce(item.point, report)
-            if _retry(item.point, settings):
-                report(f"    attempt {item.point.attempts + 1} of {item.point.label()}")
-                item.point.status = "pending"
-                queue.insert(0, item.point)
+            _give_back(free, item.devices, settings)
+            _finish(item, code, queue, settings, counter, report)
             progress()
         time.sleep(POLL_S)
 
 
 def run_points(points: list[Point], settings: Settings, progress: Callable[[], None],
                report: Callable[[str], None] = print) -> int | None:
-    """Run every pending point. Returns the number of the signal that stopped the sweep, or
-    None when every point got its turn."""
-    queue = [p for p in points if p.status == "pending"]
-    total = len(queue)
+    """Run every pending point, in groups that share a pipeline unless
+    `settings.one_point_per_process`. Returns the number of the signal that stopped the sweep,
+    or None when every point got its turn."""
+    queue = groups.make_groups(points, settings.one_point_per_process)
+    total = sum(len(g.points) for g in queue)
     free = list(settings.slots)
     running: list[_Running] = []
     with StopSignals() as signals:
@@ -283,16 +332,26 @@ def _announce(point: Point, report: Callable[[str], None]) -> None:
         report("\n".join(f"    | {line}" for line in tail))
 
 
-def _stop_all(running: list[_Running], queue: list[Point], signum: int, settings: Settings,
+def _stop_all(running: list[_Running], queue: list[Group], signum: int, settings: Settings,
               report: Callable[[str], None]) -> None:
     name = signal.Signals(signum).name
-    report(f"{name}: stopping {len(running)} running point(s)")
+    report(f"{name}: stopping {len(running)} running launch(es)")
     for item in running:
         item.launch.stop()
-        _settle(item, None, settings)
-        item.point.status, item.point.reason = "interrupted", f"stopped by {name}"
-    for point in queue:
-        point.status, point.reason = "not_run", f"the sweep was stopped by {name}"
+        _settle(item, None, settings, why_stopped=f"stopped by {name}")
+    for group in queue:
+        for point in group.points:
+            point.status, point.reason = "not_run", f"the sweep was stopped by {name}"
+
+
+def efficiency(points: list[Point], booked: list[tuple[float, int]]) -> dict:
+    """How much of the GPU time this sweep booked (each launch's wall time x its GPUs) was
+    spent inside measured windows (each point measured now: its iterations' time x its GPUs)."""
+    booked_s = sum(seconds * nproc for seconds, nproc in booked)
+    measured_s = sum(((p.per_output or {}).get("measured_s") or 0.0) * p.nproc for p in points
+                     if p.status == "done")
+    return {"launches": len(booked), "booked_gpu_s": booked_s, "measured_gpu_s": measured_s,
+            "measured_share": measured_s / booked_s if booked_s > 0 else None}
 
 
 def note_shared_nodes(points: list[Point]) -> None:

@@ -35,13 +35,17 @@ def _record_path(directory: Path, run_dir: Path) -> Path:
     return Path(directory) / f"{digest}.json"
 
 
-def register(directory: Path, run_dir: Path, devices: list[str] | None, pid: int) -> Path:
-    """Record that the point of `run_dir` starts now on this node."""
+def register(directory: Path, run_dir: Path, devices: list[str] | None, pid: int,
+             same_process: list[Path] = ()) -> Path:
+    """Record that the point of `run_dir` starts now on this node. `same_process`: the run
+    directories of every point one process measures one after another (with this one); they
+    never share the node with each other."""
     path = _record_path(directory, run_dir)
     files.write_json_atomically(path, {
         "run_dir": str(Path(run_dir).resolve()), "host": socket.gethostname(),
         "devices": devices, "pid": pid, "slurm_job": _slurm_job(),
         "started": time.time(), "finished": None,
+        "same_process": [str(Path(d).resolve()) for d in same_process],
     })
     return path
 
@@ -89,7 +93,8 @@ def runs_sharing_node(run_dir: Path, start: float, end: float,
             doc = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if not isinstance(doc, dict) or doc.get("run_dir") == own:
+        if not isinstance(doc, dict) or doc.get("run_dir") == own \
+                or own in (doc.get("same_process") or ()):
             continue
         finished = doc.get("finished")
         if finished is None and not _running(doc):

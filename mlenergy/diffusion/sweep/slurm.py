@@ -15,6 +15,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlenergy.diffusion.sweep.groups import Group, make_groups
 from mlenergy.diffusion.sweep.point import Point
 
 # Slurm's default MaxArraySize is 1001 (task ids 0..1000): bigger groups become several arrays.
@@ -42,13 +43,16 @@ class SlurmSettings:
     # The device the points were planned for (their identities assume it): cuda on a GPU
     # cluster; cpu where the campaign is tested.
     device: str = "cuda"
+    # One task per point instead of one per group of points sharing a pipeline.
+    one_point_per_process: bool = False
 
 
 @dataclass(frozen=True)
 class JobArray:
     nodes: int
     gpus_per_node: int
-    points: tuple[Point, ...]
+    # One task per group (its points measured one after another by one launch).
+    tasks: tuple[Group, ...]
     part: int = 0
 
     task: str = "text-to-image"
@@ -62,10 +66,15 @@ class JobArray:
                  else f"{self.nodes}x{self.gpus_per_node}g")
         return f"{kind}-{shape}" + (f"-{self.part + 1}" if self.part else "")
 
+    @property
+    def points(self) -> tuple[Point, ...]:
+        return tuple(p for group in self.tasks for p in group.points)
+
     def describe(self) -> str:
         gpus = f"{self.gpus_per_node} GPU{'s' if self.gpus_per_node > 1 else ''}"
         where = f"{self.nodes} nodes x {gpus}" if self.nodes > 1 else gpus
-        return f"{self.name}: {len(self.points)} point(s) of {where}"
+        tasks = f" in {len(self.tasks)} task(s)" if len(self.tasks) != len(self.points) else ""
+        return f"{self.name}: {len(self.points)} point(s){tasks} of {where}"
 
 
 def shape(point: Point, gpus_per_node: int) -> tuple[int, int]:
@@ -79,16 +88,17 @@ def _task_of(point: Point) -> str:
                 "text-to-image")
 
 
-def job_arrays(points: list[Point], gpus_per_node: int) -> list[JobArray]:
-    groups: dict[tuple[int, int], list[Point]] = {}
-    for point in points:
-        if point.status == "pending":
-            groups.setdefault(shape(point, gpus_per_node), []).append(point)
+def job_arrays(points: list[Point], gpus_per_node: int,
+               one_point_per_process: bool = False) -> list[JobArray]:
+    """The pending points' launches (sweep/groups.py), one array per shape."""
+    shapes: dict[tuple[int, int], list[Group]] = {}
+    for group in make_groups(points, one_point_per_process):
+        shapes.setdefault(shape(group.points[0], gpus_per_node), []).append(group)
     arrays = []
-    for (nodes, per_node), members in sorted(groups.items(), key=lambda kv: kv[0][0] * kv[0][1]):
+    for (nodes, per_node), members in sorted(shapes.items(), key=lambda kv: kv[0][0] * kv[0][1]):
         for part, i in enumerate(range(0, len(members), MAX_ARRAY_TASKS)):
             arrays.append(JobArray(nodes, per_node, tuple(members[i:i + MAX_ARRAY_TASKS]), part,
-                                   _task_of(members[0])))
+                                   _task_of(members[0].points[0])))
     return arrays
 
 
@@ -98,7 +108,7 @@ def _scaled_memory(per_gpu: str, gpus: int) -> str:
 
 
 def _sbatch_lines(array: JobArray, s: SlurmSettings) -> list[str]:
-    n = len(array.points)
+    n = len(array.tasks)
     lines = [f"--job-name={array.name}",
              f"--array=0-{n - 1}" + (f"%{s.array_limit}" if s.array_limit else ""),
              f"--nodes={array.nodes}", "--ntasks-per-node=1",
@@ -133,14 +143,16 @@ def _array_task_flags(array: JobArray, s: SlurmSettings) -> list[str]:
 def array_script(array: JobArray, s: SlurmSettings) -> str:
     lines = ["#!/bin/bash", *_sbatch_lines(array, s),
              f"# {array.describe()}. Each task skips a point whose results.json is complete.",
+             "# A task of several points measures them one after another in one launch.",
              "set -euo pipefail", "export PYTHONUNBUFFERED=1"]
     if s.compile_cache is not None:
         cache = shlex.quote(str(s.compile_cache))
         lines.append(f"export TORCHINDUCTOR_CACHE_DIR={cache}" if s.compile_cache.is_absolute()
                      else f'export TORCHINDUCTOR_CACHE_DIR="$PWD"/{cache}')
     lines.append('case "$SLURM_ARRAY_TASK_ID" in')
-    for i, point in enumerate(array.points):
-        task = ["--run_dir", str(point.run_dir), "--", *point.benchmark_args]
+    for i, group in enumerate(array.tasks):
+        task = ["--run_dir", *(str(p.run_dir) for p in group.points), "--",
+                *group.benchmark_args]
         lines.append(f"  {i}) set -- {shlex.join(task)} ;;")
     lines += ['  *) echo "no point for array task $SLURM_ARRAY_TASK_ID" >&2; exit 2 ;;', "esac",
               'exec "${MLENERGY_PYTHON:-python3}" -m mlenergy.diffusion.sweep.task '
@@ -166,7 +178,7 @@ def _skipped_lines(points: list[Point]) -> list[str]:
 def campaign_script(points: list[Point], s: SlurmSettings, sweep_argv: list[str]) -> str:
     """A bash script that submits every array (sbatch reads each from a here-document) and
     prints their job ids."""
-    arrays = job_arrays(points, s.gpus_per_node)
+    arrays = job_arrays(points, s.gpus_per_node, s.one_point_per_process)
     pending = sum(len(a.points) for a in arrays)
     out = ["#!/usr/bin/env bash",
            f"# ML.ENERGY diffusion campaign: {pending} point(s) in {len(arrays)} Slurm job "
@@ -201,7 +213,7 @@ def submit(points: list[Point], s: SlurmSettings, report=print) -> list[str]:
 
     (s.out_dir / "sweep_logs" / "slurm").mkdir(parents=True, exist_ok=True)
     ids = []
-    for array in job_arrays(points, s.gpus_per_node):
+    for array in job_arrays(points, s.gpus_per_node, s.one_point_per_process):
         script = array_script(array, s)
         try:
             proc = subprocess.run(["sbatch", "--parsable"], input=script,

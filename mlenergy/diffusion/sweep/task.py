@@ -1,14 +1,17 @@
-"""One task of a Slurm job array: one point, run like the local sweep runs it.
+"""One task of a Slurm job array: one point or a group of points sharing a pipeline, run like
+the local sweep runs them.
 
-    python -m mlenergy.diffusion.sweep.task --out_dir OUT --run_dir DIR [--nodes N]
-        [--nproc_per_node G] [--device D] [--timeout_s S] -- BENCHMARK FLAGS
+    python -m mlenergy.diffusion.sweep.task --out_dir OUT --run_dir DIR [DIR ...] [--nodes N]
+        [--nproc_per_node G] [--device D] [--timeout_s S] -- BENCHMARK FLAGS [--then ...]
 
-Written into the arrays by `--emit slurm`; not meant to be typed. The task plans its point from
-the exact benchmark flags it launches, as the sweep did, and skips it when the run directory
-holds complete results of that identity (the benchmark's own test of done). A one-node point is a `torchrun --standalone` in the task's allocation; a
-multi-node point is one `srun` of a torchrun per node, meeting at a c10d rendezvous on this
-(the batch) node. SIGTERM from Slurm (scancel, the time limit) stops the point's processes.
-Exit status: 0 done or already done, 1 failed, 128 + signal when stopped.
+Written into the arrays by `--emit slurm`; not meant to be typed. The task plans each point from
+the exact benchmark flags it launches, as the sweep did, and skips one whose run directory holds
+complete results of that identity (the benchmark's own test of done); the rest are measured by
+one launch, and the points a failing launch did not reach by another. A one-node launch is a
+`torchrun --standalone` in the task's allocation; a multi-node one is one `srun` of a torchrun
+per node, meeting at a c10d rendezvous on this (the batch) node. SIGTERM from Slurm (scancel,
+the time limit) stops the launch's processes.
+Exit status: 0 every point done or already done, 1 one failed, 128 + signal when stopped.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 from mlenergy.diffusion.sweep import sharing
+from mlenergy.diffusion.sweep.groups import Group
 from mlenergy.diffusion.sweep.local import (Settings, child_env, local_command, log_path,
                                             run_points)
 from mlenergy.diffusion.sweep.point import Point, results_complete, results_path
@@ -34,8 +38,8 @@ class TaskArgs:
     """The campaign's run tree: logs go to OUT_DIR/sweep_logs, node-sharing records to
     OUT_DIR/shared_node_runs."""
 
-    run_dir: Path
-    """The point's run directory (the benchmark's naming)."""
+    run_dir: tuple[Path, ...]
+    """The points' run directories (the benchmark's naming), in the order of their flags."""
 
     nodes: int = 1
     """Nodes the point spans."""
@@ -47,7 +51,7 @@ class TaskArgs:
     """The device the point runs on (what its plan, and so its identity, assumes)."""
 
     timeout_s: float = 3600.0
-    """The point is stopped (all its processes) after this long."""
+    """A launch is stopped (all its processes) after this long per point."""
 
 
 def split_benchmark_args(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -67,12 +71,12 @@ def _flag_value(args: list[str], name: str, default: str) -> str:
     return default
 
 
-def point_of(args: TaskArgs, benchmark_args: list[str]) -> Point:
+def point_of(run_dir: Path, benchmark_args: list[str]) -> Point:
     return Point(model_id=_flag_value(benchmark_args, "--workload.model_id", "?"),
                  batch_size=int(_flag_value(benchmark_args, "--workload.batch_size", "1")),
                  ulysses_degree=int(_flag_value(benchmark_args, "--ulysses_degree", "1")),
                  ring_degree=int(_flag_value(benchmark_args, "--ring_degree", "1")),
-                 options="", benchmark_args=benchmark_args, run_dir=args.run_dir)
+                 options="", benchmark_args=benchmark_args, run_dir=run_dir)
 
 
 def _free_port() -> int:
@@ -81,7 +85,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def multinode_command(point: Point, nodes: int, per_node: int) -> list[str]:
+def multinode_command(point: Point | Group, nodes: int, per_node: int) -> list[str]:
     head = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
     job = "-".join(filter(None, (os.environ.get("SLURM_JOB_ID"),
                                  os.environ.get("SLURM_ARRAY_TASK_ID"))))
@@ -108,11 +112,29 @@ def _plan(point: Point, args: TaskArgs) -> str | None:
                           args.nproc_per_node)
     except (ConfigError, SweepError) as err:
         return str(err)
-    if Path(plan.run_dir) != Path(args.run_dir):
-        return (f"the benchmark flags name the run directory {plan.run_dir}, not {args.run_dir}; "
-                "emit the campaign again with the same sweep version")
+    if Path(plan.run_dir) != Path(point.run_dir):
+        return (f"the benchmark flags name the run directory {plan.run_dir}, not "
+                f"{point.run_dir}; emit the campaign again with the same sweep version")
     point.identity = rundir.identity(plan)
     return None
+
+
+def _points(args: TaskArgs, benchmark_args: list[str]) -> list[Point]:
+    """The task's points, each planned from its flags; ValueError says why they cannot run."""
+    from mlenergy.diffusion.group import split_points
+
+    argvs = split_points(benchmark_args)
+    if len(argvs) != len(args.run_dir):
+        raise ValueError(f"{len(args.run_dir)} run director(ies) for {len(argvs)} point(s)")
+    points = [point_of(run_dir, argv) for run_dir, argv in zip(args.run_dir, argvs)]
+    for point in points:
+        if point.nproc != args.nodes * args.nproc_per_node:
+            raise ValueError(f"ulysses x ring = {point.nproc} but the task has {args.nodes} "
+                             f"node(s) x {args.nproc_per_node} process(es)")
+        problem = _plan(point, args)
+        if problem is not None:
+            raise ValueError(problem)
+    return points
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,28 +142,25 @@ def main(argv: list[str] | None = None) -> int:
 
     own, benchmark_args = split_benchmark_args(sys.argv[1:] if argv is None else list(argv))
     args = tyro.cli(TaskArgs, args=own, use_underscores=True)
-    point = point_of(args, benchmark_args)
-    if point.nproc != args.nodes * args.nproc_per_node:
-        print(f"error: ulysses x ring = {point.nproc} but the task has {args.nodes} node(s) x "
-              f"{args.nproc_per_node} process(es)", file=sys.stderr)
+    try:
+        points = _points(args, benchmark_args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
-    problem = _plan(point, args)
-    if problem is not None:
-        print(f"error: {problem}", file=sys.stderr, flush=True)
-        return 2
-    if results_complete(results_path(args.run_dir), point):
-        print(f"already done: {args.run_dir}", flush=True)
-        return 0
+    for point in points:
+        if results_complete(results_path(point.run_dir), point):
+            point.status = "already_done"
+            print(f"already done: {point.run_dir}", flush=True)
     command = (local_command if args.nodes == 1
                else lambda p: multinode_command(p, args.nodes, args.nproc_per_node))
     settings = Settings(
         timeout_s=args.timeout_s, log=lambda p: log_path(args.out_dir, p), env=child_env(),
         command=command, shared_node_dir=sharing.node_dir(args.out_dir / "shared_node_runs"))
-    stopped = run_points([point], settings, progress=lambda: None,
+    stopped = run_points(points, settings, progress=lambda: None,
                          report=lambda line: print(line, flush=True))
     if stopped is not None:
         return 128 + stopped
-    return 0 if point.status == "done" else 1
+    return 0 if all(p.status in ("done", "already_done") for p in points) else 1
 
 
 if __name__ == "__main__":
