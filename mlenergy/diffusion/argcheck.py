@@ -118,3 +118,14 @@ def parse_one_line(parse: Callable[[list[str]], T], argv: Sequence[str], prog: s
             print(f"error: {_condense(captured.getvalue())}; see `{prog} --help`",
                   file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def path_error_line(err: Exception) -> str:
+    """One line for bad input found while planning; an OSError names the path."""
+    if isinstance(err, OSError) and err.filename is not None:
+        # Planning only looks at the paths given: one the system cannot look at is bad input
+        # (a name too long, a loop of links, no permission).
+        name = str(err.filename)
+        shown = name if len(name) <= 80 else f"{name[:60]}...{name[-16:]}"
+        return f"{shown}: {err.strerror}; check the paths given on the command line"
+    return str(err)

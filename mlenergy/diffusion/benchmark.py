@@ -27,6 +27,7 @@ from datetime import datetime
 from typing import Any
 
 from mlenergy.diffusion import (
+    argcheck,
     console,
     describe,
     files,
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                                      [rundir.identity(p) for p in plans])
     except (ConfigError, OSError, group.GroupError) as err:
         if rank == 0:  # every rank finds the same fault: one line says it
-            print(f"error: {_input_error(err)}", file=sys.stderr)
+            print(f"error: {argcheck.path_error_line(err)}", file=sys.stderr)
         return 2
     try:
         run(plans)
@@ -93,16 +94,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         runtime.die(rank, err)
     return 0
-
-
-def _input_error(err: Exception) -> str:
-    if isinstance(err, OSError) and err.filename is not None:
-        # Planning only looks at the paths given: one the system cannot look at is bad input
-        # (a name too long, a loop of links, no permission).
-        name = str(err.filename)
-        shown = name if len(name) <= 80 else f"{name[:60]}...{name[-16:]}"
-        return f"{shown}: {err.strerror}; check the paths given on the command line"
-    return str(err)
 
 
 @dataclasses.dataclass
@@ -154,7 +145,8 @@ def _take_point(plan: RunPlan, ranks) -> _Point | None:
     claim = rundir.claim(plan, ranks.is_main, runtime.broadcast_object)
     if claim.done:
         return None
-    schedule, source, prompts_note = _prompts(plan, ranks)
+    schedule, source, prompts_note = prompt_source.draw_for_run(
+        plan, ranks.is_main, runtime.broadcast_object)
     if plan.reference is not None:
         quality.check_prompts(plan.config.reference_run, plan.reference, schedule.measured)
     return _Point(plan, claim, schedule, source, prompts_note)
@@ -277,7 +269,7 @@ def _warm_up(plan: RunPlan, ranks, pipeline, batches: list[list[str]], probes) -
     and seeds than the measured ones."""
     from mlenergy.diffusion import xdit
 
-    recorder, compiles, steps = probes.recorder, probes.compiles, _step_progress(probes, ranks)
+    recorder, compiles, steps = probes.recorder, probes.compiles, console.StepProgress.of_recorder(probes.recorder, ranks.is_main)
     times: list[float] = []
     compiled: list[tuple] = []
     with runtime.Stopwatch() as warming:
@@ -305,16 +297,6 @@ def _warm_up(plan: RunPlan, ranks, pipeline, batches: list[list[str]], probes) -
     return WarmupRecord(seconds=warming.seconds, iteration_times=times, compiles=compiled)
 
 
-def _step_progress(probes, ranks) -> console.StepProgress:
-    """The per-step line of long iterations (a terminal only), fed by the stage recorder."""
-    recorder = probes.recorder
-    if getattr(recorder, "step_progress", None) is None:  # one for warm-up and measurement
-        recorder.step_progress = console.StepProgress(ranks.is_main,
-                                                      recorder.accepts_step_callback)
-        recorder.on_event = recorder.step_progress.event
-    return recorder.step_progress
-
-
 @dataclasses.dataclass
 class _Measured:
     records: list[IterationRecord]
@@ -332,7 +314,7 @@ def _measure(plan: RunPlan, ranks, pipeline, batches: list[list[str]], probes) -
     from mlenergy.diffusion.probes import checks, memory
 
     meter, recorder, compiles = probes.meter, probes.recorder, probes.compiles
-    steps = _step_progress(probes, ranks)
+    steps = console.StepProgress.of_recorder(probes.recorder, ranks.is_main)
     memory.reset_peak_memory(ranks.device)
     records: list[IterationRecord] = []
     stage_records: list[dict] = []
@@ -348,12 +330,13 @@ def _measure(plan: RunPlan, ranks, pipeline, batches: list[list[str]], probes) -
         window = meter.end(f"iteration-{i}")
         steps.end()
         stage_records.append(recorder.record(recorder.end_iteration()))
-        saved = _save_outputs(plan, ranks, i, batch, outputs)
+        saved = results.save_outputs(plan, ranks.rank, i, batch, outputs,
+                                     runtime.all_gather_object)
         records.append(IterationRecord(index=i, measurement=window, prompts=batch,
                                        outputs=saved, window=meter.bounds[f"iteration-{i}"]))
         if ranks.is_main:
             logger.info("iteration %d: %.3f s, %s", i, window.time,
-                        _energy_text(window.total_gpu_energy))
+                        console.energy_text(window.total_gpu_energy))
     whole = meter.end("benchmark")
     nvml_after = checks.read_nvml_energy(probes.gpus)
     recorder.remove()
@@ -423,59 +406,6 @@ def _write_results(record: RunRecord, denoiser) -> None:
         logger.info("Power plot: %s", plot)
     console.show_result("Summary", summary.summary_table(record))
     logger.info("Results written to %s", plan.run_dir / files.RESULTS)
-
-def _prompts(plan: RunPlan, ranks):
-    """Rank 0 reads the prompt pool; every rank gets the same schedule from it (or the same
-    ConfigError). Runs before logging is set up (the run directory must not exist yet if the
-    reference check fails), so the line to log comes back with it, and whether it warns."""
-    workload = plan.config.workload
-    payload = None
-    if ranks.is_main:
-        try:
-            pool = prompt_source.PromptPool(prompt_source.read_prompts_file(
-                workload.prompts_file), f"file:{workload.prompts_file}") \
-                if workload.prompts_file is not None else prompt_source.load_pool(
-                    workload.prompt_dataset, workload.prompt_cache_dir, task=plan.task.name)
-            payload = (pool.prompts, pool.source, pool.note)
-        except prompt_source.PromptsError as err:
-            payload = str(err)
-    payload = runtime.broadcast_object(payload)
-    if isinstance(payload, str):
-        raise ConfigError(payload)
-    pool_prompts, source, fallback = payload
-    schedule = prompt_source.schedule_for(workload, pool_prompts, plan.seed, plan.batch_size,
-                                          plan.warmup_iters, plan.benchmark_iters)
-    note = fallback or f"Prompts: {len(pool_prompts)} from {source}"
-    if schedule.wrapped:
-        note += " (fewer than the run needs: some repeat)"
-    return schedule, source, (note, fallback is not None)
-
-
-def _save_outputs(plan: RunPlan, ranks, iteration: int, batch: list[str], outputs) -> list[str]:
-    """Save one iteration's images or videos, outside its measurement window, from one rank:
-    the first that holds them (xDiT returns them on some ranks only, or on all)."""
-    holders = runtime.all_gather_object(outputs is not None)
-    if not plan.config.save_images or True not in holders or holders.index(True) != ranks.rank:
-        return []
-    task = plan.task
-    out_dir = plan.run_dir / task.output_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
-    names = []
-    for index, (prompt, output) in enumerate(zip(batch, outputs)):
-        name = results.output_name(iteration, index, prompt, task.file_suffix)
-        if task.is_video:
-            from diffusers.utils import export_to_video
-
-            export_to_video(list(output), str(out_dir / name), fps=plan.fps)
-        else:
-            output.save(out_dir / name)
-        names.append(f"{task.output_dir}/{name}")
-    return names
-
-
-def _energy_text(joules: float | None) -> str:
-    return "energy not measured" if joules is None else f"{joules:,.1f} J"
-
 
 if __name__ == "__main__":
     from mlenergy.diffusion.cli import exit_quietly_on_broken_pipe

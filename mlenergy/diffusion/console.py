@@ -185,6 +185,15 @@ class StepProgress:
     step-end callback where it takes one, else from denoiser forwards (grouped per step as the
     previous iteration showed)."""
 
+    @classmethod
+    def of_recorder(cls, recorder, show: bool) -> StepProgress:
+        """The stage recorder's per-step line (one for its warm-up and measurement), fed by its
+        step events."""
+        if getattr(recorder, "step_progress", None) is None:
+            recorder.step_progress = cls(show, recorder.accepts_step_callback)
+            recorder.on_event = recorder.step_progress.event
+        return recorder.step_progress
+
     def __init__(self, show: bool, by_callback: bool):
         self.show = show and sys.stderr.isatty()
         self.by_callback = by_callback
@@ -282,3 +291,7 @@ def si_text(value: float | None, unit: str) -> str:
         if abs(value) >= scale:
             return f"{value / scale:.3g} {prefix}{unit}"
     return f"{value:.3g} {unit}"
+
+
+def energy_text(joules: float | None) -> str:
+    return "energy not measured" if joules is None else f"{joules:,.1f} J"

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional, Sequence
 
-from mlenergy.diffusion.config import DEFAULT_SEED, PROMPT_DATASET, VIDEO_PROMPT_DATASET
+from mlenergy.diffusion.config import (DEFAULT_SEED, PROMPT_DATASET, VIDEO_PROMPT_DATASET,
+                                       ConfigError)
 from mlenergy.diffusion.files import write_json_atomically
 from mlenergy.diffusion.prompt_datasets import (  # noqa: F401 - re-exported
     DATASET_SPLITS,
@@ -267,6 +268,34 @@ def main(argv: list[str] | None = None) -> int:
                                                    args.iterations))
     print(path)
     return 0
+
+
+def draw_for_run(plan, is_main: bool, broadcast):
+    """Rank 0 reads the prompt pool; every rank gets the same schedule from it (through
+    `broadcast`), or the same ConfigError. Runs before logging is set up (the run directory must
+    not exist yet if the reference check fails), so the line to log comes back with it, and
+    whether it warns."""
+    workload = plan.config.workload
+    payload = None
+    if is_main:
+        try:
+            pool = PromptPool(read_prompts_file(
+                workload.prompts_file), f"file:{workload.prompts_file}") \
+                if workload.prompts_file is not None else load_pool(
+                    workload.prompt_dataset, workload.prompt_cache_dir, task=plan.task.name)
+            payload = (pool.prompts, pool.source, pool.note)
+        except PromptsError as err:
+            payload = str(err)
+    payload = broadcast(payload)
+    if isinstance(payload, str):
+        raise ConfigError(payload)
+    pool_prompts, source, fallback = payload
+    schedule = schedule_for(workload, pool_prompts, plan.seed, plan.batch_size,
+                            plan.warmup_iters, plan.benchmark_iters)
+    note = fallback or f"Prompts: {len(pool_prompts)} from {source}"
+    if schedule.wrapped:
+        note += " (fewer than the run needs: some repeat)"
+    return schedule, source, (note, fallback is not None)
 
 
 if __name__ == "__main__":

@@ -145,3 +145,26 @@ def _iteration(r: IterationRecord, outputs_key: str) -> dict:
                      denoiser_forwards=r.stages["denoiser_forwards"],
                      stage_boundaries=r.stages["boundaries"], stage_rank_window=r.stages["window"])
     return entry
+
+
+def save_outputs(plan: RunPlan, rank: int, iteration: int, batch: list[str], outputs,
+                 all_gather) -> list[str]:
+    """Save one iteration's images or videos, outside its measurement window, from one rank:
+    the first that holds them (xDiT returns them on some ranks only, or on all)."""
+    holders = all_gather(outputs is not None)
+    if not plan.config.save_images or True not in holders or holders.index(True) != rank:
+        return []
+    task = plan.task
+    out_dir = plan.run_dir / task.output_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = []
+    for index, (prompt, output) in enumerate(zip(batch, outputs)):
+        name = output_name(iteration, index, prompt, task.file_suffix)
+        if task.is_video:
+            from diffusers.utils import export_to_video
+
+            export_to_video(list(output), str(out_dir / name), fps=plan.fps)
+        else:
+            output.save(out_dir / name)
+        names.append(f"{task.output_dir}/{name}")
+    return names

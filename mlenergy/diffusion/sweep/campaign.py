@@ -19,7 +19,8 @@ from datetime import datetime
 from pathlib import Path
 
 from mlenergy.diffusion import files
-from mlenergy.diffusion.sweep.point import Point
+from mlenergy.diffusion.sweep import groups
+from mlenergy.diffusion.sweep.point import STATUSES, Point
 
 SUMMARY = "sweep_summary.json"
 JOBS = "jobs.jsonl"
@@ -117,10 +118,44 @@ def record_submission(out_dir: Path, array_name: str, job_id: str, script: str,
     return script_path
 
 
-def write_summary(path: Path, header: dict, points: list[Point], counts: dict,
+def write_summary(path: Path, header: dict, points: list[Point], tally: dict,
                   previous: dict | None) -> None:
     """`previous`: the summary as it was before this sweep began (read once, at its start)."""
     files.write_json_atomically(path, {
-        **header, "counts": counts,
+        **header, "counts": tally,
         "points": merge_points(points, previous, header["started"]),
         "history": history(previous)})
+
+
+# -- what the console says of a sweep ------------------------------------------------------
+
+def dry_run_totals(points: list[Point], one_point_per_process: bool = False) -> str:
+    """One line: how many points would run, in how many launches of how many processes."""
+    pending = [p for p in points if p.status == "pending"]
+    launches = groups.make_groups(points, one_point_per_process)
+    tally = counts(points)
+    rest = ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in tally.items() if n)
+    return (f"{len(pending)} point(s) to run in {len(launches)} launch(es) "
+            f"({sum(g.nproc for g in launches)} GPU processes in all)"
+            + (f"; {rest}" if rest else ""))
+
+
+def counts(points: list[Point]) -> dict[str, int]:
+    """How many points ended in each status."""
+    return {s: sum(p.status == s for p in points) for s in STATUSES}
+
+
+def print_summary(points: list[Point], summary_path: Path, gpu_time: dict | None = None) -> None:
+    print("\nSweep summary")
+    for p in points:
+        extra = f": {p.reason}" if p.reason and p.status != "already_done" else ""
+        log = f" (log: {p.log})" if p.status == "failed" else ""
+        print(f"  {p.status:<12} {p.label()}{extra}{log}")
+    tally = counts(points)
+    print("  " + ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in tally.items()))
+    if gpu_time and gpu_time["launches"]:
+        share = gpu_time["measured_share"]
+        print(f"  GPU time: {gpu_time['booked_gpu_s']:,.1f} s booked by "
+              f"{gpu_time['launches']} launch(es), {gpu_time['measured_gpu_s']:,.1f} s inside "
+              f"measured windows" + (f" ({share:.0%})" if share is not None else ""))
+    print(f"  summary: {summary_path}")

@@ -19,7 +19,7 @@ from mlenergy.diffusion import presets
 from mlenergy.diffusion.sweep import grid as grid_module
 from mlenergy.diffusion.sweep import campaign, groups, local, sharing, slurm
 from mlenergy.diffusion.sweep.grid import Grid, SweepError
-from mlenergy.diffusion.sweep.point import STATUSES, Point
+from mlenergy.diffusion.sweep.point import Point
 from mlenergy.diffusion.sweep.task import split_benchmark_args
 
 Repeatable = tyro.conf.UseAppendAction
@@ -226,38 +226,6 @@ def _require_a_runnable_point(points: list[Point]) -> None:
                          f"{points[0].label()}: {points[0].reason}")
 
 
-def dry_run_totals(points: list[Point], one_point_per_process: bool = False) -> str:
-    """One line: how many points would run, in how many launches of how many processes."""
-    pending = [p for p in points if p.status == "pending"]
-    launches = groups.make_groups(points, one_point_per_process)
-    counts = summarize(points)["counts"]
-    rest = ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in counts.items() if n)
-    return (f"{len(pending)} point(s) to run in {len(launches)} launch(es) "
-            f"({sum(g.nproc for g in launches)} GPU processes in all)"
-            + (f"; {rest}" if rest else ""))
-
-
-def summarize(points: list[Point]) -> dict:
-    counts = {s: sum(p.status == s for p in points) for s in STATUSES}
-    return {"counts": counts, "points": [p.to_json() for p in points]}
-
-
-def print_summary(points: list[Point], summary_path: Path, gpu_time: dict | None = None) -> None:
-    print("\nSweep summary")
-    for p in points:
-        extra = f": {p.reason}" if p.reason and p.status != "already_done" else ""
-        log = f" (log: {p.log})" if p.status == "failed" else ""
-        print(f"  {p.status:<12} {p.label()}{extra}{log}")
-    counts = summarize(points)["counts"]
-    print("  " + ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in counts.items()))
-    if gpu_time and gpu_time["launches"]:
-        share = gpu_time["measured_share"]
-        print(f"  GPU time: {gpu_time['booked_gpu_s']:,.1f} s booked by "
-              f"{gpu_time['launches']} launch(es), {gpu_time['measured_gpu_s']:,.1f} s inside "
-              f"measured windows" + (f" ({share:.0%})" if share is not None else ""))
-    print(f"  summary: {summary_path}")
-
-
 def _summary_header(args: SweepArgs, argv: list[str], grid: Grid, device_type: str, gpus: int,
                     cache: Path | None, started: datetime) -> dict:
     from mlenergy.diffusion import provenance
@@ -298,7 +266,7 @@ def run_here(points: list[Point], args: SweepArgs, argv: list[str], grid: Grid,
         local.note_shared_nodes(points)
         header["finished"] = datetime.now().isoformat(timespec="seconds")
         header["gpu_time"] = local.efficiency(points, settings.booked)
-        campaign.write_summary(summary_path, header, points, summarize(points)["counts"],
+        campaign.write_summary(summary_path, header, points, campaign.counts(points),
                                previous)
 
     settings = local.Settings(
@@ -316,7 +284,7 @@ def run_here(points: list[Point], args: SweepArgs, argv: list[str], grid: Grid,
             header["stopped_by"] = signal.Signals(signum).name
     finally:
         write_summary()
-    print_summary(points, summary_path, header.get("gpu_time"))
+    campaign.print_summary(points, summary_path, header.get("gpu_time"))
     if signum is not None:
         return 128 + signum
     return 1 if any(p.status == "failed" for p in points) else 0
@@ -414,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"# {p.status.replace('_', ' ')}: {p.label()}: {p.reason}")
         for launch in groups.make_groups(points, args.one_point_per_process):
             print(shlex.join(local.local_command(launch)))
-        print(f"# {dry_run_totals(points, args.one_point_per_process)}")
+        print(f"# {campaign.dry_run_totals(points, args.one_point_per_process)}")
         return 0
     try:
         lock = _take_out_dir(args)
