@@ -27,6 +27,12 @@ TINY = ["--workload.weights", "tiny", "--workload.height", "64", "--workload.wid
         "--no_count_flops", "--idle_baseline_s", "0"]
 
 
+def _with(args: list[str], flag: str, value: str) -> list[str]:
+    """`args` with `flag`'s value replaced."""
+    i = args.index(flag)
+    return [*args[:i + 1], value, *args[i + 2:]]
+
+
 def _grid(out: Path, *batches: str) -> list[str]:
     return ["--models", FLUX, "--batch_sizes", *batches, "--parallel", "1x1", "--out_dir",
             str(out), "--device", "cpu"]
@@ -172,8 +178,7 @@ def test_a_group_interrupted_midway_resumes_with_its_unfinished_points(tmp_path)
 def test_then_joining_points_that_cannot_share_a_pipeline_is_one_line(tmp_path):
     base = tmp_path / "runs"
     common = ["--workload.base_dir", str(base), *TINY]
-    three_steps = [a if a != "2" or common[i - 1] != "--workload.inference_steps" else "3"
-                   for i, a in enumerate(common)]
+    three_steps = _with(common, "--workload.inference_steps", "3")
     proc = run_benchmark(["workload:t2i", *common, "--then", "workload:t2i", *three_steps],
                          tmp_path)
     assert proc.returncode == 2
@@ -207,3 +212,22 @@ def test_the_startup_section_accounts_for_the_time_before_the_first_window(tmp_p
     # Each point has its own warm-up, window and memory peak; the load is reported once.
     assert docs[0]["model_load_time_s"] == docs[1]["model_load_time_s"]
     assert docs[0]["timeline"]["benchmark_end_time"] <= docs[1]["timeline"]["benchmark_start_time"]
+
+
+def test_a_compiled_group_compiles_each_batch_size_statically_before_measuring(tmp_path):
+    """Each point recompiles for its own shape in its warm-up, as it would alone, and measures
+    without compiling."""
+    base = tmp_path / "runs"
+    common = ["--workload.base_dir", str(base), *_with(TINY, "--warmup_iters", "2"),
+              "--no_save_images", "--use_torch_compile", "--compile_backend", "eager",
+              "--compile_scope", "blocks"]
+    proc = run_benchmark(["workload:t2i", *common, "--then", "workload:t2i", *common,
+                          "--workload.batch_size", "2"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    docs = sorted((json.loads(p.read_text()) for p in base.rglob("results.json")),
+                  key=lambda d: d["batch_size"])
+    for doc in docs:
+        compiled = doc["compile"]
+        assert compiled["graphs_compiled_per_warmup_iteration"][0] > 0, compiled
+        assert compiled["graphs_compiled_per_warmup_iteration"][1:] == [0], compiled
+        assert compiled["graphs_compiled_during_measurement"] == 0, compiled

@@ -92,8 +92,21 @@ def apply_inductor_settings(options) -> dict:
     return dict(AUTOTUNE_SETTINGS)
 
 
+# Graphs dynamo may keep per compiled function before it silently runs it eager: a process
+# measuring several batch sizes compiles one static graph per size.
+RECOMPILE_LIMIT = 64
+
+
 def _torch_compile_kwargs(plan: RunPlan) -> dict:
-    kwargs = {"backend": plan.options.compile_backend}
+    # Static shapes: a process measuring several batch sizes (`--then`) compiles each as a point
+    # launched alone does, never one graph generic in the batch (which would time other kernels).
+    kwargs = {"backend": plan.options.compile_backend, "dynamic": False}
+    import torch._dynamo
+
+    limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") \
+        else "cache_size_limit"
+    setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit),
+                                             RECOMPILE_LIMIT))
     if plan.options.compile_mode != "default":
         kwargs["mode"] = plan.options.compile_mode
     return kwargs

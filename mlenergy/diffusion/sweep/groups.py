@@ -82,12 +82,13 @@ def settle(group: Group, code: int | None, why_stopped: str | None,
         if failed is None and results_complete(path, point):
             finished = os.stat(path).st_mtime
             point.status, point.reason = "done", None
-            point.seconds, point.finished, since = finished - since, finished, finished
+            point.started, point.finished = since, finished
+            point.seconds, since = finished - since, finished
             point.per_output = rundir.per_output(point.run_dir)
         elif failed is None:
             failed = point
             point.status, point.reason = _failure(code, why_stopped)
-            point.finished = time.time()
+            point.started, point.finished = since, time.time()
             point.seconds = point.finished - since
         elif code is None and why_stopped is not None and why_stopped.startswith("stopped by"):
             point.status, point.reason = "not_run", f"the sweep was {why_stopped}"
