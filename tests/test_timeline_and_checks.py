@@ -153,3 +153,35 @@ def test_monitor_block_keys_gpus_globally_and_filters_by_time():
     assert monitor.active
     monitor.stop()
     assert power.stopped
+
+
+def test_zeus_polling_processes_start_without_importing_the_benchmark(tmp_path):
+    """Zeus's monitors poll in `spawn`ed processes; they must not import the parent's main module
+    (the benchmark, torch and all: seconds of every launch before its idle baseline)."""
+    script = tmp_path / "main.py"
+    script.write_text(
+        "import multiprocessing as mp, os, sys\n"
+        "if __name__ == '__mp_main__':\n"
+        "    print('child imported the main module', flush=True)\n"
+        "from mlenergy.diffusion.probes.gpus import _spawned_children_skip_the_main_module\n"
+        "if __name__ == '__main__':\n"
+        "    ctx = mp.get_context('spawn')\n"
+        "    for hidden in (False, True):\n"
+        "        print('hidden' if hidden else 'shown', flush=True)\n"
+        "        with (_spawned_children_skip_the_main_module() if hidden else open(os.devnull)):\n"
+        "            child = ctx.Process(target=os.getpid)\n"
+        "            child.start()\n"
+        "        child.join()\n"
+        "        assert child.exitcode == 0\n"
+        "    assert __spec__ is None and __file__.endswith('main.py')\n")
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out = subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True, text=True,
+                         timeout=120, env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    shown, hidden = out.stdout.split("hidden")
+    assert "child imported the main module" in shown
+    assert "child imported the main module" not in hidden

@@ -38,4 +38,7 @@ if [ "$left" -gt 60 ]; then
     --batch_sizes 4 --out_dir "$W/$PHASE-alone" "${BENCH[@]}" 2>&1 | tee "$W/$PHASE-alone.log" \
     | tail -4
 fi
+# Where a launch's seconds before main() go: the slowest imports of the benchmark's module.
+python3 -X importtime -c "import mlenergy.diffusion.benchmark" 2> "$W/importtime.log"
+sort -t'|' -k2 -n "$W/importtime.log" | tail -25 > "$OUT/issue27-$PHASE-imports.txt"
 echo "=== end ${SECONDS} s"

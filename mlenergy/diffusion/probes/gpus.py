@@ -15,8 +15,10 @@ On a machine without GPUs and without a script there is no access: energy is unm
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 from typing import Any
 
 import torch
@@ -119,12 +121,14 @@ class NvidiaAccess:
         from zeus.monitor.temperature import TemperatureMonitor
 
         gpus = list(range(self.count))
-        power = PowerMonitor(gpu_indices=gpus, update_period=POWER_PERIOD_S)
-        try:
-            temperature = TemperatureMonitor(gpu_indices=gpus, update_period=TEMPERATURE_PERIOD_S)
-        except Exception:
-            power.stop()
-            raise
+        with _spawned_children_skip_the_main_module():
+            power = PowerMonitor(gpu_indices=gpus, update_period=POWER_PERIOD_S)
+            try:
+                temperature = TemperatureMonitor(gpu_indices=gpus,
+                                                 update_period=TEMPERATURE_PERIOD_S)
+            except Exception:
+                power.stop()
+                raise
         return _ZeusTimelines(power, temperature)
 
     # -- NVML directly ---------------------------------------------------------------------
@@ -201,6 +205,24 @@ class _ZeusTimelines:
     def stop(self) -> None:
         self._power.stop()
         self._temperature.stop()
+
+
+@contextlib.contextmanager
+def _spawned_children_skip_the_main_module():
+    """Zeus polls in processes started by `spawn`, which import the parent's main module first
+    (the benchmark: torch and all, about 10 s on a GPU host, measured) although their work needs
+    only Zeus. Hiding the main module's name and path while they start spares them that."""
+    main = sys.modules.get("__main__")
+    saved = {name: main.__dict__[name] for name in ("__spec__", "__file__")
+             if main is not None and name in main.__dict__}
+    try:
+        if main is not None:
+            main.__spec__ = None
+            main.__dict__.pop("__file__", None)
+        yield
+    finally:
+        if main is not None:
+            main.__dict__.update(saved)
 
 
 def _text(value) -> str:
