@@ -69,7 +69,7 @@ def test_power_plot_on_synthetic_data(tmp_path):
 
 def test_plot_script_redraws_from_results_json(tmp_path):
     block, iterations, stages = synthetic_block()
-    doc = {"model_id": "m", "gpu_model": "g", "timeline": dict(block, benchmark_start_time=1002.0,
+    doc = {"model_id": "m", "batch_size": 1, "gpu_model": "g", "timeline": dict(block, benchmark_start_time=1002.0,
                                                                 benchmark_end_time=1010.0),
            "iterations": [{"start_time": a, "end_time": b,
                            "stage_boundaries": [list(s) for s in stages if a <= s[1] < b]}
