@@ -103,8 +103,8 @@ if text:
 
 
 def _left(point) -> str:
-    complete = {"model_id": FLUX, "num_iterations": 2, "iterations": [{}, {}],
-                "total_time": 1.5, "run_identity": point.identity}
+    complete = {"model_id": FLUX, "batch_size": point.batch_size, "num_iterations": 2,
+                "iterations": [{}, {}], "total_time": 1.5, "run_identity": point.identity}
     what = LEAVES[point.batch_size][0]
     if what == "nothing":
         return ""

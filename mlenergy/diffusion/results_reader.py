@@ -36,7 +36,6 @@ from mlenergy.diffusion.results_sections import (
     section,
 )
 
-
 # Where the run records every setting that changes its numbers (rundir.identity).
 IDENTITY_KEY = "run_identity"
 
@@ -45,9 +44,9 @@ class ResultsError(ValueError):
     """A results.json that is missing, unreadable, or not one this benchmark wrote."""
 
 
-def _recorded(key: str, doc: str | None = None) -> property:
+def _recorded(key: str, meaning: str | None = None) -> property:
     """A property that reads `key` as the run recorded it (None when absent)."""
-    return property(lambda self: self.doc.get(key), doc=doc)
+    return property(lambda self: self.doc.get(key), doc=meaning)
 
 
 def _read_object(path: Path) -> dict:
@@ -90,8 +89,8 @@ class RunResults:
         return cls(path=path, doc=doc)
 
     def section(self, name: str) -> dict:
-        """A block no tool of the package reads (`compile`, `attention`, `quality`, ...), as
-        written; empty when absent."""
+        """A block as written, empty when absent: for the blocks that no attribute here types
+        because only a GPU script looks into them (`compile`, `attention`, `quality`, ...)."""
         block = self.doc.get(name)
         return block if isinstance(block, dict) else {}
 
