@@ -61,7 +61,8 @@ def test_a_video_run_is_counted_in_videos():
     assert (stored.task, stored.unit) == ("text-to-video", "video")
     assert stored.time_per_output == _doc(_video_run())["avg_time_per_video"]
     assert rundir.per_output(_video_run()) == {
-        "unit": "video", "seconds": stored.time_per_output, "joules": stored.energy_per_output}
+        "unit": "video", "seconds": stored.time_per_output, "joules": stored.energy_per_output,
+        "measured_s": stored.total_time}
 
 
 def test_results_older_than_ci95_get_the_interval_from_their_stdev():
