@@ -162,7 +162,10 @@ def _measure_point(point: _Point, ranks, gpus, shared: _Shared | None, clock: St
     from mlenergy.diffusion import testing
     from mlenergy.diffusion.probes import Probes
 
-    started = datetime.now()
+    # A run starts with its process (as when launched alone); a later point of the process
+    # where the one before it ended.
+    started = datetime.fromtimestamp(clock.main_entered if place[1] == 1
+                                     else clock.point_started)
     plan, schedule = point.plan, point.schedule
     with clock.point_phase("setup"):
         env, origin = _start_logs(point, ranks, gpus, shared)

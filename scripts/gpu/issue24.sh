@@ -8,6 +8,11 @@
 #       fa3       --attention_backend fa3 (FlashAttention-3 from the fa3-fwd wheel), vs bf16
 #       fp8fa3    FP8 and fa3 together
 #       fp8tune   FP8 + --compile_autotune (coordinate descent back on), cold for its kernels
+#   bash scripts/gpu/issue24.sh graphs [DEADLINE_S]  FLUX.1-dev as above, bf16, CUDA graphs:
+#       bf16g     blocks, default mode (this call's reference)
+#       graphs    blocks + --compile_mode reduce-overhead (CUDA graphs of each compiled block)
+#       graphsfa3 the same with --attention_backend fa3
+#       graphsfw  --compile_scope transformer + reduce-overhead (one graph for the whole forward)
 #   bash scripts/gpu/issue24.sh wan [DEADLINE_S]   Wan2.1-1.3B 480x832, 33 frames, 10 steps, blocks:
 #       wanbf16, wanfp8 (--reference_run compares images only), then fp8tune as above
 # Random full-size weights, batch 1. Packs logs and results (no images) into $OUT/issue24-STAGE.tgz
@@ -60,6 +65,14 @@ case "$STAGE" in
       ${ref:+--reference_run "$ref"}
     run fp8tune 150 --quantize_denoiser fp8 --compile_autotune "${COMPILED[@]}" "${FLUX[@]}" \
       --no_save_images
+    ;;
+  graphs)
+    run bf16g 100 "${COMPILED[@]}" "${FLUX[@]}" --no_save_images
+    run graphs 100 --compile_mode reduce-overhead "${COMPILED[@]}" "${FLUX[@]}" --no_save_images
+    run graphsfa3 90 --compile_mode reduce-overhead --attention_backend fa3 "${COMPILED[@]}" \
+      "${FLUX[@]}" --no_save_images
+    run graphsfw 120 --use_torch_compile --compile_scope transformer --warmup_iters 2 \
+      --compile_mode reduce-overhead "${FLUX[@]}" --no_save_images
     ;;
   wan)
     run wanbf16 150 "${COMPILED[@]}" "${WAN[@]}"
