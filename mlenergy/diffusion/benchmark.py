@@ -347,17 +347,17 @@ def _measure(plan: RunPlan, ranks, pipeline, batches: list[list[str]], probes) -
                      compiles=measured_compiles)
 
 
-def _gather(plan: RunPlan, probes, measured: _Measured, *, started: datetime, env: dict,
+def _gather(plan: RunPlan, probes, measured: _Measured, *, started: datetime, env,
             prompt_source: str, loaded: LoadRecord, warmup: WarmupRecord) -> RunRecord | None:
     """What every rank saw, in one record on rank 0 (None on the others). FLOPs are counted
     here, after the measured windows."""
-    from mlenergy.diffusion import environment, options_apply, quality
+    from mlenergy.diffusion import options_apply, quality
     from mlenergy.diffusion.probes.protocol import MeasuredPhase
     from mlenergy.diffusion.record import QualityReport
     from mlenergy.diffusion.sweep import sharing
 
     records = measured.records
-    gpu_model = environment.device_model(env)
+    gpu_model = env.device_model
     sections = probes.gather(MeasuredPhase(window=measured.window,
                                            iterations=[r.measurement for r in records],
                                            whole=measured.whole, nvml_reads=measured.nvml_reads),

@@ -12,6 +12,7 @@ from mlenergy.diffusion.probes.energy import Measurement
 from mlenergy.diffusion.sections import Section
 
 if TYPE_CHECKING:
+    from mlenergy.diffusion.environment import RunEnvironment
     from mlenergy.diffusion.options_apply import OptionEffects
     from mlenergy.diffusion.plan import RunPlan
     from mlenergy.diffusion.probes import ProbeSections
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
         StepSummary,
     )
     from mlenergy.diffusion.probes.timeline import IdleBaseline
+    from mlenergy.diffusion.provenance import Provenance
+    from mlenergy.diffusion.startup import StartupSection
 
 
 @dataclass
@@ -104,10 +107,21 @@ class Analysis(Section):
 
 
 @dataclass
+class ImageQuality(Section):
+    image: str
+    reference_image: str
+    # None when the images are identical (PSNR is infinite).
+    psnr_db: float | None
+    ssim: float
+    identical: bool
+
+
+@dataclass
 class QualityReport(Section):
     """results.json `quality` (quality.py's report, with --reference_run)."""
 
     reference_run: str
+    # The reference run's own `configurations`, as its results.json holds them.
     reference_configurations: dict | None
     num_images: int
     identical_images: int
@@ -115,17 +129,23 @@ class QualityReport(Section):
     mean_psnr_db: float | None
     mean_ssim: float | None
     min_ssim: float | None
-    # Per image: image, reference_image, psnr_db, ssim, identical.
-    images: list[dict]
+    images: list[ImageQuality]
     lpips: str
     clip_score: str
+
+    @classmethod
+    def from_results(cls, entries: dict | None) -> QualityReport | None:
+        if entries is None:
+            return None
+        return cls(**{**entries, "images": [ImageQuality(**image)
+                                             for image in entries["images"]]})
 
 
 @dataclass
 class RunRecord:
     plan: RunPlan
     started: datetime
-    environment: dict
+    environment: RunEnvironment
     gpu_model: str
     num_gpus: int
     prompt_source: str
@@ -138,12 +158,12 @@ class RunRecord:
     compile: CompileReport | None = None
     quality: QualityReport | None = None
     analysis: Analysis | None = None
-    provenance: dict = field(default_factory=dict)
+    provenance: Provenance | None = None
     # Other runs of the campaign on this node during the measurement (None: not started by a
     # sweep, so unknown); see sweep/sharing.py.
     shared_node_runs: list[dict] | None = None
     # Where the time before the first measured window went (startup.py).
-    startup: dict | None = None
+    startup: StartupSection | None = None
 
     # -- headline numbers, from the per-iteration windows ------------------------------------
     @property

@@ -77,9 +77,9 @@ def results_document(record: RunRecord) -> dict:
         "parameter_memory_gb": record.load.parameter_gb,
         "model_load_time_s": record.load.seconds,
         "warmup_time_s": record.warmup.seconds,
-        "startup": record.startup,
-        "environment": record.environment,
-        "provenance": record.provenance,
+        "startup": record.startup.to_results() if record.startup else None,
+        "environment": record.environment.to_results(),
+        "provenance": record.provenance.to_results() if record.provenance else None,
         "shared_node_runs": record.shared_node_runs,
     })
     doc.update(record.option_results())
