@@ -361,7 +361,7 @@ def _gather(plan: RunPlan, probes, measured: _Measured, *, started: datetime, en
     sections = probes.gather(MeasuredPhase(window=measured.window,
                                            iterations=[r.measurement for r in records],
                                            whole=measured.whole, nvml_reads=measured.nvml_reads),
-                             gpu_model=gpu_model, dtype=plan.dtype)
+                             gpu_model=gpu_model)
     saved_by_rank = runtime.all_gather_object([r.outputs for r in records])
     if sections is None:
         return None

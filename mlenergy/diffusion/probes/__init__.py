@@ -125,9 +125,10 @@ class Probes:
         for probe in (self.stages, *self.added):
             probe.end_iteration(measured)
 
-    def gather(self, phase: MeasuredPhase, gpu_model: str, dtype: str) -> ProbeSections | None:
-        """Every rank's observations merged on rank 0 (None elsewhere). FLOPs are counted first,
-        right after the measured windows."""
+    def gather(self, phase: MeasuredPhase, gpu_model: str) -> ProbeSections | None:
+        """Every rank's observations merged on rank 0 (None elsewhere); `gpu_model` names the
+        GPUs whose peak the floor is measured against. FLOPs are counted first, right after the
+        measured windows."""
         flop_count = self.flops.gather(phase)
         timeline_section = self.timeline.gather(phase)
         stages = self.stages.gather(phase)
@@ -142,7 +143,7 @@ class Probes:
             floor = flop_count.floor(
                 forwards_per_iteration=sum(forwards) / len(forwards),
                 denoising=stages.stage_breakdown.denoising, phase=phase,
-                num_gpus=self.gpus.total, gpu_model=gpu_model, dtype=dtype)
+                num_gpus=self.gpus.total, gpu_model=gpu_model, dtype=self.flops.plan.dtype)
         whole = phase.whole
         sampled = timeline.energy_between(timeline_section.to_results(), *phase.window) \
             if timeline_section.sampled else None
