@@ -1,13 +1,14 @@
 """Draw (or redraw) a run's power plot from its results.json, e.g. on a machine with matplotlib
 when the GPU host had none:  python scripts/plot_timeline.py RUN_DIR [OUT.png]"""
 
-import json
+import dataclasses
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mlenergy.diffusion import power_plot  # noqa: E402
+from mlenergy.diffusion.results_reader import ResultsError, RunResults  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
@@ -15,15 +16,20 @@ def main(argv: list[str]) -> int:
         print("usage: python scripts/plot_timeline.py RUN_DIR [OUT.png]", file=sys.stderr)
         return 2
     run_dir = Path(argv[0])
-    doc = json.loads((run_dir / "results.json").read_text())
+    try:
+        stored = RunResults.load(run_dir)
+    except ResultsError as err:
+        print(f"error: {run_dir}/results.json: {err}", file=sys.stderr)
+        return 1
     out = Path(argv[1]) if len(argv) == 2 else run_dir / power_plot.PLOT
-    if not (doc.get("timeline") or {}).get("power"):
+    if stored.timeline is None or not stored.timeline.power:
         print(f"error: {run_dir}/results.json has no power timeline (a CPU run?)", file=sys.stderr)
         return 1
-    power_plot.plot_power(doc["timeline"],
-                          [(it["start_time"], it["end_time"]) for it in doc["iterations"]],
-                          [tuple(b) for it in doc["iterations"] for b in it.get("stage_boundaries", [])],
-                          out, title=f"{doc['model_id']} {doc.get('gpu_model')}")
+    iterations = stored.iterations
+    power_plot.plot_power(dataclasses.asdict(stored.timeline),
+                          [(it.start_time, it.end_time) for it in iterations],
+                          [b for it in iterations for b in it.stage_boundaries],
+                          out, title=f"{stored.model_id} {stored.gpu_model}")
     print(out)
     return 0
 

@@ -103,8 +103,8 @@ if text:
 
 
 def _left(point) -> str:
-    complete = {"model_id": FLUX, "num_iterations": 2, "iterations": [{}, {}],
-                "total_time": 1.5, "run_identity": point.identity}
+    complete = {"model_id": FLUX, "batch_size": point.batch_size, "num_iterations": 2,
+                "iterations": [{}, {}], "total_time": 1.5, "run_identity": point.identity}
     what = LEAVES[point.batch_size][0]
     if what == "nothing":
         return ""
@@ -120,9 +120,10 @@ def _left(point) -> str:
 def test_a_point_that_exits_0_is_done_only_with_complete_results_of_its_configuration(tmp_path):
     out = tmp_path / "run"
     points = _points(out, list(LEAVES))
-    settings = Settings(timeout_s=120, log=lambda p: log_path(out, p),
-                        command=lambda p: [sys.executable, "-c", WRITER, str(p.run_dir),
-                                           _left(p)])
+    # One launch per point: each writes what its point's case leaves behind.
+    settings = Settings(timeout_s=120, log=lambda p: log_path(out, p), one_point_per_process=True,
+                        command=lambda launch: [sys.executable, "-c", WRITER,
+                                                str(launch.run_dir), _left(launch.points[0])])
     assert run_points(points, settings, progress=lambda: None, report=lambda line: None) is None
     for point in points:
         what, done = LEAVES[point.batch_size]

@@ -318,7 +318,8 @@ def test_model_info_describes_the_real_architecture_and_is_never_clobbered(tmp_p
     write, why = model_info.should_write_model_info(base, doc, "tiny")
     assert write  # nothing there yet, no other runs
     (base / "run-a").mkdir(parents=True)
-    (base / "run-a" / "results.json").write_text(json.dumps({"weights": "random"}))
+    (base / "run-a" / "results.json").write_text(json.dumps(
+        {"model_id": "org/model", "batch_size": 1, "weights": "random"}))
     write, why = model_info.should_write_model_info(base, doc, "tiny")
     assert not write and "holds runs of other weights" in why
     (base / "model_info.json").write_text(json.dumps(

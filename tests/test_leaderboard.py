@@ -152,15 +152,20 @@ def test_the_leaderboard_v3_dry_run_lists_its_points(tmp_path):
     *lines, totals = proc.stdout.splitlines()
     commands = [line for line in lines if not line.startswith("#")]
     skipped = [line for line in lines if line.startswith("# skipped")]
-    assert len(lines) == len(V3_IMAGE) * 5 * 10 == 350
-    assert totals == (f"# {len(commands)} point(s) to run ("
-                      f"{sum(int(c.split('--nproc_per_node=')[1].split()[0]) if 'nproc' in c else 1 for c in commands)}"
-                      f" GPU-process launches in all); {len(skipped)} skipped")
     # Heads that Ulysses 4 and 8 do not divide: SD3.5-large (38) and SANA (70).
     assert len(skipped) == 3 * 5 * 3 and all("attention heads" in line for line in skipped)
+    # One launch per model and degree pair measures its five batch sizes.
+    assert len(commands) == len(V3_IMAGE) * 10 - 3 * 3 == 61
+    assert all(c.count(" --then ") == 4 for c in commands)
+    processes = sum(int(c.split('--nproc_per_node=')[1].split()[0]) if 'nproc' in c else 1
+                    for c in commands)
+    assert totals == (f"# {len(V3_IMAGE) * 5 * 10 - len(skipped)} point(s) to run in "
+                      f"{len(commands)} launch(es) ({processes} GPU processes in all); "
+                      f"{len(skipped)} skipped")
     flux = [c for c in commands if "FLUX.1-dev" in c]
-    assert len(flux) == 50 and all("--workload.inference_steps 50" in c
-                                   and "--workload.prompt_sampling leaderboard" in c for c in flux)
+    assert len(flux) == 10 and all(c.count("--workload.inference_steps 50") == 5
+                                   and c.count("--workload.prompt_sampling leaderboard") == 5
+                                   for c in flux)
     assert not (tmp_path / "diffusion").exists()
 
 

@@ -96,8 +96,8 @@ def test_two_packed_multi_process_points_get_their_own_gpus_and_rendezvous_and_k
     script = write_gpu_script(tmp_path / "gpus.json", power_w=POWER_W)
     env, log = _observed_env(tmp_path, MLENERGY_FAKE_GPUS=str(script))
     proc = _sweep(tmp_path, env, "--models", FLUX, "--batch_sizes", "1", "2", "--parallel", "2x1",
-                  "--device", "cpu", "--gpus", "4", "--pack", "--out_dir", "run",
-                  "--timeout_s", "500", "--", *TINY)
+                  "--device", "cpu", "--gpus", "4", "--pack", "--one_point_per_process",
+                  "--out_dir", "run", "--timeout_s", "500", "--", *TINY)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
     doc = json.loads((tmp_path / "run" / "sweep_summary.json").read_text())
     points = {p["batch_size"]: p for p in doc["points"]}

@@ -189,7 +189,8 @@ def _changed(base: list[str], flags: list[str]) -> list[str]:
 def _results(run_dir: Path, identity: dict) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "results.json").write_text(json.dumps({
-        "model_id": identity["model_id"], "num_iterations": 1, "iterations": [{}],
+        "model_id": identity["model_id"], "batch_size": identity["batch_size"],
+        "num_iterations": 1, "iterations": [{}],
         "total_time": 1.0, "run_identity": identity}))
 
 

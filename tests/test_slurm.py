@@ -17,6 +17,7 @@ import pytest
 
 from conftest import REPO, offline_env
 from mlenergy.diffusion import rundir
+from mlenergy.diffusion.group import split_points
 from mlenergy.diffusion.rundir import RunDirLock
 from mlenergy.diffusion.sweep.grid import plan_point
 from mlenergy.diffusion.sweep import main as sweep_main
@@ -28,8 +29,10 @@ PIXART = "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS"
 TINY = ["--workload.weights", "tiny", "--workload.height", "64", "--workload.width", "64",
         "--workload.inference_steps", "1", "--warmup_iters", "1", "--benchmark_iters", "3",
         "--no_save_images", "--no_count_flops", "--idle_baseline_s", "0"]
+# One task per point: the tests of this campaign follow single points (a grouped campaign has
+# its own test below).
 GRID = ["--models", FLUX, PIXART, "--batch_sizes", "1", "2", "--parallel", "1x1", "2x1",
-        "--device", "cpu", "--gpus", "2", "--gpus_per_node", "2", "--cpus_per_gpu", "1",
+        "--one_point_per_process", "--device", "cpu", "--gpus", "2", "--gpus_per_node", "2", "--cpus_per_gpu", "1",
         "--mem_per_gpu", "100M", "--time_limit", "15:00", "--timeout_s", "600"]
 CAMPAIGN_TIMEOUT_S = 900
 
@@ -40,12 +43,19 @@ class Array:
     exec_flags: list[str]
     tasks: list[list[str]] = field(default_factory=list)
 
-    def task_point(self, args: list[str]) -> Point:
-        bench = args[args.index("--") + 1:]
+    def task_points(self, args: list[str]) -> list[Point]:
+        """A task's points: its run directories (after --run_dir) and their flags (after --,
+        joined by --then)."""
+        run_dirs = args[args.index("--run_dir") + 1:args.index("--")]
+        benches = split_points(args[args.index("--") + 1:])
+        assert len(run_dirs) == len(benches), args
+        return [self._point(Path(d), bench) for d, bench in zip(run_dirs, benches)]
+
+    def _point(self, run_dir: Path, bench: list[str]) -> Point:
         value = {bench[i]: bench[i + 1] for i in range(len(bench) - 1)}
         point = Point(value["--workload.model_id"], int(value["--workload.batch_size"]),
                       int(value["--ulysses_degree"]), int(value["--ring_degree"]), "", bench,
-                      run_dir=Path(args[args.index("--run_dir") + 1]))
+                      run_dir=run_dir)
         # What the task itself plans: the identity its results must hold.
         device = self.exec_flags[self.exec_flags.index("--device") + 1]
         plan = plan_point(bench[0].split(":", 1)[1], bench, point.nproc, device)
@@ -54,7 +64,7 @@ class Array:
 
     @property
     def points(self) -> list[Point]:
-        return [self.task_point(t) for t in self.tasks]
+        return [p for t in self.tasks for p in self.task_points(t)]
 
 
 def parse_campaign(script: str) -> list[Array]:
@@ -85,8 +95,10 @@ def test_leaderboard_arrays_request_exactly_the_gpus_of_their_tasks(capsys):
     arrays = parse_campaign(script)
     assert [a.sbatch["--gres"] for a in arrays] == ["gpu:1", "gpu:2", "gpu:4", "gpu:8"]
     # 10 image models x 5 batch sizes x 10 (Ulysses, ring) pairs, less the 90 points that
-    # cannot run (heads not divisible by the degree; SDXL has no sequence parallelism).
-    assert sum(len(a.tasks) for a in arrays) == 410
+    # cannot run (heads not divisible by the degree; SDXL has no sequence parallelism); one
+    # task measures a model's 5 batch sizes at one pair.
+    assert sum(len(a.points) for a in arrays) == 410
+    assert sum(len(a.tasks) for a in arrays) == 410 // 5
     assert script.count("\n# skipped ") == 7
     for array in arrays:
         gpus = int(array.sbatch["--gres"].removeprefix("gpu:"))
@@ -289,6 +301,43 @@ def test_a_multi_node_task_is_one_srun_of_torchrun_per_node_meeting_on_the_batch
     assert re.fullmatch(r"--rdzv_endpoint=gpu-a:\d+", launcher[3])
     assert launcher[4:] == ["--rdzv_id=mlenergy-77-3", "-m", "mlenergy.diffusion.benchmark",
                             *bench]
+
+
+# ---------------------------------------------- points sharing a pipeline: one task, one launch
+
+def test_a_grouped_campaign_measures_a_models_batch_sizes_in_one_task(cluster, tmp_path):
+    env = offline_env(tmp_path, MLENERGY_PYTHON=sys.executable, SLURM_CONF=str(cluster.conf),
+                      PATH=cluster.env["PATH"])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(REPO), env.get("PYTHONPATH"))))
+    grid = ["--models", FLUX, "--batch_sizes", "1", "2", "4", "--parallel", "1x1",
+            *GRID[GRID.index("--device"):]]
+
+    def sweep(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "mlenergy.diffusion.sweep", *grid, *extra,
+                               "--", *TINY], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=300)
+
+    emitted = sweep("--emit", "slurm")
+    assert emitted.returncode == 0, emitted.stderr
+    array, = parse_campaign(emitted.stdout)
+    assert len(array.tasks) == 1 and [p.batch_size for p in array.points] == [1, 2, 4]
+    assert "1 task(s)" in emitted.stdout and "3 point(s)" in emitted.stdout
+    submitted = sweep("--submit")
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    _wait(cluster, tmp_path)
+    job, = re.findall(r": job (\d+) \(script: ", submitted.stdout)
+    assert cluster.task_states(job) == {0: ("COMPLETED", "0:0")}
+    docs = []
+    for point in array.points:
+        path = tmp_path / point.run_dir / "results.json"
+        assert results_complete(path, point), path
+        docs.append(json.loads(path.read_text()))
+    assert [(d["startup"]["group_size"], d["startup"]["group_position"]) for d in docs] == [
+        (3, 1), (3, 2), (3, 3)]
+    # One launch: the three points never shared the node with each other.
+    assert all(d["shared_node_runs"] == [] for d in docs)
+    nothing = sweep("--submit")
+    assert nothing.returncode == 0 and "nothing to submit" in nothing.stdout
 
 
 # ------------------------------------- the leaderboard-v3 preset under Slurm, paths with spaces

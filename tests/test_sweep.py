@@ -91,6 +91,7 @@ def test_packed_sweep_completes_then_a_rerun_skips_every_done_point_and_the_repo
     out = tmp_path / "run"
     grid = ["--models", FLUX, PIXART, "--batch_sizes", "1", "2",
             "--parallel", "1x1", "2x1", "1x2", "3x1", "4x1", "--gpus", "3", "--pack",
+            "--one_point_per_process",
             "--out_dir", str(out), "--timeout_s", "300", "--", *TINY]
     old_umask = os.umask(0o022)
     try:
@@ -243,12 +244,21 @@ def test_dry_run_prints_commands_and_creates_nothing(tmp_path):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     commands = [line for line in lines if not line.startswith("#")]
-    # 5 batch sizes x 10 degree pairs each; SD3.5-large's 38 heads rule out Ulysses 4 and 8.
-    assert len(commands) == 5 * 10 + 5 * 7
+    # One launch per model and degree pair, measuring its 5 batch sizes (`--then`); SD3.5-large's
+    # 38 heads rule out Ulysses 4 and 8.
+    assert len(commands) == 10 + 7
+    assert all(c.count(" --then ") == 4 for c in commands)
     assert sum(f"--workload.model_id {FLUX} " in c and "--nproc_per_node=4 " in c
-               for c in commands) == 5 * 3
+               for c in commands) == 3
     assert sum("has 38 attention heads, not divisible by --ulysses_degree" in line
                for line in lines) == 5 * 3
+    assert lines[-1] == "# 85 point(s) to run in 17 launch(es) (43 GPU processes in all); " \
+        "15 skipped"
+    apart = sweep(tmp_path, "--preset", "leaderboard", "--models", FLUX, LARGE, "--gpus", "8",
+                  "--device", "cuda", "--out_dir", str(out), "--dry_run",
+                  "--one_point_per_process", "--", "--workload.weights", "random")
+    assert len([line for line in apart.stdout.splitlines() if not line.startswith("#")]) \
+        == 5 * 10 + 5 * 7
     assert not out.exists()
 
 

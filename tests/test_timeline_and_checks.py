@@ -82,7 +82,7 @@ def test_power_plot_on_synthetic_data(tmp_path):
 
 def test_plot_script_redraws_from_results_json(tmp_path):
     block, iterations, stages = synthetic_block()
-    doc = {"model_id": "m", "gpu_model": "g", "timeline": dict(block, benchmark_start_time=1002.0,
+    doc = {"model_id": "m", "batch_size": 1, "gpu_model": "g", "timeline": dict(block, benchmark_start_time=1002.0,
                                                                 benchmark_end_time=1010.0),
            "iterations": [{"start_time": a, "end_time": b,
                            "stage_boundaries": [list(s) for s in stages if a <= s[1] < b]}
@@ -147,8 +147,10 @@ def test_cross_checks(caplog):
 
 class _FakePower:
     def get_all_power_timelines(self, start_time, end_time):
-        series = [(t, 100.0 + t) for t in (1.0, 1.1, 1.2, 5.0)]
-        return {"device_instant": {0: [s for s in series if start_time <= s[0] <= end_time]}}
+        series = [(t, 100.0 + t) for t in (0.5, 0.8, 1.1, 1.2, 5.0)]
+        return {"device_instant": {0: [s for s in series if (start_time is None
+                                                             or start_time <= s[0])
+                                        and s[0] <= end_time]}}
 
     def stop(self):
         self.stopped = True
@@ -177,9 +179,13 @@ def test_monitor_block_keys_gpus_globally_and_filters_by_time():
     ranks = Ranks(rank=8, world_size=10, local_rank=0, local_world_size=2,
                   device=torch.device("cpu"))
     monitor = timeline.TimelineMonitor(RunGpus(ranks, _Access()))
+    # Samples come when the value changes and hold until the next: the one before the start
+    # (0.8) gives the power at the start, so it is kept; earlier ones and later ones are not.
     block = monitor.block(1.0, 2.0)
-    assert block == {"power": {"device_instant": {"8": [[1.0, 101.0], [1.1, 101.1], [1.2, 101.2]]}},
+    assert block == {"power": {"device_instant": {"8": [[0.8, 100.8], [1.1, 101.1],
+                                                        [1.2, 101.2]]}},
                      "temperature": {"8": [[1.0, 41], [1.5, 42]]}}
+    assert monitor.block(None, 2.0)["power"]["device_instant"]["8"][0] == [0.5, 100.5]
     assert monitor.active
     monitor.stop()
     assert power.stopped

@@ -84,6 +84,31 @@ def test_check_measurement_is_in_words_with_flops_scaled(gpu_run, tmp_path):
     assert re.search(rf"FLOP / forward +{flops / 1e6:.3g} MFLOP", summary)
 
 
+def test_check_measurement_takes_the_runs_own_self_check_verdict(gpu_run, tmp_path):
+    """The run judged its timeline self-check and wrote the verdict: `check` takes it, with no
+    tolerance of its own; results that carry no verdict are judged at the run's tolerance."""
+    import json
+
+    def check(name: str, **timeline_check) -> subprocess.CompletedProcess:
+        run_dir = tmp_path / name / gpu_run.run_dir.name
+        shutil.copytree(gpu_run.run_dir, run_dir)
+        doc = json.loads((run_dir / "results.json").read_text())
+        written = doc["energy_cross_check"]["timeline"]
+        del written["within_tolerance"], written["tolerance"]
+        written.update(timeline_check)
+        (run_dir / "results.json").write_text(json.dumps(doc))
+        return cli("check", "--measurement", str(run_dir), tmp_path=tmp_path)
+
+    # 0.1% off, but the run judged at 0.05% and failed it: so does the check.
+    strict = check("strict", relative_difference=0.001, within_tolerance=False, tolerance=0.0005)
+    assert strict.returncode == 1
+    assert strict.stderr.splitlines() == [f"FAIL {tmp_path / 'strict' / gpu_run.run_dir.name}: "
+                                          "timeline cross-check differs by +0.10%"]
+    assert check("older", relative_difference=0.001).returncode == 0
+    too_far = check("older-far", relative_difference=-0.05)
+    assert too_far.returncode == 1 and "timeline cross-check differs by -5.00%" in too_far.stderr
+
+
 def test_report_without_matplotlib_prints_its_table_and_says_how_to_get_plots(tmp_path):
     blocker = tmp_path / "no-matplotlib" / "matplotlib"
     blocker.mkdir(parents=True)

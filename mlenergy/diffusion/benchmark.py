@@ -55,6 +55,7 @@ logger = logging.getLogger("mlenergy.diffusion")
 
 
 def main(argv: list[str] | None = None) -> int:
+    clock = StartupClock()  # imports end here
     argv = sys.argv[1:] if argv is None else argv
     if not {"-h", "--help"} & set(argv):
         try:
@@ -70,19 +71,21 @@ def main(argv: list[str] | None = None) -> int:
         if rank == 0:
             print(f"error: {err}", file=sys.stderr)
         return 2
-    configs = [parse_cli(point) for point in point_argvs]
+    with clock.process_phase("inputs"):
+        configs = [parse_cli(point) for point in point_argvs]
     console.start(verbose=any(c.verbose for c in configs))
     try:
-        plans = [make_plan(config) for config in configs]
-        if len(plans) > 1:
-            group.check_one_pipeline([p.run_dir for p in plans],
-                                     [rundir.identity(p) for p in plans])
+        with clock.process_phase("inputs"):
+            plans = [make_plan(config) for config in configs]
+            if len(plans) > 1:
+                group.check_one_pipeline([p.run_dir for p in plans],
+                                         [rundir.identity(p) for p in plans])
     except (ConfigError, OSError, group.GroupError) as err:
         if rank == 0:  # every rank finds the same fault: one line says it
             print(f"error: {argcheck.path_error_line(err)}", file=sys.stderr)
         return 2
     try:
-        run(plans)
+        run(plans, clock)
     except ConfigError as err:
         # Input found bad once the prompts are known (before any model loads or file is written).
         if rank == 0:
@@ -116,13 +119,13 @@ class _Shared:
     baseline: Any
 
 
-def run(plans: list[RunPlan]) -> None:
+def run(plans: list[RunPlan], clock: StartupClock | None = None) -> None:
     """One process, one or more points (`--then`): every point's run directory is claimed and its
     prompts drawn first (bad input stops here, before any model loads); the pipeline is loaded
     once; then each point runs as if launched alone."""
     from mlenergy.diffusion.probes import RunGpus
 
-    clock = StartupClock()
+    clock = clock or StartupClock()
     with clock.process_phase("process_group"):
         ranks = runtime.init_process_group(plans[0].device_type)
     with clock.process_phase("inputs"):

@@ -1,5 +1,8 @@
 """Check finished runs: complete, with a real GPU energy measurement, and (with `--measurement`)
-the whole GPU measurement (stage split, steps, floor, timeline, self-checks).
+the whole GPU measurement (stage split, steps, floor, timeline, self-checks). A self-check fails
+when the run judged it failed (its `within_tolerance`): the checker has no tolerance of its own
+that could disagree with the run's. A check that carries no verdict (the direct NVML read, older
+results) is judged at the tolerance the run uses (`SelfCheck.passed`).
 
     mlenergy-diffusion check RUN_DIR_OR_TREE [...]
     mlenergy-diffusion check --measurement RUN_DIR_OR_TREE [...]
@@ -23,17 +26,18 @@ from mlenergy.diffusion.argcheck import parse_one_line
 from mlenergy.diffusion.config import help_from_docstrings
 from mlenergy.diffusion.console import si_text
 from mlenergy.diffusion.files import DRIVER_LOG, REQUESTS, RESULTS
-from mlenergy.diffusion.results_reader import (
-    ResultsError,
-    StoredResults,
-    load_results,
-    run_dirs,
+from mlenergy.diffusion.results_reader import ResultsError, RunResults, run_dirs
+from mlenergy.diffusion.results_sections import (
+    Exclusivity,
+    HostEnergy,
+    PhysicalFloor,
+    StageTotals,
+    Steadiness,
+    Timeline,
 )
 from mlenergy.diffusion.task import TASKS, TEXT_TO_IMAGE
 
 PROG = "mlenergy-diffusion check"
-# A self-check (timeline or direct NVML read against Zeus) further off than this fails.
-CROSS_CHECK_TOLERANCE = 0.03
 
 
 @help_from_docstrings
@@ -59,28 +63,27 @@ def completeness_problems(run_dir: Path) -> list[str]:
     if found:
         return found
     try:
-        stored = load_results(run_dir)
+        stored = RunResults.load(run_dir)
     except ResultsError as err:
         return [f"{RESULTS}: {err}"]
-    doc = stored.doc
     outputs = run_dir / TASKS.get(stored.task, TEXT_TO_IMAGE).output_dir
-    expected = doc.get("total_images")
+    expected = stored.total_images
     saved = list(outputs.iterdir()) if outputs.is_dir() else []
     if len(saved) != expected:
         found.append(f"{outputs.name} holds {len(saved)} files, expected {expected}")
     for iteration in stored.iterations:
-        for output in iteration.get("images", iteration.get("videos", [])):
+        for output in iteration.outputs:
             if not (run_dir / output).is_file():
                 found.append(f"{output} listed but missing")
-    energy = doc.get("energy_per_image")
+    energy = stored.energy_per_output
     if not isinstance(energy, (int, float)) or not math.isfinite(energy) or energy <= 0:
         found.append(f"energy per image is {_plain(energy)}: energy was not measured")
-    if not doc.get("iteration_energy_measurements"):
+    if not stored.energy_windows:
         found.append("iteration_energy_measurements is missing")
-    gpus = (doc.get("environment") or {}).get("gpus") or []
-    if not gpus or not all(g.get("name") for g in gpus):
+    gpus = stored.gpus
+    if not gpus or not all(g.name for g in gpus):
         found.append("GPU name not recorded")
-    if not gpus or not all((g.get("power_limit_w") or 0) > 0 for g in gpus):
+    if not gpus or not all((g.power_limit_w or 0) > 0 for g in gpus):
         found.append("GPU power limit not recorded")
     return found
 
@@ -99,94 +102,92 @@ def _percent(fraction) -> str:
     return _num(None if fraction is None else 100 * fraction, ".1f", "%")
 
 
-def measurement_report(stored: StoredResults) -> tuple[list[str], list[str]]:
+def measurement_report(stored: RunResults) -> tuple[list[str], list[str]]:
     """(lines describing the run's measurement, problems a GPU run must not have)."""
-    doc = stored.doc
-    breakdown = doc.get("stage_breakdown")
+    breakdown = stored.stage_breakdown
     if not breakdown:
         return [], ["stage_breakdown is missing"]
-    lines, problems = _stage_lines(doc, breakdown)
-    floor = doc.get("physical_floor")
+    lines, problems = _stage_lines(stored, breakdown)
+    floor = stored.physical_floor
     if floor:
         lines.append(_floor_line(floor))
     else:
         problems.append("physical_floor is missing")
-    _add_power_lines(doc, lines, problems)
-    lines.append(f"exclusive      {_exclusivity_text(doc.get('gpu_exclusivity'))}")
-    lines.append(f"host energy    {_host_energy_text(doc.get('host_energy'))}")
-    lines.append(f"fence          {doc.get('stage_fence') or 'not recorded'}")
+    _add_power_lines(stored, lines, problems)
+    lines.append(f"exclusive      {_exclusivity_text(stored.exclusivity)}")
+    lines.append(f"host energy    {_host_energy_text(stored.host_energy)}")
+    lines.append(f"fence          {stored.stage_fence or 'not recorded'}")
     plot = stored.run_dir / "power_timeline.png"
     lines.append(f"plot           {plot if plot.exists() else 'not drawn'}")
     return lines, problems
 
 
-def _floor_line(floor: dict) -> str:
-    analytic = floor.get("analytic_flops_per_forward")
-    return (f"floor          {si_text(floor.get('flops_per_forward'), 'FLOP')}/forward"
+def _floor_line(floor: PhysicalFloor) -> str:
+    analytic = floor.analytic_flops_per_forward
+    return (f"floor          {si_text(floor.flops_per_forward, 'FLOP')}/forward"
             + (f" (analytic {si_text(analytic, 'FLOP')})" if analytic else "")
-            + f", {si_text(_scaled(floor.get('achieved_tflops'), 1e12), 'FLOP/s')} achieved"
-            + f", MFU {_percent(floor.get('mfu'))}"
-            + f", {si_text(_scaled(floor.get('joules_per_tflop'), 1e-12), 'J/FLOP')}"
-            + f", time floor {si_text(floor.get('time_floor_s'), 's')}"
-            + f", energy floor {si_text(floor.get('energy_floor_j'), 'J')}")
+            + f", {si_text(_scaled(floor.achieved_tflops, 1e12), 'FLOP/s')} achieved"
+            + f", MFU {_percent(floor.mfu)}"
+            + f", {si_text(_scaled(floor.joules_per_tflop, 1e-12), 'J/FLOP')}"
+            + f", time floor {si_text(floor.time_floor_s, 's')}"
+            + f", energy floor {si_text(floor.energy_floor_j, 'J')}")
 
 
 def _scaled(value, factor: float):
     return None if value is None else value * factor
 
 
-def _steadiness_text(steadiness) -> str:
-    if not isinstance(steadiness, dict):
+def _steadiness_text(steadiness: Steadiness | None) -> str:
+    if steadiness is None:
         return "not recorded"
-    verdict = {True: "yes", False: "NO", None: "unknown"}[steadiness.get("steady")]
-    return (f"{verdict} (CV of latency {_percent(steadiness.get('latency_cv'))}, "
-            f"of energy {_percent(steadiness.get('energy_cv'))}; limit "
-            f"{_percent(steadiness.get('cv_limit'))})")
+    verdict = {True: "yes", False: "NO", None: "unknown"}[steadiness.steady]
+    return (f"{verdict} (CV of latency {_percent(steadiness.latency_cv)}, "
+            f"of energy {_percent(steadiness.energy_cv)}; limit "
+            f"{_percent(steadiness.cv_limit)})")
 
 
-def _exclusivity_text(exclusivity) -> str:
-    if not isinstance(exclusivity, dict):
+def _exclusivity_text(exclusivity: Exclusivity | None) -> str:
+    if exclusivity is None:
         return "not recorded"
-    if exclusivity.get("exclusive"):
+    if exclusivity.exclusive:
         return "yes, no other process on the run's GPUs"
-    foreign = exclusivity.get("foreign_pids") or {}
+    foreign = exclusivity.foreign_pids or {}
     found = "; ".join(f"GPU {gpu}: PIDs {', '.join(str(p) for p in pids)}"
                       for gpu, pids in foreign.items() if pids)
     return f"NO, other processes: {found or 'more contexts than the run holds'}"
 
 
-def _host_energy_text(host) -> str:
-    if not isinstance(host, dict):
+def _host_energy_text(host: HostEnergy | None) -> str:
+    if host is None:
         return "not recorded"
-    cpu, dram = host.get("cpu_energy_j"), host.get("dram_energy_j")
+    cpu, dram = host.cpu_energy_j, host.dram_energy_j
     if cpu is None and dram is None:
         return "not readable (no RAPL)"
     return f"CPU {_num(cpu, ',.1f', ' J')}, DRAM {_num(dram, ',.1f', ' J')} (not in GPU energy)"
 
 
-def _stage_lines(doc: dict, breakdown: dict) -> tuple[list[str], list[str]]:
+def _stage_lines(stored: RunResults,
+                 breakdown: dict[str, StageTotals]) -> tuple[list[str], list[str]]:
     lines, problems = [], []
-    total = sum(v["time_s"] for v in breakdown.values()) or 1.0
+    total = sum(v.time_s for v in breakdown.values()) or 1.0
     for stage, v in breakdown.items():
-        energy = "not measured" if v["energy_j"] is None else f"{v['energy_j']:,.1f} J"
-        lines.append(f"{stage:14} {v['time_s']:8.3f} s ({100 * v['time_s'] / total:5.1f}%)  "
-                     f"{energy}")
-    if breakdown["denoising"]["energy_j"] is None:
+        energy = "not measured" if v.energy_j is None else f"{v.energy_j:,.1f} J"
+        lines.append(f"{stage:14} {v.time_s:8.3f} s ({100 * v.time_s / total:5.1f}%)  {energy}")
+    if breakdown["denoising"].energy_j is None:
         problems.append("denoising energy was not measured")
-    steps = doc.get("steps")
+    steps = stored.steps
     if steps:
-        lines.append(f"steps          mean {1e3 * steps['mean']:.1f} ms, median "
-                     f"{1e3 * steps['median']:.1f} ms, p90 {1e3 * steps['p90']:.1f} ms "
-                     f"({steps['n']} steps)")
+        lines.append(f"steps          mean {1e3 * steps.mean:.1f} ms, median "
+                     f"{1e3 * steps.median:.1f} ms, p90 {1e3 * steps.p90:.1f} ms "
+                     f"({steps.n} steps)")
     else:
         problems.append("no per-step latencies")
-    latency, energy = doc["latency_per_image_stats"], doc.get("energy_per_image_stats")
-    ci = latency["ci95"]
-    lines.append(f"per image      {latency['mean']:.3f} s"
-                 + (f" (CI {ci[0]:.3f}-{ci[1]:.3f}, p99 {latency['p99']:.3f})" if ci else "")
-                 + (f", {energy['mean']:,.1f} J (CV {_percent(energy['cv'])})"
-                    if energy else ""))
-    lines.append(f"steady         {_steadiness_text(doc.get('steadiness'))}")
+    latency, energy = stored.latency_per_image, stored.energy_per_image
+    ci = latency.ci95
+    lines.append(f"per image      {latency.mean:.3f} s"
+                 + (f" (CI {ci[0]:.3f}-{ci[1]:.3f}, p99 {latency.p99:.3f})" if ci else "")
+                 + (f", {energy.mean:,.1f} J (CV {_percent(energy.cv)})" if energy else ""))
+    lines.append(f"steady         {_steadiness_text(stored.steadiness)}")
     return lines, problems
 
 
@@ -194,31 +195,31 @@ def _samples_text(per_gpu: dict) -> str:
     return ", ".join(f"GPU {gpu} {len(samples)}" for gpu, samples in per_gpu.items())
 
 
-def _add_power_lines(doc: dict, lines: list[str], problems: list[str]) -> None:
-    timeline = doc.get("timeline") or {}
-    if not timeline.get("power"):
+def _add_power_lines(stored: RunResults, lines: list[str], problems: list[str]) -> None:
+    timeline = stored.timeline or Timeline()
+    if not timeline.power:
         problems.append("no power timeline")
     else:
         power = "; ".join(f"{domain}: {_samples_text(per)}"
-                          for domain, per in timeline["power"].items())
-        temperature = _samples_text(timeline.get("temperature") or {}) or "none"
+                          for domain, per in timeline.power.items())
+        temperature = _samples_text(timeline.temperature or {}) or "none"
         lines.append(f"timeline       power samples ({power}), temperature samples "
                      f"({temperature})")
-    idle = doc.get("idle_baseline")
-    if not idle or idle.get("total_power_w") is None:
+    idle = stored.idle_baseline
+    if idle is None or idle.total_power_w is None:
         problems.append("no idle baseline")
     else:
-        lines.append(f"idle           {idle['total_power_w']:.1f} W over "
-                     f"{idle['duration_s']:.1f} s")
-    checks = doc.get("energy_cross_check") or {}
+        lines.append(f"idle           {idle.total_power_w:.1f} W over {idle.duration_s:.1f} s")
+    checks = stored.self_checks
     for name in ("timeline", "nvml"):
         check = checks.get(name)
-        if not check or check.get("relative_difference") is None:
+        if check is None or check.relative_difference is None:
             problems.append(f"{name} cross-check is missing")
             continue
-        difference = check["relative_difference"]
+        difference = check.relative_difference
         lines.append(f"check {name:8} {100 * difference:+.3f}%")
-        if abs(difference) > CROSS_CHECK_TOLERANCE:
+        # The run's own verdict (SelfCheck.passed), not a tolerance of the checker's.
+        if check.passed is False:
             problems.append(f"{name} cross-check differs by {100 * difference:+.2f}%")
 
 
@@ -226,7 +227,7 @@ def _check_one(run_dir: Path, completeness: bool, measurement: bool) -> list[str
     problems = completeness_problems(run_dir) if completeness else []
     if measurement:
         try:
-            stored = load_results(run_dir)
+            stored = RunResults.load(run_dir)
         except ResultsError as err:
             return problems or [f"{RESULTS}: {err}"]
         lines, measurement_problems = measurement_report(stored)
@@ -236,10 +237,10 @@ def _check_one(run_dir: Path, completeness: bool, measurement: bool) -> list[str
 
 
 def _ok_line(run_dir: Path) -> str:
-    doc = load_results(run_dir).doc
-    return (f"ok   {run_dir}: {_num(doc.get('avg_time_per_image'), '.3f', ' s')}/image, "
-            f"{_num(doc.get('energy_per_image'), ',.1f', ' J')}/image on "
-            f"{doc.get('gpu_model') or 'an unrecorded device'}")
+    stored = RunResults.load(run_dir)
+    return (f"ok   {run_dir}: {_num(stored.time_per_output, '.3f', ' s')}/image, "
+            f"{_num(stored.energy_per_output, ',.1f', ' J')}/image on "
+            f"{stored.gpu_model or 'an unrecorded device'}")
 
 
 def check_runs(paths: Sequence[Path], *, completeness: bool = True,

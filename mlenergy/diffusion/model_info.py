@@ -18,6 +18,7 @@ from pathlib import Path
 
 from mlenergy.diffusion.files import RESULTS, write_json_atomically
 from mlenergy.diffusion.registry import MODELS, ModelSpec
+from mlenergy.diffusion.results_reader import ResultsError, RunResults
 
 MODEL_INFO = "model_info.json"
 
@@ -90,8 +91,13 @@ def _read(path: Path) -> dict | None:
 
 
 def _holds_other_weights(base_dir: Path) -> bool:
+    """Whether a run of `base_dir` measured other than tiny weights (results too old to say
+    which count as other); results that cannot be read say nothing."""
     for results in base_dir.glob(f"*/{RESULTS}"):
-        doc = _read(results)
-        if doc is not None and doc.get("weights") != "tiny":
+        try:
+            stored = RunResults.load(results)
+        except ResultsError:
+            continue
+        if stored.weights != "tiny":
             return True
     return False

@@ -21,7 +21,7 @@ import tyro
 from mlenergy.diffusion.argcheck import parse_one_line
 from mlenergy.diffusion.config import ConfigError, help_from_docstrings
 from mlenergy.diffusion.files import REQUESTS, RESULTS
-from mlenergy.diffusion.results_reader import ResultsError, load_results
+from mlenergy.diffusion.results_reader import ResultsError, RunResults
 
 PROG = "mlenergy-diffusion quality"
 ABSENT_METRICS = {
@@ -42,8 +42,8 @@ _AS_COMMAND = {"name": "the reference run {}",
 
 def load_reference(directory: Path, *, model_id: str, seed: int, height: int, width: int,
                    batch_size: int, inference_steps: int, benchmark_iters: int,
-                   save_images: bool, words: dict = _AS_FLAG) -> dict:
-    """Check, before anything loads, that DIR is a comparable run. Returns its results.json."""
+                   save_images: bool, words: dict = _AS_FLAG) -> RunResults:
+    """Check, before anything loads, that DIR is a comparable run. Returns its results."""
     flag = words["name"].format(directory)
     if importlib.util.find_spec("skimage") is None:
         raise ConfigError(f"{flag} needs scikit-image for SSIM: "
@@ -57,32 +57,33 @@ def load_reference(directory: Path, *, model_id: str, seed: int, height: int, wi
             raise ConfigError(f"{flag}: {name} is missing; point it at a finished run directory "
                               "(the one that holds results.json)")
     try:
-        doc = load_results(directory).doc
+        reference = RunResults.load(directory)
         json.loads((directory / REQUESTS).read_text())
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError) as err:  # ResultsError included
         raise ConfigError(f"{flag}: cannot read its JSON ({err})") from None
     ours = {"model_id": model_id, "seed": seed, "height": height, "width": width,
             "batch_size": batch_size, "inference_steps": inference_steps}
     for key, value in ours.items():
-        if doc.get(key) != value:
-            raise ConfigError(f"{flag} has {key} {doc.get(key)!r} but this run has {value!r}; "
+        theirs = getattr(reference, key)
+        if theirs != value:
+            raise ConfigError(f"{flag} has {key} {theirs!r} but this run has {value!r}; "
                               "compare runs of the same model, seed, size, steps and batch")
-    iterations = doc.get("iterations") or []
+    iterations = reference.iterations
     if len(iterations) < benchmark_iters:
         raise ConfigError(f"{flag} measured {len(iterations)} iteration(s), fewer than this "
                           f"run's {benchmark_iters}; {words['iterations']}")
-    if any(len(it.get("images") or []) != batch_size for it in iterations[:benchmark_iters]):
+    if any(len(it.outputs) != batch_size for it in iterations[:benchmark_iters]):
         raise ConfigError(f"{flag} saved no images for every measured prompt (was it run with "
                           "--no_save_images?); rerun it with images saved")
-    return doc
+    return reference
 
 
-def check_prompts(directory: Path, reference: dict, measured: Sequence[Sequence[str]],
+def check_prompts(directory: Path, reference: RunResults, measured: Sequence[Sequence[str]],
                   words: dict = _AS_FLAG) -> None:
     """The measured prompts must be the reference's, iteration by iteration."""
+    iterations = reference.iterations
     for index, batch in enumerate(measured):
-        theirs = reference["iterations"][index].get("prompts")
-        if list(theirs) != list(batch):
+        if iterations[index].prompts != list(batch):
             raise ConfigError(f"{words['name'].format(directory)} used other prompts "
                               f"(iteration {index}); {words['prompts']}")
 
@@ -109,13 +110,14 @@ def compare_images(ours: Path, theirs: Path) -> dict:
     return {"psnr_db": psnr, "ssim": ssim, "identical": identical}
 
 
-def quality_report(run_dir: Path, reference_dir: Path, reference: dict,
+def quality_report(run_dir: Path, reference_dir: Path, reference: RunResults,
                    images_per_iteration: Sequence[Sequence[str]]) -> dict:
     """results.json `quality`: per image, PSNR (dB) and SSIM against the reference's image of
     the same iteration and index, and their means."""
     per_image = []
+    iterations = reference.iterations
     for index, names in enumerate(images_per_iteration):
-        counterparts = reference["iterations"][index].get("images") or []
+        counterparts = iterations[index].outputs
         if len(names) > len(counterparts):
             raise ConfigError(
                 f"{run_dir} saved {len(names)} image(s) in iteration {index} but the reference "
@@ -129,7 +131,7 @@ def quality_report(run_dir: Path, reference_dir: Path, reference: dict,
     any_identical = any(m["identical"] for m in per_image)
     return {
         "reference_run": str(reference_dir),
-        "reference_configurations": reference.get("configurations"),
+        "reference_configurations": reference.configurations,
         "num_images": len(per_image),
         "identical_images": sum(m["identical"] for m in per_image),
         # With an identical image the mean PSNR is infinite: null, and identical_images says so.
@@ -154,17 +156,17 @@ def compare_finished_runs(run_dir: Path, reference_dir: Path) -> dict:
     """The `quality` block of a finished run against a finished reference run, for runs made
     where scikit-image was not installed (GPU nodes with a minimal image)."""
     try:
-        run = load_results(run_dir).doc
+        run = RunResults.load(run_dir)
     except ResultsError as err:
         raise ConfigError(f"{run_dir}: {err}; point it at a finished run directory") from None
     reference = load_reference(
-        reference_dir, model_id=run["model_id"], seed=run["seed"], height=run["height"],
-        width=run["width"], batch_size=run["batch_size"], inference_steps=run["inference_steps"],
-        benchmark_iters=run["num_iterations"], save_images=True, words=_AS_COMMAND)
-    check_prompts(reference_dir, reference, [it["prompts"] for it in run["iterations"]],
+        reference_dir, model_id=run.model_id, seed=run.seed, height=run.height,
+        width=run.width, batch_size=run.batch_size, inference_steps=run.inference_steps,
+        benchmark_iters=run.num_iterations, save_images=True, words=_AS_COMMAND)
+    check_prompts(reference_dir, reference, [it.prompts for it in run.iterations],
                   words=_AS_COMMAND)
     return quality_report(run_dir, reference_dir, reference,
-                          [it["images"] for it in run["iterations"]])
+                          [it.outputs for it in run.iterations])
 
 
 @help_from_docstrings
@@ -196,7 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(f"{args.run_dir.name}: {summary_text(report)} over {report['num_images']} image(s)")
     if args.write:
-        doc = load_results(args.run_dir).doc
+        # The document as written, its keys in their order, with `quality` set.
+        doc = dict(RunResults.load(args.run_dir).doc)
         doc["quality"] = report
         write_json_atomically(args.run_dir / RESULTS, doc)
     return 0

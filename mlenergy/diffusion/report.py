@@ -22,12 +22,12 @@ from typing import Annotated, Optional
 import tyro
 
 from mlenergy.diffusion.task import TASKS
-from mlenergy.diffusion import stats
 from mlenergy.diffusion.config import DEFAULT_CACHE_THRESHOLD
 from mlenergy.diffusion.argcheck import parse_one_line
 from mlenergy.diffusion.config import help_from_docstrings, one_paragraph
 from mlenergy.diffusion.files import RESULTS
-from mlenergy.diffusion.results_reader import ResultsError, find_results, load_results
+from mlenergy.diffusion.results_reader import ResultsError, RunResults, find_results
+from mlenergy.diffusion.results_sections import StageTotals, Summary
 
 PROG = "mlenergy-diffusion report"
 # What `report` needs beyond the benchmark's own dependencies.
@@ -86,54 +86,40 @@ def options_label(configurations: dict) -> str:
     return "+".join(on)
 
 
-def iteration_metrics(doc: dict, batch_size: int) -> dict:
+def iteration_metrics(stored: RunResults) -> dict:
     """Batch latency, throughput, energy per output and power, as `mlenergy-data` computes
     them from `iteration_energy_measurements`: means over iterations with a positive time and a
     per-GPU energy dict. Runs without energy get time-only numbers and None for energy."""
+    batch_size = stored.batch_size
     energies, times = [], []
-    for window in doc.get("iteration_energy_measurements") or []:
-        gpu = window.get("gpu_energy") if isinstance(window, dict) else None
-        t = _number(window.get("time")) if isinstance(window, dict) else None
-        if not isinstance(gpu, dict) or t is None or t <= 0:
+    for window in stored.energy_windows:
+        t = _number(window.time)
+        if not isinstance(window.gpu_energy, dict) or t is None or t <= 0:
             continue
-        energies.append(float(sum(float(j) for j in gpu.values())))
+        energies.append(float(sum(float(j) for j in window.gpu_energy.values())))
         times.append(t)
     if energies:
         latency = statistics.fmean(times)
         energy = statistics.fmean(energies)
         return {"batch_latency_s": latency, "throughput_per_s": batch_size / latency,
                 "energy_per_output_j": energy / batch_size, "avg_power_w": energy / latency}
-    iterations = doc.get("iterations") if isinstance(doc.get("iterations"), list) else []
-    times = [t for t in (_number(it.get("time")) for it in iterations if isinstance(it, dict))
-             if t is not None and t > 0]
-    summary = doc.get("latency_per_iteration")
+    times = [it.time for it in stored.iterations if it.time is not None and it.time > 0]
+    summary = stored.latency_per_iteration
     latency = (statistics.fmean(times) if times
-               else _number(summary.get("mean")) if isinstance(summary, dict) else None)
+               else _number(summary.mean) if summary is not None else None)
     if latency is None or latency <= 0:
         raise ResultsError("no positive iteration time")
     return {"batch_latency_s": latency, "throughput_per_s": batch_size / latency,
             "energy_per_output_j": None, "avg_power_w": None}
 
 
-def _ci(summary, n_default, scale: float = 1.0) -> tuple[float | None, float | None]:
-    """The 95% confidence interval of the mean a results.json carries; from its sample stdev
-    (Student t, as stats.summarize computes it) for results written before `ci95` existed.
-    None when there is none: one iteration, or energy not measured."""
-    if not isinstance(summary, dict):
+def _ci(summary: Summary | None, n_default, scale: float = 1.0) -> tuple[float | None,
+                                                                         float | None]:
+    """The 95% confidence interval of the mean (None, None when there is none), per `scale`."""
+    interval = summary.interval(n_default) if summary is not None else None
+    if interval is None:
         return None, None
-    ci = summary.get("ci95")
-    if isinstance(ci, list) and len(ci) == 2:
-        low, high = _number(ci[0]), _number(ci[1])
-    else:
-        mean, stdev = _number(summary.get("mean")), _number(summary.get("stdev"))
-        n = summary.get("n", n_default)
-        if mean is None or stdev is None or not isinstance(n, int) or n < 2:
-            return None, None
-        half = stats.t_quantile_975(n - 1) * stdev / math.sqrt(n)
-        low, high = mean - half, mean + half
-    if low is None or high is None:
-        return None, None
-    return low / scale, high / scale
+    return interval[0] / scale, interval[1] / scale
 
 
 def device_label(gpu_model, num_gpus) -> str:
@@ -142,63 +128,61 @@ def device_label(gpu_model, num_gpus) -> str:
 
 
 def run_row(path: Path) -> dict:
-    stored = load_results(path)
-    doc = stored.doc
-    config = doc.get("configurations") if isinstance(doc.get("configurations"), dict) else {}
-    u = int(doc.get("ulysses_degree") or config.get("ulysses_degree") or 1)
-    r = int(doc.get("ring_degree") or config.get("ring_degree") or 1)
-    batch = doc["batch_size"]
-    task = stored.task
-    num_gpus = int(doc["num_gpus"]) if doc.get("num_gpus") is not None else u * r
-    n = doc.get("num_iterations")
-    latency_low, latency_high = _ci(doc.get("latency_per_iteration"), n)
-    energy_low, energy_high = _ci(doc.get("energy_per_iteration"), n, batch)
+    stored = RunResults.load(path)
+    u, r, batch, task = stored.ulysses_degree, stored.ring_degree, stored.batch_size, stored.task
+    n = stored.num_iterations
+    latency_low, latency_high = _ci(stored.latency_per_iteration, n)
+    energy_low, energy_high = _ci(stored.energy_per_iteration, n, batch)
+    shared, steadiness = stored.shared_node_runs, stored.steadiness
     row = {
-        "model_id": doc["model_id"],
-        "model": doc["model_id"].rstrip("/").split("/")[-1],
+        "model_id": stored.model_id,
+        "model": stored.model_id.rstrip("/").split("/")[-1],
         "task": task,
         "output": TASKS[task].noun,
-        "gpu_model": doc.get("gpu_model"),
-        "device": device_label(doc.get("gpu_model"), num_gpus),
-        "num_gpus": num_gpus,
-        "num_processes": int(doc.get("num_processes") or u * r),
+        "gpu_model": stored.gpu_model,
+        "device": device_label(stored.gpu_model, stored.num_gpus),
+        "num_gpus": stored.num_gpus,
+        "num_processes": stored.num_processes,
         "ulysses_degree": u,
         "ring_degree": r,
         "batch_size": batch,
-        "height": doc.get("height"),
-        "width": doc.get("width"),
-        "num_frames": doc.get("num_frames"),
-        "fps": doc.get("fps"),
-        "inference_steps": doc.get("inference_steps"),
-        "weights": doc.get("weights") or "unknown",
-        "dtype": doc.get("dtype") or "unknown",
-        "options": options_label(config),
-        "use_torch_compile": bool(config.get("use_torch_compile", False)),
-        "energy_measured": bool(doc.get("iteration_energy_measurements")),
-        "num_iterations": doc.get("num_iterations"),
-        **iteration_metrics(doc, batch),
+        "height": stored.height,
+        "width": stored.width,
+        "num_frames": stored.num_frames,
+        "fps": stored.fps,
+        "inference_steps": stored.inference_steps,
+        "weights": stored.weights or "unknown",
+        "dtype": stored.dtype or "unknown",
+        "options": options_label(stored.configurations),
+        "use_torch_compile": bool(stored.configurations.get("use_torch_compile", False)),
+        "energy_measured": bool(stored.energy_windows),
+        "num_iterations": n,
+        **iteration_metrics(stored),
         "batch_latency_ci95_low_s": latency_low,
         "batch_latency_ci95_high_s": latency_high,
         "energy_per_output_ci95_low_j": energy_low,
         "energy_per_output_ci95_high_j": energy_high,
-        "peak_memory_gb": _number(doc.get("peak_memory_gb")),
+        "peak_memory_gb": stored.peak_memory_gb,
         # Other runs of the campaign on the node during this one (None: not recorded).
-        "shared_node_runs": (len(doc["shared_node_runs"])
-                             if isinstance(doc.get("shared_node_runs"), list) else None),
+        "shared_node_runs": len(shared) if shared is not None else None,
         # The coefficient of variation stayed under its limit (None: not recorded).
-        "steady": (doc["steadiness"].get("steady")
-                   if isinstance(doc.get("steadiness"), dict) else None),
-        "date": doc.get("date"),
+        "steady": steadiness.steady if steadiness is not None else None,
+        "date": stored.date,
         "run_dir": str(path.parent),
     }
     row["time_per_output_s"] = row["batch_latency_s"] / batch
-    breakdown = doc.get("stage_breakdown")
-    if isinstance(breakdown, dict):
-        for stage in STAGES:
-            part = breakdown.get(stage) or {}
-            row[f"stage_{stage}_time_s"] = _number(part.get("time_s"))
-            row[f"stage_{stage}_energy_j"] = _number(part.get("energy_j"))
+    for stage, totals in _stages(stored).items():
+        row[f"stage_{stage}_time_s"] = _number(totals.time_s)
+        row[f"stage_{stage}_energy_j"] = _number(totals.energy_j)
     return row
+
+
+def _stages(stored: RunResults) -> dict:
+    """Every stage of the report's columns, for runs that recorded a breakdown; none else."""
+    breakdown = stored.stage_breakdown
+    if breakdown is None:
+        return {}
+    return {stage: breakdown.get(stage) or StageTotals() for stage in STAGES}
 
 
 def campaign_of(run_dir: Path, root: Path) -> str:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import atexit
 import hashlib
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,12 +30,12 @@ from pathlib import Path
 from typing import Callable
 
 from mlenergy.diffusion.files import RESULTS
+from mlenergy.diffusion.results_reader import IDENTITY_KEY, ResultsError, RunResults
 from mlenergy.diffusion.runlock import RunDirLock, config_error as _config_error
 
 __all__ = ["RunDirLock", "Claim", "Existing", "claim", "identity", "inspect", "is_complete",
            "existing_run", "move_aside"]
 
-IDENTITY_KEY = "run_identity"
 SUPERSEDED_DIR = ".superseded"
 SUPERSEDED_RESULTS = "results.superseded.json"
 
@@ -110,32 +109,6 @@ class Existing:
     detail: str
 
 
-def _why_incomplete(doc) -> str | None:
-    if not isinstance(doc, dict):
-        return f"holds a JSON {type(doc).__name__}, not a results object"
-    iterations, count = doc.get("iterations"), doc.get("num_iterations")
-    total = doc.get("total_time")
-    if not isinstance(doc.get("model_id"), str):
-        return "has no model_id"
-    if not isinstance(count, int) or count < 1 or not isinstance(iterations, list) \
-            or len(iterations) != count:
-        return "does not hold its measured iterations"
-    if not isinstance(total, (int, float)) or not math.isfinite(total) or total <= 0:
-        return "has no positive total_time"
-    return None
-
-
-def _legacy_identity(doc: dict) -> dict:
-    """What results written before `run_identity` existed say about their configuration."""
-    conf = doc.get("configurations") if isinstance(doc.get("configurations"), dict) else {}
-    return {"model_id": doc.get("model_id"), "batch_size": doc.get("batch_size"),
-            "height": doc.get("height"), "width": doc.get("width"),
-            "inference_steps": doc.get("inference_steps"), "seed": doc.get("seed"),
-            "benchmark_iters": doc.get("num_iterations"),
-            **{k: conf[k] for k in ("ulysses_degree", "ring_degree", "use_torch_compile",
-                                    "warmup_iters") if k in conf}}
-
-
 def _first_difference(stored: dict, expected: dict, partial: bool) -> str | None:
     """The first setting that differs, as `key <stored>, not <expected>`; with `partial`, only
     the keys `stored` records are compared."""
@@ -156,23 +129,17 @@ def _first_difference(stored: dict, expected: dict, partial: bool) -> str | None
     return None
 
 
-def read_results(run_dir: Path):
-    """The parsed results.json of `run_dir` (OSError, ValueError when it cannot be read)."""
-    return json.loads((Path(run_dir) / RESULTS).read_text(encoding="utf-8"))
-
-
 def per_output(run_dir: Path) -> dict | None:
     """A complete run's headline: seconds and joules (None when not measured) per image or
     video; None when the results cannot be read."""
     try:
-        doc = read_results(run_dir)
-    except (OSError, ValueError):
+        stored = RunResults.load(run_dir)
+    except ResultsError:
         return None
-    unit = "video" if "avg_time_per_video" in doc else "image"
-    return {"unit": unit, "seconds": doc.get(f"avg_time_per_{unit}"),
-            "joules": doc.get(f"energy_per_{unit}"),
+    return {"unit": stored.unit, "seconds": stored.time_per_output,
+            "joules": stored.energy_per_output,
             # The measured iterations' time: what a campaign's GPU time is booked for.
-            "measured_s": doc.get("total_time")}
+            "measured_s": stored.total_time}
 
 
 def inspect(run_dir: Path, expected: dict | None = None) -> Existing:
@@ -192,19 +159,17 @@ def inspect(run_dir: Path, expected: dict | None = None) -> Existing:
     if not results.is_file():
         return Existing("incomplete", f"{results} is not a file")
     try:
-        doc = read_results(run_dir)
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        return Existing("incomplete", f"{results} is not readable JSON ({err})")
-    reason = _why_incomplete(doc)
+        stored = RunResults.load(results)
+    except ResultsError as err:
+        return Existing("incomplete", f"{results} is not a finished run's results: {err}")
+    reason = stored.incomplete_reason
     if reason is not None:
         return Existing("incomplete", f"{results} {reason}")
     if expected is None:
         return Existing("done", f"{results} is complete")
-    stored = doc.get(IDENTITY_KEY)
-    if isinstance(stored, dict):
-        difference = _first_difference(stored, expected, partial=False)
-    else:
-        difference = _first_difference(_legacy_identity(doc), expected, partial=True)
+    # Results written before `run_identity` carry a few settings: only those are compared.
+    recorded, whole = stored.identity
+    difference = _first_difference(recorded, expected, partial=not whole)
     if difference is not None:
         return Existing("other", f"{results} was measured with {difference}")
     return Existing("done", f"{results} holds this configuration")

@@ -60,11 +60,13 @@ class StartupClock:
 
     @contextlib.contextmanager
     def process_phase(self, name: str):
+        """A phase of the launch's start-up; one named again adds to it."""
         started = time.time()
         try:
             yield
         finally:
-            self.process_phases[name] = time.time() - started
+            self.process_phases[name] = (self.process_phases.get(name, 0.0)
+                                         + time.time() - started)
 
     @contextlib.contextmanager
     def point_phase(self, name: str):

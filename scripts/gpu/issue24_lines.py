@@ -8,21 +8,27 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from mlenergy.diffusion.results_reader import RunResults  # noqa: E402
+
 
 def line(path: Path) -> str:
-    d = json.loads(path.read_text())
-    unit = "image" if "avg_time_per_image" in d else "video"
-    c = d.get("compile") or {}
+    stored = RunResults.load(path)
+    unit = stored.unit
+    c = stored.section("compile")
     cache = c.get("kernel_cache") or {}
     settings = c.get("inductor_settings") or {}
-    q = d.get("quality") or {}
-    fp8 = d.get("quantized_denoiser") or {}
+    q = stored.section("quality")
+    fp8 = stored.section("quantized_denoiser")
+    attention = stored.section("attention")
+    latency = stored.latency_per_iteration
     fields = {
         "run": path.parent.parent.name,
-        f"s/{unit}": d.get(f"avg_time_per_{unit}"),
-        f"J/{unit}": d.get(f"energy_per_{unit}"),
-        "peak_GB": d.get("peak_memory_gb"),
-        "iter_min_max": [(d.get("latency_per_iteration") or {}).get(k) for k in ("min", "max")],
+        f"s/{unit}": stored.time_per_output,
+        f"J/{unit}": stored.energy_per_output,
+        "peak_GB": stored.peak_memory_gb,
+        "iter_min_max": [latency.min, latency.max] if latency else [None, None],
         "first_warmup_s": c.get("first_warmup_iteration_s"),
         "first_call_overhead_s": c.get("first_call_overhead_s"),
         "dynamo_compile_s": c.get("compile_time_s"),
@@ -30,12 +36,12 @@ def line(path: Path) -> str:
         "coordesc_benchmarks": cache.get("coordinate_descent_benchmarks"),
         "coordesc": (settings.get("coordinate_descent_tuning"),
                      settings.get("coordinate_descent_check_all_directions")),
-        "attention": (d.get("attention") or {}).get("used"),
-        "fa3": ((d.get("attention") or {}).get("fa3") or {}).get("self_check_max_abs_difference"),
+        "attention": attention.get("used"),
+        "fa3": (attention.get("fa3") or {}).get("self_check_max_abs_difference"),
         "fp8_layers": fp8.get("fp8_linear_layers"),
         "psnr_db": q.get("mean_psnr_db"),
         "ssim": q.get("mean_ssim"),
-        "gpu": d.get("gpu_model"),
+        "gpu": stored.gpu_model,
     }
     return json.dumps(fields, default=str)
 

@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 MODEL=PixArt-alpha/PixArt-Sigma-XL-2-1024-MS
 case "$PHASE" in
   eager) OPTIONS=(--options=) ;;
-  compiled) OPTIONS=("--options=--use_torch_compile --compile_scope blocks") ;;
+  compiled) OPTIONS=("--options=--use_torch_compile --compile_scope transformer") ;;
   *) echo "phase: eager or compiled" >&2; exit 2 ;;
 esac
 pack() {

@@ -12,14 +12,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from mlenergy.diffusion import rundir  # noqa: E402
+from mlenergy.diffusion.results_reader import RunResults  # noqa: E402
 
 
-def _points(out: Path) -> dict[int, dict]:
+def _points(out: Path) -> dict[int, RunResults]:
     found = {}
     for results in sorted(out.rglob("results.json")):
-        doc = rundir.read_results(results.parent)
-        found[doc["batch_size"]] = doc
+        stored = RunResults.load(results)
+        found[stored.batch_size] = stored
     return found
 
 
@@ -27,23 +27,24 @@ def main(grouped: Path, alone: Path) -> None:
     together, apart = _points(grouped), _points(alone)
     print("batch | s/image | J/image | group pos | to first window s | warm-up s | alone s/image"
           " | alone J/image | diff s | diff J")
-    for batch, doc in sorted(together.items()):
-        s = doc["startup"] or {}
-        line = (f"{batch} | {doc['avg_time_per_image']:.4f} | {doc['energy_per_image'] or 0:.1f}"
+    for batch, run in sorted(together.items()):
+        s = run.section("startup")
+        seconds, joules = run.time_per_output, run.energy_per_output
+        line = (f"{batch} | {seconds:.4f} | {joules or 0:.1f}"
                 f" | {s.get('group_position')}/{s.get('group_size')}"
                 f" | {s.get('to_first_window_s') or 0:.1f} | {s.get('warmup_s') or 0:.1f}")
         other = apart.get(batch)
         if other is not None:
-            dt = doc["avg_time_per_image"] / other["avg_time_per_image"] - 1
-            de = (doc["energy_per_image"] / other["energy_per_image"] - 1
-                  if doc["energy_per_image"] and other["energy_per_image"] else float("nan"))
-            line += (f" | {other['avg_time_per_image']:.4f} | {other['energy_per_image'] or 0:.1f}"
+            dt = seconds / other.time_per_output - 1
+            de = (joules / other.energy_per_output - 1
+                  if joules and other.energy_per_output else float("nan"))
+            line += (f" | {other.time_per_output:.4f} | {other.energy_per_output or 0:.1f}"
                      f" | {dt:+.2%} | {de:+.2%}")
         print(line)
     first = next(iter(sorted(together.items())), (None, None))[1]
     if first is not None:
-        once = {k: first["startup"][k] for k in ("imports_s", "process_group_s", "inputs_s",
-                                                 "load_s", "idle_baseline_s")}
+        once = {k: first.section("startup")[k] for k in ("imports_s", "process_group_s",
+                                                         "inputs_s", "load_s", "idle_baseline_s")}
         print("once per process:", json.dumps({k: round(v, 2) if v else v
                                                 for k, v in once.items()}))
     for out in (grouped, alone):

@@ -30,12 +30,13 @@ if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
   done
   wait
   python3 - "$WORK/two-node" "$WORK/run/diffusion/text-to-image/black-forest-labs/FLUX.1-dev" <<'PY'
-import glob, json, sys
-two = json.load(open(glob.glob(sys.argv[1] + "/*/results.json")[0]))
-print("two-node gpu keys", [sorted(m["gpu_energy"]) for m in two["iteration_energy_measurements"]])
-print("two-node: %.3f s/image, %.1f J/image" % (two["avg_time_per_image"], two["energy_per_image"]))
+import glob, sys
+from mlenergy.diffusion.results_reader import RunResults
+two = RunResults.load(glob.glob(sys.argv[1] + "/*/results.json")[0])
+print("two-node gpu keys", [sorted(w.gpu_energy) for w in two.energy_windows])
+print("two-node: %.3f s/image, %.1f J/image" % (two.time_per_output, two.energy_per_output))
 for path in glob.glob(sys.argv[2] + "/batch-1+size-512x512*uly-2+ring-1*/results.json"):
-    one = json.load(open(path))
-    print("one-node: %.3f s/image, %.1f J/image" % (one["avg_time_per_image"], one["energy_per_image"]))
+    one = RunResults.load(path)
+    print("one-node: %.3f s/image, %.1f J/image" % (one.time_per_output, one.energy_per_output))
 PY
 fi
