@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mlenergy.diffusion.probes import timeline  # noqa: E402
+from mlenergy.diffusion import power_plot  # noqa: E402
 from mlenergy.diffusion.results_reader import ResultsError, RunResults  # noqa: E402
 
 
@@ -21,15 +21,15 @@ def main(argv: list[str]) -> int:
     except ResultsError as err:
         print(f"error: {run_dir}/results.json: {err}", file=sys.stderr)
         return 1
-    out = Path(argv[1]) if len(argv) == 2 else run_dir / timeline.PLOT
+    out = Path(argv[1]) if len(argv) == 2 else run_dir / power_plot.PLOT
     if stored.timeline is None or not stored.timeline.power:
         print(f"error: {run_dir}/results.json has no power timeline (a CPU run?)", file=sys.stderr)
         return 1
     iterations = stored.iterations
-    timeline.plot_power(dataclasses.asdict(stored.timeline),
-                        [(it.start_time, it.end_time) for it in iterations],
-                        [b for it in iterations for b in it.stage_boundaries],
-                        out, title=f"{stored.model_id} {stored.gpu_model}")
+    power_plot.plot_power(dataclasses.asdict(stored.timeline),
+                          [(it.start_time, it.end_time) for it in iterations],
+                          [b for it in iterations for b in it.stage_boundaries],
+                          out, title=f"{stored.model_id} {stored.gpu_model}")
     print(out)
     return 0
 

@@ -70,7 +70,8 @@ def test_outside_a_git_checkout_there_is_no_commit(tmp_path):
     shutil.copytree(REPO / "mlenergy", tmp_path / "copy" / "mlenergy",
                     ignore=shutil.ignore_patterns("__pycache__"))
     script = ("import json; from mlenergy.diffusion import provenance; "
-              "print(json.dumps(provenance.describe())); print(provenance.version_text())")
+              "print(json.dumps(provenance.describe().to_results())); "
+              "print(provenance.version_text())")
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path,
                           env=offline_env(tmp_path, PYTHONPATH=str(tmp_path / "copy")),
                           capture_output=True, text=True, timeout=120)

@@ -116,9 +116,9 @@ def test_compile_tracker_sees_a_recompilation_and_the_report_flags_it():
     plan = plan_for("--use_torch_compile --compile_backend eager workload:t2i "
                     "--workload.weights tiny", device_type="cpu")
     report = options_apply.compile_report(plan, [5.0, 1.1], [(3, 4.0), (0, 0.0)], changed, [1.0, 1.2])
-    assert report["recompiled_during_measurement"] is True
-    assert report["compile_time_s"] == 4.0
-    assert report["first_warmup_minus_fastest_measured_s"] == pytest.approx(4.0)
+    assert report.recompiled_during_measurement is True
+    assert report.compile_time_s == 4.0
+    assert report.first_warmup_minus_fastest_measured_s == pytest.approx(4.0)
 
 
 def test_quantized_bytes_count_the_fp8_payload_not_the_reported_dtype():

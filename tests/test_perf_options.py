@@ -139,8 +139,7 @@ def test_the_first_calls_overhead_is_measured_against_a_steady_warmup_iteration(
                         "first_call_overhead_s": pytest.approx(105.05)}
     assert options_apply.first_call_overhead([108.0]) == {
         "steady_warmup_iteration_s": None, "first_call_overhead_s": None}
-    text = summary._first_call_text({"first_warmup_iteration_s": 108.0,
-                                     "first_call_overhead_s": 105.05})
+    text = summary._first_call_text(108.0, 105.05)
     assert text == "; first call 108.0 s, 105.0 s over a steady one"
 
 

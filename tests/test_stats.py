@@ -49,16 +49,17 @@ def test_steadiness_flag_and_warning(caplog):
     unsteady = [10.0, 10.0, 10.0, 13.0]
     assert stats.is_steady(steady) is True and stats.is_steady(unsteady) is False
     with caplog.at_level(logging.WARNING, logger="mlenergy.diffusion"):
-        out = analysis.per_image_statistics(unsteady, [100.0, 101.0, 99.0, 100.0], batch_size=2)
-    assert out["steadiness"]["steady"] is False
-    assert out["steadiness"]["latency_cv"] > 0.05 and out["steadiness"]["energy_cv"] < 0.05
-    assert out["latency_per_image_stats"]["mean"] == pytest.approx(10.75 / 2)
-    assert out["energy_per_image_stats"]["mean"] == pytest.approx(50.0)
+        latency, energy, steadiness = analysis.per_image_statistics(
+            unsteady, [100.0, 101.0, 99.0, 100.0], batch_size=2)
+    assert steadiness.steady is False
+    assert steadiness.latency_cv > 0.05 and steadiness.energy_cv < 0.05
+    assert latency.mean == pytest.approx(10.75 / 2)
+    assert energy.mean == pytest.approx(50.0)
     assert "not steady" in caplog.text and "latency" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="mlenergy.diffusion"):
-        out = analysis.per_image_statistics(steady, [None] * 4, batch_size=1)
-    assert out["steadiness"]["steady"] is True and out["energy_per_image_stats"] is None
+        _, energy, steadiness = analysis.per_image_statistics(steady, [None] * 4, batch_size=1)
+    assert steadiness.steady is True and energy is None
     assert "not steady" not in caplog.text
 
 

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from conftest import REPO
+from mlenergy.diffusion import power_plot
 from mlenergy.diffusion.probes import checks as gpu_checks
 from mlenergy.diffusion.probes import timeline
 
@@ -47,6 +48,17 @@ def test_merge_blocks_gives_the_ml_energy_shape():
     assert timeline.merge_blocks([None, None], 0.0, 1.0) is None
 
 
+def test_the_timeline_section_writes_the_ml_energy_block_or_only_its_bounds():
+    node0, _, _ = synthetic_block(gpus=("0",))
+    merged = timeline.merge_blocks([node0], 1002.0, 1010.0)
+    sampled = timeline.PowerTimeline(**merged)
+    assert sampled.sampled and sampled.to_results() == merged
+    assert list(sampled.to_results()) == list(merged)
+    cpu = timeline.PowerTimeline(1002.0, 1010.0)
+    assert not cpu.sampled
+    assert cpu.to_results() == {"benchmark_start_time": 1002.0, "benchmark_end_time": 1010.0}
+
+
 def test_energy_and_mean_power_from_the_preferred_domain():
     block, iterations, _ = synthetic_block()
     idle = timeline.mean_power(block, 1000.0, 1001.9)
@@ -60,11 +72,12 @@ def test_energy_and_mean_power_from_the_preferred_domain():
 
 def test_power_plot_on_synthetic_data(tmp_path):
     block, iterations, stages = synthetic_block()
-    path = timeline.plot_power(block, iterations, stages, tmp_path / "power.png", title="synthetic")
+    path = power_plot.plot_power(block, iterations, stages, tmp_path / "power.png",
+                                 title="synthetic")
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     with pytest.raises(ValueError):
-        timeline.plot_power({"power": {}}, iterations, stages, tmp_path / "none.png")
+        power_plot.plot_power({"power": {}}, iterations, stages, tmp_path / "none.png")
 
 
 def test_plot_script_redraws_from_results_json(tmp_path):
@@ -84,6 +97,23 @@ def test_plot_script_redraws_from_results_json(tmp_path):
     proc = subprocess.run([sys.executable, "scripts/plot_timeline.py", str(tmp_path)], cwd=REPO,
                           capture_output=True, text=True)
     assert proc.returncode == 1 and "no power timeline" in proc.stderr
+
+
+def test_the_cross_check_section_holds_the_runs_own_verdicts():
+    check = gpu_checks.EnergyCrossCheck.of(({"0": 1000.0}, {"0": 2010.0}), {"0": 1000.0},
+                                           {"0": 1100.0})
+    assert check.nvml.nvml_energy_j == 1010.0 and check.nvml.relative_difference == \
+        pytest.approx(0.01)
+    assert check.timeline.within_tolerance is False  # 10% apart, beyond the 3% tolerance
+    written = check.to_results()
+    assert list(written) == ["nvml", "timeline"]
+    assert list(written["timeline"]) == ["counter_energy_j", "timeline_energy_j",
+                                         "timeline_gpu_energy_j", "relative_difference",
+                                         "within_tolerance", "tolerance"]
+    assert gpu_checks.EnergyCrossCheck.of((None, None), None, None).to_results() == \
+        {"nvml": None, "timeline": None}
+    with pytest.raises(TypeError):  # a key the section does not know is not silently dropped
+        gpu_checks.NvmlCrossCheck.from_results({"nvml_energy_j": 1.0, "extra": 2})
 
 
 def test_foreign_processes_by_pid_and_by_count():

@@ -47,7 +47,6 @@ from mlenergy.diffusion.startup import StartupClock
 from mlenergy.diffusion.record import (
     IterationRecord,
     LoadRecord,
-    Observations,
     RunRecord,
     WarmupRecord,
 )
@@ -187,7 +186,7 @@ def _measure_point(point: _Point, ranks, gpus, shared: _Shared | None, clock: St
         record.provenance = origin
         record.startup = clock.section(*place, first_window_start=measured.window[0],
                                        warmup=warmup)
-        _write_results(record, shared.denoiser)
+        _write_results(record)
     point.claim.release()
     return shared
 
@@ -266,7 +265,8 @@ def _load_pipeline(plan: RunPlan, ranks) -> tuple[Any, LoadRecord, Any]:
     if compiled:
         logger.info("Compiling at the first call: %s", compiled)
     return pipeline, LoadRecord(seconds=loading.seconds, denoiser_parameters=denoiser_parameters,
-                                parameter_gb=parameter_gb, option_effects=effects,
+                                parameter_gb=parameter_gb,
+                                option_effects=options_apply.OptionEffects.from_results(effects),
                                 compiled=compiled), denoiser
 
 
@@ -284,13 +284,13 @@ def _warm_up(plan: RunPlan, ranks, pipeline, batches: list[list[str]], probes) -
                 logger.info("Compiling the denoiser (first call; can take minutes) ...")
             before = compiles.snapshot()
             with runtime.Stopwatch() as one:
-                recorder.begin_iteration()
+                probes.begin_iteration(measured=False)
                 steps.begin(f"warm-up {i + 1}/{len(batches)}", plan.warmup_steps)
                 xdit.generate(pipeline, plan, batch, seed=plan.seed - 1 - i, device=ranks.device,
                               steps=plan.warmup_steps, extra_kwargs=recorder.call_kwargs())
                 runtime.synchronize(ranks.device)
                 steps.end()
-                recorder.end_iteration()
+                probes.end_iteration(measured=False)
             times.append(one.seconds)
             compiled.append(compiles.difference(before, compiles.snapshot()))
     logger.info("Warm-up: %d iteration(s) of %d step(s) in %.1f s (%s)", len(batches),
@@ -306,7 +306,6 @@ def _warm_up(plan: RunPlan, ranks, pipeline, batches: list[list[str]], probes) -
 @dataclasses.dataclass
 class _Measured:
     records: list[IterationRecord]
-    stage_records: list[dict]
     whole: Any
     window: tuple[float, float]
     nvml_reads: tuple
@@ -323,19 +322,18 @@ def _measure(plan: RunPlan, ranks, pipeline, batches: list[list[str]], probes) -
     steps = console.StepProgress.of_recorder(probes.recorder, ranks.is_main)
     memory.reset_peak_memory(ranks.device)
     records: list[IterationRecord] = []
-    stage_records: list[dict] = []
     before_measuring = compiles.snapshot()
     meter.begin("benchmark")
     nvml_before = checks.read_nvml_energy(probes.gpus)
     for i, batch in enumerate(console.progress(batches, "iterations", ranks.is_main)):
         meter.begin(f"iteration-{i}")
-        recorder.begin_iteration()
+        probes.begin_iteration(measured=True)
         steps.begin(f"iteration {i + 1}/{len(batches)}", plan.inference_steps)
         outputs = xdit.generate(pipeline, plan, batch, seed=plan.seed + i, device=ranks.device,
                                 extra_kwargs=recorder.call_kwargs())
         window = meter.end(f"iteration-{i}")
         steps.end()
-        stage_records.append(recorder.record(recorder.end_iteration()))
+        probes.end_iteration(measured=True)
         saved = results.save_outputs(plan, ranks.rank, i, batch, outputs,
                                      runtime.all_gather_object)
         records.append(IterationRecord(index=i, measurement=window, prompts=batch,
@@ -350,64 +348,59 @@ def _measure(plan: RunPlan, ranks, pipeline, batches: list[list[str]], probes) -
     if plan.options.use_torch_compile and measured_compiles[0]:
         logger.warning("torch.compile compiled %d graph(s) during measured iterations: their "
                        "times include compilation; raise --warmup_iters", measured_compiles[0])
-    return _Measured(records=records, stage_records=stage_records, whole=whole,
+    return _Measured(records=records, whole=whole,
                      window=meter.bounds["benchmark"], nvml_reads=(nvml_before, nvml_after),
                      compiles=measured_compiles)
 
 
-def _gather(plan: RunPlan, probes, measured: _Measured, *, started: datetime, env: dict,
+def _gather(plan: RunPlan, probes, measured: _Measured, *, started: datetime, env,
             prompt_source: str, loaded: LoadRecord, warmup: WarmupRecord) -> RunRecord | None:
     """What every rank saw, in one record on rank 0 (None on the others). FLOPs are counted
     here, after the measured windows."""
-    from mlenergy.diffusion import environment, options_apply, quality
-    from mlenergy.diffusion.probes import stage_records, timeline
+    from mlenergy.diffusion import options_apply, quality
+    from mlenergy.diffusion.probes.protocol import MeasuredPhase
+    from mlenergy.diffusion.record import QualityReport
     from mlenergy.diffusion.sweep import sharing
 
-    flop_counts = probes.count_flops(plan)
-    gathered = probes.gather(measured.window[1], {"stage_records": measured.stage_records,
-                                                  "nvml_reads": measured.nvml_reads})
-    saved_by_rank = runtime.all_gather_object([r.outputs for r in measured.records])
-    if gathered is None:
-        return None
     records = measured.records
+    gpu_model = env.device_model
+    sections = probes.gather(MeasuredPhase(window=measured.window,
+                                           iterations=[r.measurement for r in records],
+                                           whole=measured.whole, nvml_reads=measured.nvml_reads),
+                             gpu_model=gpu_model)
+    saved_by_rank = runtime.all_gather_object([r.outputs for r in records])
+    if sections is None:
+        return None
     for record in records:
         record.outputs = next((names[record.index] for names in saved_by_rank
                                if names[record.index]), [])
-    for record, stage_record in zip(records, gathered["stage_records"]):
-        stage_records.add_remainder(stage_record, record.measurement.total_gpu_energy)
-        record.stages = stage_record
-    observations = Observations(
-        timeline=timeline.merge_blocks(gathered["timeline_blocks"], *measured.window),
-        fence_mode=probes.recorder.fence_mode, flop_counts=flop_counts,
-        nvml_reads=gathered["nvml_reads"], peak_memory_gb=gathered["peak_memory_gb"],
-        exclusivity=probes.exclusivity, idle_baseline=probes.idle_baseline,
-        measured_compiles=measured.compiles)
+    for record, stages in zip(records, sections.stages.iterations):
+        record.stages = stages
     record = RunRecord(
-        plan=plan, started=started, environment=env, gpu_model=environment.device_model(env),
+        plan=plan, started=started, environment=env, gpu_model=gpu_model,
         num_gpus=probes.gpus.total, prompt_source=prompt_source, load=loaded, warmup=warmup,
         iterations=records, whole=measured.whole, window=measured.window,
-        observations=observations,
+        observations=sections,
         compile=options_apply.compile_report(plan, warmup.iteration_times, warmup.compiles,
                                              measured.compiles, [r.measurement.time for r in records],
                                              loaded.compiled))
     record.shared_node_runs = sharing.runs_sharing_node(plan.run_dir, *measured.window)
     if plan.reference is not None:
-        record.quality = quality.quality_report(plan.run_dir, plan.config.reference_run,
-                                                plan.reference, [r.outputs for r in records])
+        record.quality = QualityReport.from_results(quality.quality_report(
+            plan.run_dir, plan.config.reference_run, plan.reference, [r.outputs for r in records]))
     return record
 
 
-def _write_results(record: RunRecord, denoiser) -> None:
+def _write_results(record: RunRecord) -> None:
     """The record's analysis, then results.json, model_info.json, the plot and the summary."""
-    from mlenergy.diffusion import analysis, summary
-    from mlenergy.diffusion.probes import timeline
+    from mlenergy.diffusion import analysis, power_plot, summary
 
     plan = record.plan
-    record.analysis = analysis.analyze(record, denoiser)
+    record.analysis = analysis.analyze(record)
     logger.info("%s", model_info.write_model_info(plan.base_dir, plan.spec, plan.weights,
                                                   plan.dtype))
     files.write_json_atomically(plan.run_dir / files.RESULTS, results.results_document(record))
-    plot = timeline.plot_run(record, plan.run_dir / timeline.PLOT)
+    plot = power_plot.plot_run(record, plan.run_dir / power_plot.PLOT)
     if plot is not None:
         logger.info("Power plot: %s", plot)
     console.show_result("Summary", summary.summary_table(record))

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlenergy.diffusion.environment import RunEnvironment
+    from mlenergy.diffusion.provenance import Provenance
 
 OPTION_DEFAULTS = {"compile_backend": "inductor", "compile_scope": "transformer",
                    "compile_mode": "default"}
@@ -85,31 +89,28 @@ def _gpus_text(gpus: list[dict]) -> str:
     return ", ".join(parts)
 
 
-def environment_text(env: dict) -> str:
+def environment_text(env: RunEnvironment) -> str:
     """Host, packages, CUDA, driver and GPUs in one line of words."""
-    packages = env.get("packages") or {}
-    installed = ", ".join(f"{name} {version}" for name, version in packages.items() if version)
-    absent = [name for name, version in packages.items() if not version]
-    parts = [f"Python {env.get('python')}; {installed}"
+    installed = ", ".join(f"{name} {version}" for name, version in env.packages.items() if version)
+    absent = [name for name, version in env.packages.items() if not version]
+    parts = [f"Python {env.python}; {installed}"
              + (f" ({', '.join(absent)} not installed)" if absent else ""),
-             f"host {env.get('hostname')}, CPU {env.get('cpu')}"]
-    gpus = env.get("gpus") or []
-    if gpus:
-        parts.append(f"GPUs {_gpus_text(gpus)}; driver {env.get('driver')}, CUDA "
-                     f"{env.get('cuda') or 'none'}"
-                     + (f", cuDNN {env['cudnn']}" if env.get("cudnn") else ""))
+             f"host {env.hostname}, CPU {env.cpu}"]
+    if env.gpus:
+        parts.append(f"GPUs {_gpus_text(env.gpus)}; driver {env.driver}, CUDA "
+                     f"{env.cuda or 'none'}" + (f", cuDNN {env.cudnn}" if env.cudnn else ""))
     else:
-        parts.append("no GPUs" + (f" (CUDA {env['cuda']})" if env.get("cuda") else ""))
+        parts.append("no GPUs" + (f" (CUDA {env.cuda})" if env.cuda else ""))
     return "; ".join(parts)
 
 
-def provenance_text(origin: dict) -> str:
+def provenance_text(origin: Provenance) -> str:
     """`mlenergy-diffusion 0.1.0, git <commit> (uncommitted changes); command: <as typed>`,
     the command last, whole, ready to paste."""
-    commit = origin.get("git_commit")
-    if commit is None:
+    if origin.git_commit is None:
         where = "not a git checkout"
     else:
-        where = f"git {commit}" + (" (uncommitted changes)" if origin.get("git_dirty") else "")
-    return (f"mlenergy-diffusion {origin.get('benchmark_version')}, {where}; command: "
-            f"{origin.get('command_line')}")
+        where = f"git {origin.git_commit}" + (" (uncommitted changes)" if origin.git_dirty
+                                               else "")
+    return (f"mlenergy-diffusion {origin.benchmark_version}, {where}; command: "
+            f"{origin.command_line}")

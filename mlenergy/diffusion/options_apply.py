@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
 
 import torch
@@ -13,12 +14,41 @@ import torch
 from mlenergy.diffusion.options import ATTENTION_BACKENDS
 from mlenergy.diffusion import attention, quantize
 from mlenergy.diffusion.quantize import module_bytes
-from mlenergy.diffusion.probes.compile import kernel_cache_report
+from mlenergy.diffusion.probes.compile import CompileReport, kernel_cache_report
+from mlenergy.diffusion.sections import Section
 
 if TYPE_CHECKING:
     from mlenergy.diffusion.plan import RunPlan
 
 logger = logging.getLogger("mlenergy.diffusion")
+
+
+@dataclass
+class AttentionReport(Section):
+    """results.json `attention`: who runs the denoiser's attention and with which kernel."""
+
+    requested: str | None
+    # xfuser:<backend> when xDiT's processors run attention, diffusers:<backend> otherwise.
+    used: str
+    kernel: str | None
+    xfuser_selected: str | None
+    processors: list[str]
+    # attention.installed_report(): the fa3-fwd wheel, where installed.
+    fa3: dict | None
+
+
+@dataclass
+class OptionEffects(Section):
+    """What the options did to the pipeline, in results.json order: the FP8 T5 encoder's and the
+    FP8 denoiser's reports (None when off) and the attention actually used."""
+
+    fp8_t5_encoder: dict | None
+    quantized_denoiser: dict | None
+    attention: AttentionReport
+
+    @classmethod
+    def from_results(cls, entries: dict) -> OptionEffects:
+        return cls(**{**entries, "attention": AttentionReport.from_results(entries["attention"])})
 
 
 def prepare_weights(plan: RunPlan, pipeline, denoiser) -> dict:
@@ -165,7 +195,7 @@ def compile_arguments(plan: RunPlan) -> Iterator[list]:
 
 def compile_report(plan: RunPlan, warmup_times: list[float], warmup_compiles: list,
                    measured_compiles: tuple, measured_times: list[float],
-                   compiled: str | None = None) -> dict | None:
+                   compiled: str | None = None) -> CompileReport | None:
     """results.json `compile`: what compiling cost and whether measurement was compile-free."""
     options = plan.options
     if not options.use_torch_compile:
@@ -173,28 +203,22 @@ def compile_report(plan: RunPlan, warmup_times: list[float], warmup_compiles: li
     graphs_measured, seconds_measured = measured_compiles
     steady = min(measured_times) if measured_times else None
     first = warmup_times[0] if warmup_times else None
-    return {
-        "backend": options.compile_backend,
-        "mode": options.compile_mode,
-        "scope": options.compile_scope,
-        "autotune": options.compile_autotune,
-        "compiled": compiled,
-        # Dynamo's own count: tracing and code generation, not kernel tuning at run time.
-        "compile_time_s": sum(s for _, s in warmup_compiles if s is not None)
+    inductor = options.compile_backend == "inductor"
+    return CompileReport(
+        backend=options.compile_backend, mode=options.compile_mode, scope=options.compile_scope,
+        autotune=options.compile_autotune, compiled=compiled,
+        compile_time_s=sum(s for _, s in warmup_compiles if s is not None)
         if all(s is not None for _, s in warmup_compiles) else None,
-        "first_warmup_iteration_s": first,
+        first_warmup_iteration_s=first,
         **first_call_overhead(warmup_times),
-        "first_warmup_minus_fastest_measured_s": (first - steady)
+        first_warmup_minus_fastest_measured_s=(first - steady)
         if first is not None and steady is not None else None,
-        "graphs_compiled_per_warmup_iteration": [g for g, _ in warmup_compiles],
-        "graphs_compiled_during_measurement": graphs_measured,
-        "compile_seconds_during_measurement": seconds_measured,
-        "recompiled_during_measurement": None if graphs_measured is None else graphs_measured > 0,
-        "kernel_cache": kernel_cache_report() if options.compile_backend == "inductor"
-        else None,
-        "inductor_settings": inductor_settings() if options.compile_backend == "inductor"
-        else None,
-    }
+        graphs_compiled_per_warmup_iteration=[g for g, _ in warmup_compiles],
+        graphs_compiled_during_measurement=graphs_measured,
+        compile_seconds_during_measurement=seconds_measured,
+        recompiled_during_measurement=None if graphs_measured is None else graphs_measured > 0,
+        kernel_cache=kernel_cache_report() if inductor else None,
+        inductor_settings=inductor_settings() if inductor else None)
 
 
 def first_call_overhead(warmup_times: list[float]) -> dict:

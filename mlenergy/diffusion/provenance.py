@@ -6,24 +6,31 @@ import os
 import shlex
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from mlenergy.diffusion import __version__
+from mlenergy.diffusion.sections import Section
 
 # The checkout that holds this package: mlenergy/diffusion/provenance.py -> repository root.
 _ROOT = Path(__file__).resolve().parents[2]
 
 
-def describe() -> dict:
-    """results.json / driver_log.txt: `git_commit` and `git_dirty` are None when the package is
-    not a git checkout (an installed wheel) or git is missing."""
+@dataclass
+class Provenance(Section):
+    """results.json `provenance`. `git_commit` and `git_dirty` are None when the package is not
+    a git checkout (an installed wheel) or git is missing."""
+
+    benchmark_version: str
+    git_commit: str | None
+    git_dirty: bool | None
+    command_line: str
+
+
+def describe() -> Provenance:
     commit = git_commit()
-    return {
-        "benchmark_version": __version__,
-        "git_commit": commit,
-        "git_dirty": _git_dirty() if commit else None,
-        "command_line": command_line(),
-    }
+    return Provenance(benchmark_version=__version__, git_commit=commit,
+                      git_dirty=_git_dirty() if commit else None, command_line=command_line())
 
 
 def version_text() -> str:

@@ -1,5 +1,6 @@
 """The typed record of a run: filled in as the run goes, read by the summary and the plot, and
-written out once, by results.py, as results.json."""
+written out once, by results.py, as results.json. Its measurement sections are the probes'
+(probes/__init__.py ProbeSections), composed by analysis.py."""
 
 from __future__ import annotations
 
@@ -8,9 +9,25 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from mlenergy.diffusion.probes.energy import Measurement
+from mlenergy.diffusion.sections import Section
 
 if TYPE_CHECKING:
+    from mlenergy.diffusion.environment import RunEnvironment
+    from mlenergy.diffusion.options_apply import OptionEffects
     from mlenergy.diffusion.plan import RunPlan
+    from mlenergy.diffusion.probes import ProbeSections
+    from mlenergy.diffusion.probes.checks import EnergyCrossCheck, Exclusivity
+    from mlenergy.diffusion.probes.compile import CompileReport
+    from mlenergy.diffusion.probes.energy import HostEnergy
+    from mlenergy.diffusion.probes.flops import PhysicalFloor
+    from mlenergy.diffusion.probes.stage_records import (
+        IterationStages,
+        StageBreakdown,
+        StepSummary,
+    )
+    from mlenergy.diffusion.probes.timeline import IdleBaseline
+    from mlenergy.diffusion.provenance import Provenance
+    from mlenergy.diffusion.startup import StartupSection
 
 
 @dataclass
@@ -20,9 +37,9 @@ class IterationRecord:
     prompts: list[str]
     # Saved images or videos, relative to the run directory.
     outputs: list[str] = field(default_factory=list)
-    # Wall-clock start and end of the iteration's window; its stage record (probes/stages.py).
+    # Wall-clock start and end of the iteration's window; its stages (probes/stage_records.py).
     window: tuple[float, float] | None = None
-    stages: dict | None = None
+    stages: IterationStages | None = None
 
 
 @dataclass
@@ -30,8 +47,8 @@ class LoadRecord:
     seconds: float
     denoiser_parameters: int
     parameter_gb: float
-    # What the options did to the pipeline: results.json entries (fp8_t5_encoder, attention).
-    option_effects: dict
+    # What the options did to the pipeline (fp8_t5_encoder, quantized_denoiser, attention).
+    option_effects: OptionEffects
     compiled: str | None
 
 
@@ -44,44 +61,91 @@ class WarmupRecord:
 
 
 @dataclass
-class Observations:
-    """What the probes saw on every rank, gathered on rank 0."""
+class Statistics(Section):
+    """stats.summarize over the measured iterations, e.g. results.json
+    `latency_per_image_stats`."""
 
-    timeline: dict | None
-    fence_mode: str
-    # Per-rank FLOP counts of one denoiser forward; None when not counted.
-    flop_counts: list[dict] | None
-    # NVML counters around the measured phase, every node's GPUs: (before, after).
-    nvml_reads: tuple[dict | None, dict | None]
-    peak_memory_gb: list[float | None]
-    exclusivity: dict | None
-    # The process's idle baseline (taken once, before its first point).
-    idle_baseline: dict | None
-    measured_compiles: tuple
+    n: int
+    mean: float
+    median: float
+    p90: float
+    p99: float
+    min: float
+    max: float
+    stdev: float | None
+    # The 95% confidence interval of the mean: [low, high].
+    ci95: list[float] | None
+    cv: float | None
 
 
 @dataclass
-class Analysis:
-    """Numbers derived from the raw measurements (analysis.py), in results.json order."""
+class Steadiness(Section):
+    """results.json `steadiness`: whether the coefficients of variation stayed under the limit
+    (None when neither could be computed)."""
 
-    stage_breakdown: dict
+    steady: bool | None
+    latency_cv: float | None
+    energy_cv: float | None
+    cv_limit: float
+
+
+@dataclass
+class Analysis(Section):
+    """Every measurement section after the iterations, in results.json order (analysis.py)."""
+
+    stage_breakdown: StageBreakdown
     stage_fence: str
-    steps: dict | None
-    latency_per_image_stats: dict
-    energy_per_image_stats: dict | None
-    steadiness: dict
-    physical_floor: dict | None
-    idle_baseline: dict | None
-    energy_cross_check: dict
-    gpu_exclusivity: dict | None
-    host_energy: dict
+    steps: StepSummary | None
+    latency_per_image_stats: Statistics
+    energy_per_image_stats: Statistics | None
+    steadiness: Steadiness
+    physical_floor: PhysicalFloor | None
+    idle_baseline: IdleBaseline | None
+    energy_cross_check: EnergyCrossCheck
+    gpu_exclusivity: Exclusivity | None
+    host_energy: HostEnergy
+
+
+@dataclass
+class ImageQuality(Section):
+    image: str
+    reference_image: str
+    # None when the images are identical (PSNR is infinite).
+    psnr_db: float | None
+    ssim: float
+    identical: bool
+
+
+@dataclass
+class QualityReport(Section):
+    """results.json `quality` (quality.py's report, with --reference_run)."""
+
+    reference_run: str
+    # The reference run's own `configurations`, as its results.json holds them.
+    reference_configurations: dict | None
+    num_images: int
+    identical_images: int
+    # None when any image is identical (PSNR is infinite).
+    mean_psnr_db: float | None
+    mean_ssim: float | None
+    min_ssim: float | None
+    images: list[ImageQuality]
+    lpips: str
+    clip_score: str
+
+    @classmethod
+    def from_results(cls, entries: dict | None) -> QualityReport | None:
+        if entries is None:
+            return None
+        return cls(**{**entries, "images": [ImageQuality(**image)
+                                             for image in entries["images"]]})
 
 
 @dataclass
 class RunRecord:
     plan: RunPlan
     started: datetime
-    environment: dict
+    environment: RunEnvironment
     gpu_model: str
     num_gpus: int
     prompt_source: str
@@ -90,16 +154,16 @@ class RunRecord:
     iterations: list[IterationRecord]
     whole: Measurement
     window: tuple[float, float]
-    observations: Observations
-    compile: dict | None = None
-    quality: dict | None = None
+    observations: ProbeSections
+    compile: CompileReport | None = None
+    quality: QualityReport | None = None
     analysis: Analysis | None = None
-    provenance: dict = field(default_factory=dict)
+    provenance: Provenance | None = None
     # Other runs of the campaign on this node during the measurement (None: not started by a
     # sweep, so unknown); see sweep/sharing.py.
     shared_node_runs: list[dict] | None = None
     # Where the time before the first measured window went (startup.py).
-    startup: dict | None = None
+    startup: StartupSection | None = None
 
     # -- headline numbers, from the per-iteration windows ------------------------------------
     @property
@@ -151,8 +215,9 @@ class RunRecord:
 
     def option_results(self) -> dict[str, Any]:
         """results.json entries of the performance options, after the measurement sections."""
-        out = {"warmup_iteration_times": self.warmup.iteration_times, "compile": self.compile,
-               **self.load.option_effects}
+        out = {"warmup_iteration_times": self.warmup.iteration_times,
+               "compile": self.compile.to_results() if self.compile else None,
+               **self.load.option_effects.to_results()}
         if self.quality is not None:
-            out["quality"] = self.quality
+            out["quality"] = self.quality.to_results()
         return out

@@ -3,7 +3,6 @@ from the run's record), requests.json and model_info.json."""
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from typing import TYPE_CHECKING
 
@@ -68,23 +67,24 @@ def results_document(record: RunRecord) -> dict:
         doc["iteration_energy_measurements"] = [r.measurement.to_dict()
                                                 for r in record.iterations]
     doc["configurations"] = configurations(plan)
-    doc["timeline"] = record.observations.timeline or {
-        "benchmark_start_time": record.window[0], "benchmark_end_time": record.window[1]}
+    doc["timeline"] = record.observations.timeline.to_results()
     doc.update(_run_facts(record))
     doc["iterations"] = [_iteration(r, task.plural) for r in record.iterations]
-    doc.update(dataclasses.asdict(record.analysis))
+    doc.update(record.analysis.to_results())
     doc.update({
         "peak_memory_gb": record.peak_memory_gb,
         "peak_memory_gb_per_rank": record.observations.peak_memory_gb,
         "parameter_memory_gb": record.load.parameter_gb,
         "model_load_time_s": record.load.seconds,
         "warmup_time_s": record.warmup.seconds,
-        "startup": record.startup,
-        "environment": record.environment,
-        "provenance": record.provenance,
+        "startup": record.startup.to_results() if record.startup else None,
+        "environment": record.environment.to_results(),
+        "provenance": record.provenance.to_results() if record.provenance else None,
         "shared_node_runs": record.shared_node_runs,
     })
     doc.update(record.option_results())
+    # Sections of probes added to probes/__init__.py's ADDED_PROBES, each under its own key.
+    doc.update({s.RESULTS_KEY: s.to_results() for s in record.observations.added})
     # What makes this run this run: a rerun with other settings must not pass for it.
     doc[rundir.IDENTITY_KEY] = rundir.identity(plan)
     return doc
@@ -141,9 +141,7 @@ def _iteration(r: IterationRecord, outputs_key: str) -> dict:
     if r.window:
         entry.update(start_time=r.window[0], end_time=r.window[1])
     if r.stages:
-        entry.update(stages=r.stages["stages"], steps=r.stages["steps"],
-                     denoiser_forwards=r.stages["denoiser_forwards"],
-                     stage_boundaries=r.stages["boundaries"], stage_rank_window=r.stages["window"])
+        entry.update(r.stages.to_results())
     return entry
 
 

@@ -10,6 +10,32 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import dataclass
+
+from mlenergy.diffusion.sections import Section
+
+
+@dataclass
+class StartupSection(Section):
+    """results.json `startup`: seconds per phase (None where not measured)."""
+
+    group_size: int
+    group_position: int
+    # Paid once by the process, for every point of its group.
+    imports_s: float | None
+    process_group_s: float | None
+    inputs_s: float | None
+    load_s: float | None
+    idle_baseline_s: float | None
+    # This point's own.
+    point_setup_s: float | None
+    warmup_s: float | None
+    # Dynamo's tracing and code generation in the warm-up; then what the first call cost beyond
+    # a steady one (compiling, loading kernels, tuning them).
+    warmup_compile_s: float | None
+    first_call_overhead_s: float | None
+    # From the process's start (first point) or the previous point's end.
+    to_first_window_s: float
 
 
 def _process_start_time() -> float | None:
@@ -59,30 +85,20 @@ class StartupClock:
             self.point_started = started
 
     def section(self, group_size: int, position: int, first_window_start: float,
-                warmup) -> dict:
-        """results.json `startup` of the point now measured (`position` counts from 1; `warmup`
-        its WarmupRecord)."""
+                warmup) -> StartupSection:
+        """The startup of the point now measured (`position` counts from 1; `warmup` its
+        WarmupRecord)."""
         compile_seconds = [s for _, s in warmup.compiles]
         later = warmup.iteration_times[1:]
         imports = (self.main_entered - self.process_started
                    if self.process_started is not None else None)
         once = self.process_phases
-        return {
-            "group_size": group_size,
-            "group_position": position,
-            # Paid once by the process, for every point of its group.
-            "imports_s": imports,
-            "process_group_s": once.get("process_group"),
-            "inputs_s": once.get("inputs"),
-            "load_s": once.get("load"),
-            "idle_baseline_s": once.get("idle_baseline"),
-            # This point's own.
-            "point_setup_s": self.point_phases.get("setup"),
-            "warmup_s": self.point_phases.get("warmup"),
-            # Dynamo's tracing and code generation in the warm-up; then what the first call cost
-            # beyond a steady one (compiling, loading kernels, tuning them).
-            "warmup_compile_s": sum(compile_seconds) if None not in compile_seconds else None,
-            "first_call_overhead_s": warmup.iteration_times[0] - min(later) if later else None,
-            # From the process's start (first point) or the previous point's end.
-            "to_first_window_s": first_window_start - self.point_started,
-        }
+        return StartupSection(
+            group_size=group_size, group_position=position, imports_s=imports,
+            process_group_s=once.get("process_group"), inputs_s=once.get("inputs"),
+            load_s=once.get("load"), idle_baseline_s=once.get("idle_baseline"),
+            point_setup_s=self.point_phases.get("setup"),
+            warmup_s=self.point_phases.get("warmup"),
+            warmup_compile_s=sum(compile_seconds) if None not in compile_seconds else None,
+            first_call_overhead_s=warmup.iteration_times[0] - min(later) if later else None,
+            to_first_window_s=first_window_start - self.point_started)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 
 from mlenergy.diffusion import runtime
+from mlenergy.diffusion.sections import Section
 
 logger = logging.getLogger("mlenergy.diffusion")
 
@@ -20,6 +22,55 @@ SELF_CHECK_TOLERANCE = 0.03
 
 class ForeignProcessesError(RuntimeError):
     pass
+
+
+@dataclass
+class Exclusivity(Section):
+    """results.json `gpu_exclusivity`: processes on the run's GPUs that are not its ranks."""
+
+    exclusive: bool
+    foreign_pids: dict[str, list[int]]
+    pid_namespace_matches: bool
+
+
+@dataclass
+class NvmlCrossCheck(Section):
+    """NVML's counters read directly around the measured phase against Zeus's window."""
+
+    nvml_gpu_energy_j: dict[str, float]
+    nvml_energy_j: float
+    zeus_energy_j: float | None
+    relative_difference: float | None
+
+
+@dataclass
+class TimelineSelfCheck(Section):
+    """The counter's energy of the measured phase against the power timeline's integral; the
+    run's own verdict is `within_tolerance`."""
+
+    counter_energy_j: float
+    timeline_energy_j: float
+    timeline_gpu_energy_j: dict[str, float]
+    relative_difference: float | None
+    within_tolerance: bool
+    tolerance: float
+
+
+@dataclass
+class EnergyCrossCheck(Section):
+    """results.json `energy_cross_check`."""
+
+    nvml: NvmlCrossCheck | None
+    timeline: TimelineSelfCheck | None
+
+    @classmethod
+    def of(cls, nvml_reads: tuple, whole_gpu_energy: dict | None,
+           timeline_energy: dict | None) -> EnergyCrossCheck:
+        before, after = nvml_reads
+        return cls(
+            nvml=NvmlCrossCheck.from_results(nvml_cross_check(before, after, whole_gpu_energy)),
+            timeline=TimelineSelfCheck.from_results(
+                timeline_self_check(whole_gpu_energy, timeline_energy)))
 
 
 def foreign_processes(per_gpu: dict[str, list[int]], own_pids: set[int],
@@ -90,7 +141,7 @@ def timeline_self_check(counter_energy: dict | None, timeline_energy: dict | Non
             "within_tolerance": ok, "tolerance": SELF_CHECK_TOLERANCE}
 
 
-def check_run_gpus(gpus, require_exclusive: bool) -> dict | None:
+def check_run_gpus(gpus, require_exclusive: bool) -> Exclusivity | None:
     """Other processes on the run's GPUs, every node's; checked once the model is loaded, so that
     every rank holds its own context. None without GPUs."""
     if not gpus.measures_energy:
@@ -100,9 +151,23 @@ def check_run_gpus(gpus, require_exclusive: bool) -> dict | None:
     if gpus.ranks.is_local_main:
         report = check_exclusive(gpus, own, require_exclusive)
     reports = [r for r in runtime.all_gather_object(report) if r is not None]
-    return {"exclusive": all(r["exclusive"] for r in reports),
-            "foreign_pids": {g: p for r in reports for g, p in r["foreign_pids"].items()},
-            "pid_namespace_matches": all(r["pid_namespace_matches"] for r in reports)}
+    return Exclusivity(
+        exclusive=all(r["exclusive"] for r in reports),
+        foreign_pids={g: p for r in reports for g, p in r["foreign_pids"].items()},
+        pid_namespace_matches=all(r["pid_namespace_matches"] for r in reports))
+
+
+def merged_nvml_reads(per_rank: list[tuple]) -> tuple[dict | None, dict | None]:
+    """Every node's (before, after) reads of read_nvml_energy as one pair over all GPUs."""
+    return _merged(r[0] for r in per_rank), _merged(r[1] for r in per_rank)
+
+
+def _merged(parts) -> dict | None:
+    merged: dict = {}
+    for part in parts:
+        if part:
+            merged.update(part)
+    return merged or None
 
 
 def read_nvml_energy(gpus) -> dict | None:

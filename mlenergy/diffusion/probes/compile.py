@@ -2,6 +2,35 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from mlenergy.diffusion.sections import Section
+
+
+@dataclass
+class CompileReport(Section):
+    """results.json `compile` (with --use_torch_compile): what compiling cost and whether the
+    measured iterations were free of it."""
+
+    backend: str
+    mode: str | None
+    scope: str | None
+    autotune: bool
+    compiled: str | None
+    # Dynamo's own count: tracing and code generation, not kernel tuning at run time.
+    compile_time_s: float | None
+    first_warmup_iteration_s: float | None
+    steady_warmup_iteration_s: float | None
+    first_call_overhead_s: float | None
+    first_warmup_minus_fastest_measured_s: float | None
+    graphs_compiled_per_warmup_iteration: list[int | None]
+    graphs_compiled_during_measurement: int | None
+    compile_seconds_during_measurement: float | None
+    recompiled_during_measurement: bool | None
+    # kernel_cache_report(), and the inductor settings in force (inductor backend only).
+    kernel_cache: dict[str, int | str] | None
+    inductor_settings: dict[str, object] | None
+
 
 class CompileTracker:
     """Counts graphs dynamo compiles and the seconds it spends, between snapshots.

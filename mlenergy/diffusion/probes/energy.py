@@ -17,6 +17,7 @@ from typing import Any
 from mlenergy.diffusion import runtime
 from mlenergy.diffusion.probes.gpus import RunGpus
 from mlenergy.diffusion.probes.readings import WindowReading
+from mlenergy.diffusion.sections import Section
 
 logger = logging.getLogger("mlenergy.diffusion")
 
@@ -49,6 +50,24 @@ class Measurement:
                 break
             gpu.update(part.gpu_energy)
         return cls(time=max(p.time for p in parts), gpu_energy=gpu)
+
+
+@dataclass
+class HostEnergy(Section):
+    """results.json `host_energy`: the host's RAPL energy over the measured phase."""
+
+    source: str
+    cpu_energy_j: float | None
+    dram_energy_j: float | None
+
+    @classmethod
+    def of(cls, whole: Measurement) -> HostEnergy:
+        return cls(source="RAPL through Zeus; never added into the GPU figures",
+                   cpu_energy_j=_total(whole.cpu_energy), dram_energy_j=_total(whole.dram_energy))
+
+
+def _total(energy: dict | None) -> float | None:
+    return sum(energy.values()) if energy else None
 
 
 class EnergyMeter:

@@ -10,10 +10,13 @@ has an analytic count to cross-check it (field notes 6: 74.4 TFLOP at 1024x1024)
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 
 from mlenergy.diffusion import runtime
+from mlenergy.diffusion.probes.protocol import MeasuredPhase
+from mlenergy.diffusion.sections import Section
 
 logger = logging.getLogger("mlenergy.diffusion")
 
@@ -202,3 +205,90 @@ def floor(*, flops_per_forward: float, forwards_per_iteration: float, denoising_
         "energy_floor_j": time_floor * power if time_floor is not None and power else None,
         "denoising_time_over_floor": denoising_time_s / time_floor if time_floor else None,
     }
+
+
+@dataclass
+class PhysicalFloor(Section):
+    """results.json `physical_floor`: the work of the run's denoiser and what the run made of it
+    (floor() for the first eleven entries)."""
+
+    flops_per_forward: float
+    forwards_per_iteration: float
+    tflop_per_iteration: float
+    achieved_tflops: float | None
+    peak_tflops: float | None
+    mfu: float | None
+    joules_per_tflop: float | None
+    power_basis: str | None
+    time_floor_s: float | None
+    energy_floor_j: float | None
+    denoising_time_over_floor: float | None
+    attention_flops_per_forward: int
+    counted_on_ranks: int
+    method: str
+    flops_by_operator: dict[str, int]
+    analytic_flops_per_forward: int | None
+    counted_over_analytic: float | None
+
+
+@dataclass
+class FlopCount:
+    """One denoiser forward counted on every rank, and the hand count where one exists."""
+
+    per_rank: list[dict]
+    analytic: dict | None
+
+    def floor(self, *, forwards_per_iteration: float, denoising, phase: MeasuredPhase,
+              num_gpus: int, gpu_model: str, dtype: str) -> PhysicalFloor:
+        """The floor of the measured phase; `denoising` is its mean denoising stage."""
+        total = sum(c["total"] for c in self.per_rank)
+        attention = sum(c["attention"] for c in self.per_rank)
+        if attention == 0:
+            logger.warning("FLOP count: no attention operator was counted; the floor is too low")
+        times, energies = phase.iteration_times, phase.iteration_energies
+        arithmetic = floor(
+            flops_per_forward=total, forwards_per_iteration=forwards_per_iteration,
+            denoising_time_s=denoising.time_s, denoising_energy_j=denoising.energy_j,
+            iteration_time_s=sum(times) / len(times),
+            iteration_energy_j=None if None in energies else sum(energies) / len(energies),
+            num_gpus=num_gpus, peak_tflops_per_gpu=peak_tflops(gpu_model, dtype))
+        by_operator: dict[str, int] = {}
+        for count in self.per_rank:
+            for op, n in count["by_op"].items():
+                by_operator[op] = by_operator.get(op, 0) + n
+        analytic = self.analytic["total"] if self.analytic else None
+        return PhysicalFloor(
+            **arithmetic, attention_flops_per_forward=attention,
+            counted_on_ranks=len(self.per_rank),
+            method="torch.utils.flop_counter.FlopCounterMode on the run's denoiser",
+            flops_by_operator=by_operator, analytic_flops_per_forward=analytic,
+            counted_over_analytic=total / analytic if analytic else None)
+
+
+class FlopsProbe:
+    """Counts one denoiser forward after the measured phase, on the inputs of the last measured
+    iteration's first denoiser call (captured by the stage hooks)."""
+
+    def __init__(self, plan, recorder):
+        self.plan = plan
+        self.recorder = recorder
+
+    def begin_iteration(self, measured: bool) -> None:
+        pass
+
+    def end_iteration(self, measured: bool) -> None:
+        pass
+
+    def gather(self, phase: MeasuredPhase) -> FlopCount | None:
+        plan = self.plan
+        if not plan.config.count_flops:
+            return None
+        captured = self.recorder.first_denoiser_call
+        per_rank = count_on_every_rank(captured, self.recorder.ranks,
+                                       fail_softly=plan.world_size == 1)
+        if not per_rank:
+            return None
+        denoiser = captured[0]
+        return FlopCount(per_rank, analytic_forward_flops(
+            plan.spec.family.name, denoiser, plan.height, plan.width, plan.max_sequence_length,
+            plan.batch_size))

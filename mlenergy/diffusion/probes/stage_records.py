@@ -1,10 +1,130 @@
-"""Arithmetic over stage records (probes/stages.py): one record per iteration from every rank's,
-the remainder of an iteration outside its stages, and the means over iterations."""
+"""The stage probe: the hooks of probes/stages.py around each iteration, and the arithmetic over
+their records (one record per iteration from every rank's, the remainder of an iteration outside
+its stages, the means over iterations), handed back as a typed section."""
 
 from __future__ import annotations
 
-from mlenergy.diffusion import stats
-from mlenergy.diffusion.probes.stages import STAGES
+import dataclasses
+import logging
+from dataclasses import dataclass
+
+from mlenergy.diffusion import runtime, stats
+from mlenergy.diffusion.probes.protocol import MeasuredPhase
+from mlenergy.diffusion.probes.stages import STAGES, StageRecorder
+from mlenergy.diffusion.sections import Section
+
+logger = logging.getLogger("mlenergy.diffusion")
+
+
+@dataclass
+class StageTotals(Section):
+    time_s: float
+    energy_j: float | None
+
+
+@dataclass
+class StageBreakdown(Section):
+    """results.json `stage_breakdown`: mean per iteration of each stage and the remainder."""
+
+    text_encoding: StageTotals
+    denoising: StageTotals
+    decoding: StageTotals
+    remainder: StageTotals
+
+    def items(self) -> list[tuple[str, StageTotals]]:
+        return [(f.name, getattr(self, f.name)) for f in dataclasses.fields(self)]
+
+    @classmethod
+    def of(cls, records: list[dict]) -> StageBreakdown:
+        return cls(**{stage: StageTotals(**totals)
+                      for stage, totals in stage_breakdown(records).items()})
+
+
+@dataclass
+class StepSummary(Section):
+    """results.json `steps`: statistics of every measured denoising step."""
+
+    n: int
+    mean: float
+    median: float
+    p90: float
+    p99: float
+    stdev: float | None
+
+
+@dataclass
+class IterationStages(Section):
+    """One measured iteration's stages as the rank they come from saw them: its entries in
+    results.json `iterations`."""
+
+    # Per stage (and the remainder): time, energy, per-GPU energy, how it was measured, calls.
+    stages: dict[str, dict]
+    # The steps' source and latencies (None when denoising could not be split into steps).
+    steps: dict | None
+    denoiser_forwards: int
+    # [stage, start, end] wall-clock times: what the power plot marks.
+    stage_boundaries: list[list]
+    stage_rank_window: list[float]
+
+    @classmethod
+    def of(cls, record: dict) -> IterationStages:
+        return cls(stages=record["stages"], steps=record["steps"],
+                   denoiser_forwards=record["denoiser_forwards"],
+                   stage_boundaries=record["boundaries"], stage_rank_window=record["window"])
+
+
+@dataclass
+class StageSection(Section):
+    """What the stage probe hands back: results.json `stage_breakdown`, `stage_fence` and
+    `steps`, and each iteration's stages (written inside `iterations`)."""
+
+    stage_breakdown: StageBreakdown
+    stage_fence: str
+    steps: StepSummary | None
+    iterations: list[IterationStages]
+
+    def to_results(self) -> dict:
+        # The iterations' stages are written inside each iteration's entry, not here.
+        return {"stage_breakdown": self.stage_breakdown.to_results(),
+                "stage_fence": self.stage_fence,
+                "steps": self.steps.to_results() if self.steps else None}
+
+
+class StageProbe:
+    """The stage hooks of one point; keeps each measured iteration's record until gathered."""
+
+    def __init__(self, recorder: StageRecorder):
+        self.recorder = recorder
+        self._records: list[dict] = []
+
+    @classmethod
+    def start(cls, plan, gpus, pipeline) -> StageProbe:
+        recorder = StageRecorder(pipeline, gpus, plan.inference_steps)
+        logger.info("Stage hooks: %s; step-end callback %s", recorder.describe(),
+                    "passed to the pipeline" if recorder.accepts_step_callback else "not taken")
+        return cls(recorder)
+
+    def begin_iteration(self, measured: bool) -> None:
+        self.recorder.begin_iteration()
+
+    def end_iteration(self, measured: bool) -> None:
+        # Warm-up iterations count too: they show which boundaries every rank crosses.
+        iteration = self.recorder.end_iteration()
+        if measured:
+            self._records.append(self.recorder.record(iteration))
+
+    def gather(self, phase: MeasuredPhase) -> StageSection | None:
+        ranks = self.recorder.ranks
+        per_rank = runtime.all_gather_object(self._records)
+        if not ranks.is_main:
+            return None
+        combined = combine_ranks(per_rank, ranks.local_world_size)
+        for record, energy in zip(combined, phase.iteration_energies):
+            add_remainder(record, energy)
+        return StageSection(stage_breakdown=StageBreakdown.of(combined),
+                            stage_fence=self.recorder.fence_mode,
+                            steps=StepSummary.from_results(step_summary(combined)),
+                            iterations=[IterationStages.of(r) for r in combined])
 
 
 def add_remainder(record: dict, iteration_energy: float | None) -> None:

@@ -1,4 +1,5 @@
-"""Power and temperature over time (GPU only), in the ML.ENERGY `timeline` shape, and its plot.
+"""Power and temperature over time (GPU only), in the ML.ENERGY `timeline` shape (its plot is
+drawn on the results' side: power_plot.py).
 
 Local rank 0 of each node samples its GPUs with Zeus (power every 0.1 s in every domain the
 GPU offers, temperature every 0.5 s) from before the idle baseline to the end of the run.
@@ -10,13 +11,14 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
+from dataclasses import dataclass
 
 from mlenergy.diffusion import runtime, stats
+from mlenergy.diffusion.probes.protocol import MeasuredPhase
+from mlenergy.diffusion.sections import Section
 
 logger = logging.getLogger("mlenergy.diffusion")
 
-PLOT = "power_timeline.png"
 # Preferred power domain for integrals and the plot: the instantaneous reading, then the
 # one-second average.
 DOMAINS = ("device_instant", "device_average")
@@ -25,6 +27,7 @@ DOMAINS = ("device_instant", "device_average")
 class TimelineMonitor:
     def __init__(self, gpus):
         self._gpus = gpus
+        self.ranks = gpus.ranks
         self._monitors = None
         if gpus.ranks.is_local_main and gpus.measures_energy:
             try:
@@ -64,6 +67,66 @@ def _from(series, start: float | None) -> list[list[float]]:
     return pairs[first:]
 
 
+@dataclass
+class PowerTimeline(Section):
+    """results.json `timeline`: the measured phase's bounds and, where GPUs were sampled, every
+    node's power (per domain, per GPU: [time, W] pairs) and temperature samples."""
+
+    benchmark_start_time: float
+    benchmark_end_time: float
+    power: dict[str, dict[str, list]] | None = None
+    temperature: dict[str, list] | None = None
+
+    @property
+    def sampled(self) -> bool:
+        return bool(self.power)
+
+    def to_results(self) -> dict:
+        out = {"benchmark_start_time": self.benchmark_start_time,
+               "benchmark_end_time": self.benchmark_end_time}
+        if self.power is not None:  # without GPUs only the bounds are written
+            out.update(power=self.power, temperature=self.temperature)
+        return out
+
+
+@dataclass
+class IdleBaseline(Section):
+    """results.json `idle_baseline`: the GPUs' mean power over the idle window."""
+
+    start_time: float
+    end_time: float
+    duration_s: float
+    mean_power_w: dict[str, float] | None
+    total_power_w: float | None
+
+
+class TimelineProbe:
+    """One point's share of the process's power and temperature timeline."""
+
+    def __init__(self, monitor: TimelineMonitor, since: float | None):
+        self.monitor = monitor
+        # Where the point's timeline begins: None (the monitor's start, idle window included)
+        # for a process's first point, as a point launched alone has it; the point's own start
+        # for later ones.
+        self.since = since
+
+    def begin_iteration(self, measured: bool) -> None:
+        pass
+
+    def end_iteration(self, measured: bool) -> None:
+        pass
+
+    def gather(self, phase: MeasuredPhase) -> PowerTimeline | None:
+        # Every sample from well before the first window (the point's start): a value holds
+        # until the next sample, so the one before a window's start is needed to know the power
+        # there. The monitor goes on for the process's next point.
+        blocks = runtime.all_gather_object(self.monitor.block(self.since, phase.window[1]))
+        if not self.monitor.ranks.is_main:
+            return None
+        merged = merge_blocks(blocks, *phase.window)
+        return PowerTimeline(**merged) if merged else PowerTimeline(*phase.window)
+
+
 def idle_baseline_window(seconds: float, gpus) -> tuple[float, float] | None:
     """Every rank sleeps the same time (a barrier would keep the GPUs spinning in NCCL) while
     local rank 0's monitor samples the idle GPUs. Nothing to sample without GPUs."""
@@ -92,12 +155,10 @@ def merge_blocks(blocks: list[dict | None], start: float, end: float) -> dict | 
             "temperature": temperature}
 
 
-def idle_baseline(block: dict | None, start: float, end: float) -> dict:
-    """results.json `idle_baseline`: the GPUs' mean power over the idle window."""
+def idle_baseline(block: dict | None, start: float, end: float) -> IdleBaseline:
     power = mean_power(block, start, end) if block else None
-    return {"start_time": start, "end_time": end, "duration_s": end - start,
-            "mean_power_w": power,
-            "total_power_w": sum(power.values()) if power else None}
+    return IdleBaseline(start_time=start, end_time=end, duration_s=end - start,
+                        mean_power_w=power, total_power_w=sum(power.values()) if power else None)
 
 
 def power_series(timeline: dict) -> tuple[str, dict[str, list]] | None:
@@ -128,67 +189,3 @@ def mean_power(timeline: dict, start: float, end: float) -> dict[str, float] | N
     if energy is None or end <= start:
         return None
     return {gpu: j / (end - start) for gpu, j in energy.items()}
-
-
-STAGE_COLOURS = {"text_encoding": "tab:green", "denoising": "tab:blue", "decoding": "tab:orange"}
-
-
-def plot_run(record, path: Path) -> Path | None:
-    """The power plot of a run's record (timeline, iteration windows, stage boundaries); None
-    when the run has no power timeline or matplotlib is missing."""
-    block = record.observations.timeline or {}
-    if not block.get("power"):
-        return None
-    iterations = [r.window for r in record.iterations if r.window]
-    stages = [tuple(b) for r in record.iterations if r.stages for b in r.stages["boundaries"]]
-    plan = record.plan
-    title = (f"{plan.spec.model_id} [{plan.weights}], batch {plan.batch_size}, "
-             f"{plan.height}x{plan.width}, {plan.inference_steps} steps, "
-             f"{record.gpu_model} x{record.num_gpus}")
-    try:
-        return plot_power(block, iterations, stages, path, title=title)
-    except ImportError:
-        logger.warning("matplotlib is not installed: no power plot (pip install matplotlib, then "
-                       "python scripts/plot_timeline.py RUN_DIR)")
-        return None
-
-
-def plot_power(timeline: dict, iterations: list[tuple[float, float]],
-               stages: list[tuple[str, float, float]], path: Path, title: str = "") -> Path:
-    """Power over time per GPU, measured iterations as vertical lines and stages as bands."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    found = power_series(timeline)
-    if found is None:
-        raise ValueError("the timeline has no power samples to plot")
-    domain, per_gpu = found
-    origin = min(series[0][0] for series in per_gpu.values() if series)
-    fig, ax = plt.subplots(figsize=(12, 4.5), dpi=120)
-    for gpu, series in sorted(per_gpu.items(), key=lambda kv: int(kv[0])):
-        if series:
-            # Samples come only when the value changes: each holds until the next.
-            ax.plot([t - origin for t, _ in series], [w for _, w in series], lw=0.9,
-                    drawstyle="steps-post", label=f"GPU {gpu}")
-    shown = set()
-    for name, start, end in stages:
-        ax.axvspan(start - origin, end - origin, color=STAGE_COLOURS.get(name, "grey"),
-                   alpha=0.15, lw=0, label=None if name in shown else name.replace("_", " "))
-        shown.add(name)
-    for i, (start, end) in enumerate(iterations):
-        ax.axvline(start - origin, color="black", lw=0.7, ls="--",
-                   label="iteration start/end" if i == 0 else None)
-        ax.axvline(end - origin, color="black", lw=0.7, ls="--")
-    ax.set_xlabel("time since first sample (s)")
-    ax.set_ylabel(f"power, {domain} (W)")
-    ax.set_ylim(0, max(ax.get_ylim()[1] * 1.05, 1.0))  # from zero: a flat line reads as flat
-    ax.set_title(title)
-    ax.legend(loc="lower right", fontsize=8, ncol=3)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
