@@ -252,7 +252,7 @@ def test_dry_run_prints_commands_and_creates_nothing(tmp_path):
                for c in commands) == 3
     assert sum("has 38 attention heads, not divisible by --ulysses_degree" in line
                for line in lines) == 5 * 3
-    assert lines[-1] == "# 85 point(s) to run in 17 launch(es) (43 GPU processes in all); " \
+    assert lines[-1] == "# 85 point(s) to run in 17 launch(es) (78 GPU processes in all); " \
         "15 skipped"
     apart = sweep(tmp_path, "--preset", "leaderboard", "--models", FLUX, LARGE, "--gpus", "8",
                   "--device", "cuda", "--out_dir", str(out), "--dry_run",
