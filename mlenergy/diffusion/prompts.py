@@ -14,11 +14,11 @@ import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional, Sequence
+from typing import Optional, Sequence
 
-from mlenergy.diffusion.config import (DEFAULT_SEED, PROMPT_DATASET, VIDEO_PROMPT_DATASET,
-                                       ConfigError)
+from mlenergy.diffusion.config import DEFAULT_SEED, ConfigError
 from mlenergy.diffusion.files import write_json_atomically
+from mlenergy.diffusion.task import TEXT_TO_IMAGE, TaskName, task_named
 from mlenergy.diffusion.prompt_datasets import (  # noqa: F401 - re-exported
     DATASET_SPLITS,
     DEFAULT_COLUMNS,
@@ -227,7 +227,7 @@ class ExportRequests:
     seed: int = DEFAULT_SEED
     """The run's --workload.seed."""
 
-    task: Literal["text-to-image", "text-to-video"] = "text-to-image"
+    task: TaskName = TEXT_TO_IMAGE.name
     """Which dataset: open-image-preferences (images) or EvalCrafter (videos)."""
 
     out_dir: Optional[Path] = None
@@ -249,8 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size < 1 or args.iterations < 1:
         print("error: --batch_size and --iterations must be at least 1", file=sys.stderr)
         return 2
-    dataset = args.prompt_dataset or (VIDEO_PROMPT_DATASET if args.task == "text-to-video"
-                                      else PROMPT_DATASET)
+    dataset = args.prompt_dataset or task_named(args.task).dataset
     try:
         pool = load_pool(dataset, args.prompt_cache_dir, task=args.task)
     except PromptsError as err:
