@@ -150,7 +150,7 @@ def _take_point(plan: RunPlan, ranks) -> _Point | None:
     schedule, source, prompts_note = prompt_source.draw_for_run(
         plan, ranks.is_main, runtime.broadcast_object)
     if plan.reference is not None:
-        quality.check_prompts(plan.config.reference_run, plan.reference, schedule.measured)
+        quality.check_prompts(plan.reference_run, plan.reference, schedule.measured)
     return _Point(plan, claim, schedule, source, prompts_note)
 
 
@@ -228,7 +228,7 @@ def _load_once(plan: RunPlan, ranks, gpus, clock: StartupClock) -> _Shared:
         pipeline, loaded, denoiser = _load_pipeline(plan, ranks)
     with clock.process_phase("idle_baseline"):
         # Before any hook goes in, with nothing running on the run's GPUs.
-        baseline = Baseline.take(gpus, plan.config.idle_baseline_s)
+        baseline = Baseline.take(gpus, plan.idle_baseline_s)
     return _Shared(pipeline, loaded, denoiser, baseline)
 
 
@@ -387,7 +387,7 @@ def _gather(plan: RunPlan, probes, measured: _Measured, *, started: datetime, en
     record.shared_node_runs = sharing.runs_sharing_node(plan.run_dir, *measured.window)
     if plan.reference is not None:
         record.quality = QualityReport.from_results(quality.quality_report(
-            plan.run_dir, plan.config.reference_run, plan.reference, [r.outputs for r in records]))
+            plan.run_dir, plan.reference_run, plan.reference, [r.outputs for r in records]))
     return record
 
 

@@ -317,7 +317,7 @@ def run_dir_tokens(spec: ModelSpec) -> list[str]:
     return tokens
 
 
-def results_fields(spec: ModelSpec, workload) -> dict:
+def results_fields(spec: ModelSpec, prompts) -> dict:
     """What results.json says about the model's provenance and where its defaults came from."""
     local = Path(spec.load_id).is_dir()
     return {
@@ -329,7 +329,7 @@ def results_fields(spec: ModelSpec, workload) -> dict:
         },
         "model_defaults": dict(spec.defaults_source),
         "scheduler_overrides": dict(spec.scheduler_overrides) or None,
-        "prompt_sampling": workload.prompt_sampling,
+        "prompt_sampling": prompts.prompt_sampling,
     }
 
 
