@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as err:
             print(f"error: {err}", file=sys.stderr)  # on every rank: each has its own values
             return 2
-    rank = runtime.launched_ranks()[0]
+    rank = launch.launched_rank()
     try:
         point_argvs = group.split_points(argv)
     except group.GroupError as err:
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {err}", file=sys.stderr)
         return 2
     with clock.process_phase("inputs"):
-        configs = [parse_cli(point) for point in point_argvs]
+        configs = [parse_cli(point, quiet=rank != 0) for point in point_argvs]
     console.start(verbose=any(c.verbose for c in configs))
     try:
         with clock.process_phase("inputs"):
@@ -127,7 +127,7 @@ def run(plans: list[RunPlan], clock: StartupClock | None = None) -> None:
 
     clock = clock or StartupClock()
     with clock.process_phase("process_group"):
-        ranks = runtime.init_process_group(plans[0].device_type)
+        ranks = runtime.init_process_group(plans[0].launch)
     with clock.process_phase("inputs"):
         points = [p for p in (_take_point(plan, ranks) for plan in plans) if p is not None]
     gpus = RunGpus.for_ranks(ranks) if points else None

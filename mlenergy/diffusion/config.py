@@ -348,9 +348,11 @@ def normalize_argv(argv: Sequence[str]) -> list[str]:
     return args[:sub] + moved + head[sub:] + rest
 
 
-def parse_cli(argv: Sequence[str] | None = None) -> BenchmarkConfig:
+def parse_cli(argv: Sequence[str] | None = None, quiet: bool = False) -> BenchmarkConfig:
+    """The run's configuration from `argv`; `quiet`: refuse bad input without printing (every
+    rank but one, under torchrun)."""
     argv = sys.argv[1:] if argv is None else argv
     return parse_one_line(
         lambda args: tyro.cli(BenchmarkConfig, args=_canonical_spellings(args),
                               use_underscores=True, description=BenchmarkConfig.__doc__),
-        normalize_argv(argv), prog="mlenergy-diffusion run", aliases=FLAG_ALIASES)
+        normalize_argv(argv), prog="mlenergy-diffusion run", aliases=FLAG_ALIASES, quiet=quiet)
