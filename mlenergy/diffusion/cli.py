@@ -1,6 +1,6 @@
 """`mlenergy-diffusion`: one command for the benchmark and its tools.
 
-    mlenergy-diffusion run [FLAGS] workload:text-to-image [--workload.* FLAGS]
+    mlenergy-diffusion run [FLAGS] workload:t2i [--workload.* FLAGS]   (workload:t2v: videos)
     mlenergy-diffusion sweep | report | quality | check | models | presets ...
     mlenergy-diffusion --version
 

@@ -226,7 +226,7 @@ def _memory(plan: RunPlan) -> None:
     if have is not None and need + weights > have:
         raise ConfigError(
             f"batch {plan.batch_size} at {plan.height}x{plan.width}"
-            + (f"x{plan.num_frames} frames" if plan.num_frames else "")
+            + (f"x{plan.num_frames} frames" if plan.task.is_video else "")
             + f" needs at least {need / 1e9:,.1f} GB of activations ({what}), more than the "
             f"{have / 1e9:,.1f} GB of {where}"
             + (f" less the {weights / 1e9:,.1f} GB of weights" if weights else "")

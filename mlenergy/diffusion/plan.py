@@ -49,6 +49,11 @@ def _run_dir_name(v: dict, spec: ModelSpec, options: Options) -> str:
     return "+".join(parts)
 
 
+def _given_or(given, default):
+    """The user's value, else the model's (0 is a value given, unlike None)."""
+    return default if given is None else given
+
+
 def _positive(name: str, value: int | float | None) -> None:
     if value is not None and value < 1:
         raise ConfigError(f"{name} must be at least 1, got {value}")
@@ -110,8 +115,8 @@ def _check_row_split(spec: ModelSpec, arch: dict, height: int, degree: int) -> N
 def _video_shape(workload: TextToVideo, spec: ModelSpec, arch: dict) -> tuple[int, int]:
     """Frames and fps of a video run; the frame count must be one the model can generate."""
     family = spec.family
-    frames = workload.num_frames if workload.num_frames is not None else spec.num_frames
-    fps = workload.fps if workload.fps is not None else spec.fps
+    frames = _given_or(workload.num_frames, spec.num_frames)
+    fps = _given_or(workload.fps, spec.fps)
     _positive("--workload.fps", fps)
     _positive("--workload.num_frames", frames)
     if family.fixed_frames_key is not None:
@@ -194,8 +199,8 @@ def _shape(config: BenchmarkConfig, spec: ModelSpec, launch: Launch) -> dict:
     workload = config.workload
     _positive("--workload.batch_size", workload.batch_size)
     _positive("--workload.inference_steps", workload.inference_steps)
-    height = workload.height if workload.height is not None else spec.height
-    width = workload.width if workload.width is not None else spec.width
+    height = _given_or(workload.height, spec.height)
+    width = _given_or(workload.width, spec.width)
     factor = spec.family.spatial_factor
     for name, value in (("height", height), ("width", width)):
         if value < 1 or value % factor:
@@ -203,8 +208,7 @@ def _shape(config: BenchmarkConfig, spec: ModelSpec, launch: Launch) -> dict:
                 f"--workload.{name} {value} must be a positive multiple of {factor} for "
                 f"{spec.model_id} (VAE downsampling x patch size)"
             )
-    guidance = workload.guidance_scale if workload.guidance_scale is not None \
-        else spec.guidance_scale
+    guidance = _given_or(workload.guidance_scale, spec.guidance_scale)
     dtype = workload.dtype or (spec.dtype if launch.device_type == "cuda" else "float32")
     return dict(batch_size=workload.batch_size, height=height, width=width,
                 inference_steps=workload.inference_steps or spec.steps,
