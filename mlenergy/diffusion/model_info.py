@@ -98,6 +98,6 @@ def _holds_other_weights(base_dir: Path) -> bool:
             stored = RunResults.load(results)
         except ResultsError:
             continue
-        if stored.weights != "tiny":
+        if not is_tiny(stored.weights):
             return True
     return False

@@ -70,6 +70,11 @@ class RunPlan:
     flags_given: tuple[tuple[str, Any], ...] = ()
 
     @property
+    def family(self):
+        """The pipeline family the run builds (its `architecture` is this family's)."""
+        return self.spec.family
+
+    @property
     def base_dir(self) -> Path:
         return self.run_dir.parent
 
