@@ -1,7 +1,7 @@
 """Benchmark a diffusion model: latency and GPU energy per image or video, through xDiT.
 
-    torchrun --nproc_per_node=N mlenergy/diffusion/benchmark.py [flags] workload:text-to-image ...
-    python -m mlenergy.diffusion.benchmark [flags] workload:text-to-image ...   (one process)
+    torchrun --nproc_per_node=N mlenergy/diffusion/benchmark.py [flags] workload:t2i ...
+    python -m mlenergy.diffusion.benchmark [flags] workload:t2i ...   (one process)
 """
 
 from __future__ import annotations
