@@ -44,7 +44,7 @@ def main() -> None:
         "--workload.weights", args.weights, "--workload.height", str(args.height),
         "--workload.width", str(args.width), "--workload.inference_steps", str(args.steps),
     ]))
-    ranks = runtime.init_process_group(plan.device_type)
+    ranks = runtime.init_process_group(plan.launch)
     engine = xdit.engine_config(plan)
     pipe = pipelines.build_pipeline(plan.spec, args.weights, dtype=getattr(torch, plan.dtype),
                                     device=ranks.device,

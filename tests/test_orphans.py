@@ -190,7 +190,7 @@ from mlenergy.diffusion.config import parse_cli
 from mlenergy.diffusion.plan import make_plan
 plan = make_plan(parse_cli(["--ulysses_degree", "2", "workload:t2i", "--workload.weights", "tiny",
                             "--workload.height", "128", "--workload.width", "128"]))
-ranks = runtime.init_process_group("cpu")
+ranks = runtime.init_process_group(plan.launch)
 from mlenergy.diffusion import benchmark
 benchmark._load_pipeline(plan, ranks)  # where xDiT creates its groups, as in a run
 from xfuser.core.distributed import get_sp_group, get_world_group

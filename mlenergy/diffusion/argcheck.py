@@ -88,11 +88,11 @@ def _condense(captured: str) -> str:
 
 def parse_one_line(parse: Callable[[list[str]], T], argv: Sequence[str], prog: str,
                    aliases: Mapping[str, str] | None = None,
-                   repeatable: Sequence[str] = ()) -> T:
+                   repeatable: Sequence[str] = (), quiet: bool = False) -> T:
     """`parse(argv)`, with every refusal as one line `error: ...` and exit status 2. Help
-    (-h/--help) is printed as the parser prints it. Under torchrun only rank 0 speaks."""
+    (-h/--help) is printed as the parser prints it. `quiet`: refuse without a word (under
+    torchrun every rank but 0, so that the error shows once)."""
     argv = list(argv)
-    quiet = os.environ.get("RANK", "0") != "0"
     try:
         check_argv(argv, aliases, repeatable)
     except ArgvError as err:

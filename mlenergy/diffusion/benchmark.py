@@ -1,7 +1,7 @@
 """Benchmark a diffusion model: latency and GPU energy per image or video, through xDiT.
 
-    torchrun --nproc_per_node=N mlenergy/diffusion/benchmark.py [flags] workload:text-to-image ...
-    python -m mlenergy.diffusion.benchmark [flags] workload:text-to-image ...   (one process)
+    torchrun --nproc_per_node=N mlenergy/diffusion/benchmark.py [flags] workload:t2i ...
+    python -m mlenergy.diffusion.benchmark [flags] workload:t2i ...   (one process)
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as err:
             print(f"error: {err}", file=sys.stderr)  # on every rank: each has its own values
             return 2
-    rank = runtime.launched_ranks()[0]
+    rank = launch.launched_rank()
     try:
         point_argvs = group.split_points(argv)
     except group.GroupError as err:
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {err}", file=sys.stderr)
         return 2
     with clock.process_phase("inputs"):
-        configs = [parse_cli(point) for point in point_argvs]
+        configs = [parse_cli(point, quiet=rank != 0) for point in point_argvs]
     console.start(verbose=any(c.verbose for c in configs))
     try:
         with clock.process_phase("inputs"):
@@ -127,7 +127,7 @@ def run(plans: list[RunPlan], clock: StartupClock | None = None) -> None:
 
     clock = clock or StartupClock()
     with clock.process_phase("process_group"):
-        ranks = runtime.init_process_group(plans[0].device_type)
+        ranks = runtime.init_process_group(plans[0].launch)
     with clock.process_phase("inputs"):
         points = [p for p in (_take_point(plan, ranks) for plan in plans) if p is not None]
     gpus = RunGpus.for_ranks(ranks) if points else None
@@ -150,7 +150,7 @@ def _take_point(plan: RunPlan, ranks) -> _Point | None:
     schedule, source, prompts_note = prompt_source.draw_for_run(
         plan, ranks.is_main, runtime.broadcast_object)
     if plan.reference is not None:
-        quality.check_prompts(plan.config.reference_run, plan.reference, schedule.measured)
+        quality.check_prompts(plan.reference_run, plan.reference, schedule.measured)
     return _Point(plan, claim, schedule, source, prompts_note)
 
 
@@ -228,7 +228,7 @@ def _load_once(plan: RunPlan, ranks, gpus, clock: StartupClock) -> _Shared:
         pipeline, loaded, denoiser = _load_pipeline(plan, ranks)
     with clock.process_phase("idle_baseline"):
         # Before any hook goes in, with nothing running on the run's GPUs.
-        baseline = Baseline.take(gpus, plan.config.idle_baseline_s)
+        baseline = Baseline.take(gpus, plan.idle_baseline_s)
     return _Shared(pipeline, loaded, denoiser, baseline)
 
 
@@ -387,7 +387,7 @@ def _gather(plan: RunPlan, probes, measured: _Measured, *, started: datetime, en
     record.shared_node_runs = sharing.runs_sharing_node(plan.run_dir, *measured.window)
     if plan.reference is not None:
         record.quality = QualityReport.from_results(quality.quality_report(
-            plan.run_dir, plan.config.reference_run, plan.reference, [r.outputs for r in records]))
+            plan.run_dir, plan.reference_run, plan.reference, [r.outputs for r in records]))
     return record
 
 

@@ -1,6 +1,6 @@
 """`mlenergy-diffusion`: one command for the benchmark and its tools.
 
-    mlenergy-diffusion run [FLAGS] workload:text-to-image [--workload.* FLAGS]
+    mlenergy-diffusion run [FLAGS] workload:t2i [--workload.* FLAGS]   (workload:t2v: videos)
     mlenergy-diffusion sweep | report | quality | check | models | presets ...
     mlenergy-diffusion --version
 
@@ -15,12 +15,13 @@ import importlib
 import json
 import os
 import sys
-from typing import Literal, Optional, Sequence
+from typing import Optional, Sequence
 
 import tyro
 
 from mlenergy.diffusion.argcheck import parse_one_line
 from mlenergy.diffusion.config import help_from_docstrings
+from mlenergy.diffusion.task import TaskName
 
 PROG = "mlenergy-diffusion"
 
@@ -108,7 +109,7 @@ class ModelsArgs:
     """List the registered models: what `--workload.model_id` accepts without a local directory,
     and the defaults a run takes when its flags leave them open."""
 
-    task: Optional[Literal["text-to-image", "text-to-video"]] = None
+    task: Optional[TaskName] = None
     """Only the models of this task. Default: both."""
 
     json: bool = False

@@ -17,7 +17,7 @@ from typing import Annotated, Literal, Optional, Sequence, Union
 import tyro
 
 from mlenergy.diffusion.argcheck import parse_one_line
-from mlenergy.diffusion.task import TEXT_TO_IMAGE, TEXT_TO_VIDEO, Task
+from mlenergy.diffusion.task import TASKS, TEXT_TO_IMAGE, TEXT_TO_VIDEO, Task
 
 
 class ConfigError(ValueError):
@@ -27,8 +27,8 @@ class ConfigError(ValueError):
 DEFAULT_SEED = 48105
 # xDiT's default TeaCache / FBCache threshold.
 DEFAULT_CACHE_THRESHOLD = 0.12
-PROMPT_DATASET = "data-is-better-together/open-image-preferences-v1"
-VIDEO_PROMPT_DATASET = "RaphaelLiu/EvalCrafter_T2V_Dataset"
+PROMPT_DATASET = TEXT_TO_IMAGE.dataset
+VIDEO_PROMPT_DATASET = TEXT_TO_VIDEO.dataset
 
 
 def _field_docstrings(cls: type) -> dict[str, str]:
@@ -160,7 +160,7 @@ class TextToVideo(TextToImage):
     """Generate videos from text prompts."""
 
     model_id: str = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
-    """A text-to-video hub id (ORG/NAME), or a local directory of a diffusers pipeline."""
+    """A video model's hub id (ORG/NAME), or a local directory of a diffusers pipeline."""
 
     prompt_dataset: str = VIDEO_PROMPT_DATASET
     """Hugging Face dataset id, or a local parquet file or directory with a `text` column."""
@@ -178,8 +178,8 @@ class TextToVideo(TextToImage):
 
 
 Workload = Union[
-    Annotated[TextToImage, tyro.conf.subcommand("text-to-image")],
-    Annotated[TextToVideo, tyro.conf.subcommand("text-to-video")],
+    Annotated[TextToImage, tyro.conf.subcommand(TEXT_TO_IMAGE.name)],
+    Annotated[TextToVideo, tyro.conf.subcommand(TEXT_TO_VIDEO.name)],
 ]
 
 
@@ -287,10 +287,7 @@ class BenchmarkConfig:
     deprecation warnings. Otherwise only their errors show, and xDiT's warnings."""
 
 
-_SUBCOMMAND_ALIASES = {
-    "workload:t2i": "workload:text-to-image",
-    "workload:t2v": "workload:text-to-video",
-}
+_SUBCOMMAND_ALIASES = {task.subcommand: task.long_subcommand for task in TASKS.values()}
 # The previous ML.ENERGY benchmark's spellings (its job templates), accepted for ours; the help
 # shows ours only.
 FLAG_ALIASES = {
@@ -351,9 +348,11 @@ def normalize_argv(argv: Sequence[str]) -> list[str]:
     return args[:sub] + moved + head[sub:] + rest
 
 
-def parse_cli(argv: Sequence[str] | None = None) -> BenchmarkConfig:
+def parse_cli(argv: Sequence[str] | None = None, quiet: bool = False) -> BenchmarkConfig:
+    """The run's configuration from `argv`; `quiet`: refuse bad input without printing (every
+    rank but one, under torchrun)."""
     argv = sys.argv[1:] if argv is None else argv
     return parse_one_line(
         lambda args: tyro.cli(BenchmarkConfig, args=_canonical_spellings(args),
                               use_underscores=True, description=BenchmarkConfig.__doc__),
-        normalize_argv(argv), prog="mlenergy-diffusion run", aliases=FLAG_ALIASES)
+        normalize_argv(argv), prog="mlenergy-diffusion run", aliases=FLAG_ALIASES, quiet=quiet)

@@ -18,6 +18,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from mlenergy.diffusion.launch import launched_rank
+
 logger = logging.getLogger("mlenergy.diffusion")
 
 # Libraries whose INFO / WARNING lines say nothing about the measurement: ERROR and up only.
@@ -63,17 +65,13 @@ def _driver_log_format(rank: int) -> logging.Formatter:
     return logging.Formatter(f"%(asctime)s [rank {rank}] %(levelname)s %(message)s")
 
 
-def _launched_rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
 def start(verbose: bool = False) -> None:
     """Set up the console for one benchmark process, before any model library is imported:
     our lines on stderr (rank 0: from INFO; other ranks: warnings and errors), third-party
     libraries quiet unless `verbose`."""
     global _verbose
     _verbose = verbose
-    rank = _launched_rank()
+    rank = launched_rank()
     logger.setLevel(logging.INFO)
     logger.propagate = False
     for old in [h for h in logger.handlers if getattr(h, "_mlenergy_console", False)]:
@@ -106,7 +104,7 @@ def _quiet_libraries(verbose: bool) -> None:
     if not any(isinstance(h.stream, _StderrAroundBars) for h in warnings_logger.handlers
                if isinstance(h, logging.StreamHandler)):
         handler = logging.StreamHandler(_StderrAroundBars())
-        handler.setFormatter(_ConsoleFormatter(_launched_rank()))
+        handler.setFormatter(_ConsoleFormatter(launched_rank()))
         warnings_logger.addHandler(handler)
     if not verbose:
         for category in (DeprecationWarning, FutureWarning):
@@ -122,7 +120,7 @@ def route_xdit_logs() -> None:
                                                                         logging.FileHandler):
             continue
         handler.setStream(_StderrAroundBars())
-        handler.setFormatter(_ConsoleFormatter(_launched_rank()))
+        handler.setFormatter(_ConsoleFormatter(launched_rank()))
         if not _verbose:
             handler.setLevel(logging.WARNING)
             handler.addFilter(_not_routine)
@@ -154,7 +152,7 @@ def log_to_file(path: Path, this_rank_writes: bool) -> None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, mode="w")
-    handler.setFormatter(_driver_log_format(_launched_rank()))
+    handler.setFormatter(_driver_log_format(launched_rank()))
     for each in (logger, logging.getLogger("py.warnings")):
         # A second run in the same process must not keep writing the first one's log.
         for old in [h for h in each.handlers if isinstance(h, logging.FileHandler)]:

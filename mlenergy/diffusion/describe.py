@@ -53,7 +53,7 @@ def plan_line(plan) -> str:
             f"({plan.device_type}); warm-up {plan.warmup_iters} x {plan.warmup_steps} steps, "
             f"measured {plan.benchmark_iters}; "
             f"options: {options_text(plan.options.configurations())}"
-            + (f"; reference run {plan.config.reference_run}" if plan.config.reference_run else ""))
+            + (f"; reference run {plan.reference_run}" if plan.reference_run else ""))
 
 
 def plan_in_full(plan) -> str:
@@ -61,19 +61,16 @@ def plan_in_full(plan) -> str:
     spec = plan.spec
     rows = [("model id", spec.model_id), ("loaded from", spec.load_id),
             ("family", spec.family_name), ("revision", spec.revision), ("variant", spec.variant)]
-    skipped = {"config", "spec", "launch", "options", "reference"}
+    skipped = {"spec", "architecture", "launch", "options", "reference", "prompts",
+               "flags_given"}
     rows += [(f.name.replace("_", " "), getattr(plan, f.name))
              for f in dataclasses.fields(plan) if f.name not in skipped]
     rows += [(f"launch: {f.name.replace('_', ' ')}", getattr(plan.launch, f.name))
              for f in dataclasses.fields(plan.launch)]
     rows += [(f"option: {key.replace('_', ' ')}", value)
              for key, value in plan.options.configurations().items()]
-    workload = plan.config.workload
     # As given on the command line (none: left to the plan, whose values are above).
-    rows += [(f"--workload.{f.name}", getattr(workload, f.name))
-             for f in dataclasses.fields(workload)]
-    rows += [(f"--{f.name}", getattr(plan.config, f.name))
-             for f in dataclasses.fields(plan.config) if f.name != "workload"]
+    rows += list(plan.flags_given)
     return "\n".join(f"  {name}: {_value(value)}" for name, value in rows)
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
-Task = Literal["text-to-image", "text-to-video"]
+from mlenergy.diffusion.task import TaskName
+
+Task = TaskName
 
 # Component kinds. Text encoders name the tokenizer family they pair with; `pipelines.py`
 # builds each kind from a config mapping.

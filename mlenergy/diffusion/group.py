@@ -1,8 +1,8 @@
 """Several points measured by one process: the command line's `--then`, and what the points of one
 process must share.
 
-    benchmark.py [flags] workload:text-to-image --workload.batch_size 1 \\
-        --then [flags] workload:text-to-image --workload.batch_size 2
+    benchmark.py [flags] workload:t2i --workload.batch_size 1 \\
+        --then [flags] workload:t2i --workload.batch_size 2
 
 Each point is a whole command line of its own, planned and named exactly as if it were launched
 alone. The process loads the pipeline once, for the first point, so every point must want the

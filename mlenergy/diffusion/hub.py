@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 
 from mlenergy.diffusion.config import ConfigError
+from mlenergy.diffusion.launch import launched_local_rank
 
 MODEL_INDEX = "model_index.json"
 SCHEDULER_CONFIG = "scheduler/scheduler_config.json"
@@ -159,7 +160,7 @@ def local_snapshot(repo_id: str, revision: str | None, variant: str | None, pipe
         # A group of its own: a long download must not trip the run's collective timeout.
         group = dist.new_group(backend="gloo", timeout=DOWNLOAD_TIMEOUT)
     folder = None
-    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+    if launched_local_rank() == 0:
         folder = _download(repo_id, revision, variant, pipeline_cls, extra_subfolders,
                            local_files_only=not reachable())
     if group is not None:

@@ -1,5 +1,10 @@
 """The facts of how a run was launched, read from the environment once and passed on as a value,
-so that a configuration can be checked for a machine other than this one (the sweep does)."""
+so that a configuration can be checked for a machine other than this one (the sweep does).
+
+The one reader of the launch environment: torchrun's rank variables, its run id and rendezvous.
+Code that must know its rank before a plan exists (the console, the command line's errors) asks
+the functions here; the process group is built from the plan's `Launch`.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,39 @@ _ONE_PROCESS = {"RANK": 0, "WORLD_SIZE": 1, "LOCAL_RANK": 0, "LOCAL_WORLD_SIZE":
 
 def _flag(name: str) -> bool:
     return os.environ.get(name, "0").lower() in ("1", "true", "yes")
+
+
+def launched_by_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ
+
+
+def launched_rank() -> int:
+    """This process's global rank as torchrun set it; 0 for a plain `python` launch."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def launched_local_rank() -> int:
+    """This process's rank on its node; 0 for a plain `python` launch."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def rendezvous_address() -> tuple[str, int]:
+    """Where the ranks' store listens (torchrun's, or the one a one-process run sets up)."""
+    return os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+
+
+def attempt_key() -> str:
+    """This attempt of this run (torchrun's run id and restart count): a prefix in the store
+    that no other launch shares."""
+    return (f"{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/"
+            f"{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}")
+
+
+def become_one_process_group(port: int) -> None:
+    """A plain `python` launch: the variables torch's env:// rendezvous and xDiT read, for a
+    group of one process listening on `port` of the loopback."""
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
 
 
 def check_environment(environ: Mapping[str, str] | None = None) -> None:
@@ -68,6 +106,11 @@ class Launch:
     world_size: int = 1
     # Processes on this node (torchrun's --nproc_per_node).
     local_world_size: int = 1
+    # This process's ranks (0 where the launch is planned for another machine).
+    rank: int = 0
+    local_rank: int = 0
+    # Started by torchrun (its rendezvous holds the group), not by plain `python`.
+    torchrun: bool = False
     device_type: str = "cpu"
     visible_gpus: int = 0
     # HF_HUB_OFFLINE: pretrained weights must already be in the local cache.
@@ -84,6 +127,8 @@ class Launch:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         return cls(world_size=world,
                    local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", str(world))),
+                   rank=launched_rank(), local_rank=launched_local_rank(),
+                   torchrun=launched_by_torchrun(),
                    device_type="cuda" if cuda else "cpu",
                    visible_gpus=torch.cuda.device_count() if cuda else 0,
                    hub_offline=_flag("HF_HUB_OFFLINE"), here=True)

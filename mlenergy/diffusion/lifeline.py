@@ -18,15 +18,13 @@ import signal
 import sys
 import threading
 
+from mlenergy.diffusion.launch import launched_by_torchrun
+
 _PR_SET_PDEATHSIG = 1
 # How often the watcher looks at the parent PID.
 WATCH_PERIOD_S = 0.5
 
 _bound_parent: int | None = None
-
-
-def launched_by_torchrun() -> bool:
-    return "TORCHELASTIC_RUN_ID" in os.environ
 
 
 def _set_parent_death_signal() -> bool:

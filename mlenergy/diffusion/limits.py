@@ -20,7 +20,7 @@ from mlenergy.diffusion import prompts
 from mlenergy.diffusion.config import ConfigError
 
 if TYPE_CHECKING:
-    from mlenergy.diffusion.plan import RunPlan
+    from mlenergy.diffusion.run_plan import RunPlan
 
 SEED_MAX = 2**64 - 1  # torch generators take unsigned 64-bit seeds
 MAX_BATCH = 1024
@@ -42,7 +42,7 @@ NAME_MAX = 255  # bytes of one file name (Linux file systems)
 
 
 def check(plan: RunPlan) -> None:
-    _finite_numbers(plan.config)
+    """Every bound on a resolved plan (`finite_numbers` checks the flags as typed)."""
     _counts(plan)
     _seed(plan)
     _memory(plan)
@@ -69,7 +69,7 @@ def _fields(obj, prefix: str = "--"):
             yield f"{prefix}{f.name}", value
 
 
-def _finite_numbers(config) -> None:
+def finite_numbers(config) -> None:
     for flag, value in _fields(config):
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{flag} is {value}; give a finite number")
@@ -82,14 +82,13 @@ def _at_most(flag: str, value: int | None, ceiling: int, why: str = "") -> None:
 
 
 def _counts(plan: RunPlan) -> None:
-    workload = plan.config.workload
     _at_most("--workload.batch_size", plan.batch_size, MAX_BATCH)
     _at_most("--workload.height", plan.height, MAX_SIDE, " pixels")
     _at_most("--workload.width", plan.width, MAX_SIDE, " pixels")
     _at_most("--workload.inference_steps", plan.inference_steps, MAX_STEPS)
     _at_most("--warmup_steps", plan.warmup_steps, MAX_STEPS)
     _at_most("--workload.num_frames", plan.num_frames, MAX_FRAMES)
-    _at_most("--workload.fps", getattr(workload, "fps", None), MAX_FPS)
+    _at_most("--workload.fps", plan.fps, MAX_FPS)
     _at_most("--benchmark_iters", plan.benchmark_iters, MAX_BENCHMARK_ITERS)
     _at_most("--warmup_iters", plan.warmup_iters, MAX_WARMUP_ITERS)
     scheduled = plan.batch_size * (plan.benchmark_iters + plan.warmup_iters)
@@ -116,7 +115,7 @@ def activation_floor_bytes(plan: RunPlan) -> tuple[int, str]:
     decoder's output and (image VAEs) its full-resolution feature map, or the denoiser's
     query, key, value and residual stream for this rank's share of the tokens."""
     family = plan.spec.family
-    arch = family.tiny if plan.weights == "tiny" else plan.spec.architecture
+    arch = plan.architecture
     itemsize = _DTYPE_BYTES.get(plan.dtype, 2)
     frames = plan.num_frames or 1
     pixels = plan.batch_size * frames * plan.height * plan.width
@@ -124,7 +123,7 @@ def activation_floor_bytes(plan: RunPlan) -> tuple[int, str]:
     # An image VAE holds its first block's feature map at full resolution; video VAEs decode
     # in tiles or a few frames at a time, so only their output is certain to be whole.
     first_channels = (vae.get("block_out_channels") or [0])[0]
-    decode_channels = 3 + (first_channels if plan.num_frames is None and not family.vae_tiling
+    decode_channels = 3 + (first_channels if not plan.task.is_video and not family.vae_tiling
                            else 0)
     decode = pixels * decode_channels * itemsize
     denoiser = arch.get(family.denoiser_slot, {})
@@ -178,7 +177,7 @@ def weight_bytes(plan: RunPlan) -> tuple[int, str] | None:
     they are (None for tiny weights): parameters counted on the meta device from the configs the
     run builds (random weights), or, for pretrained weights, from those that are the model's
     own (registry or checkpoint), not the family's reference model standing in."""
-    if plan.weights == "tiny":
+    if plan.tiny_model:
         return None
     from mlenergy.diffusion import pipelines
 
@@ -227,7 +226,7 @@ def _memory(plan: RunPlan) -> None:
     if have is not None and need + weights > have:
         raise ConfigError(
             f"batch {plan.batch_size} at {plan.height}x{plan.width}"
-            + (f"x{plan.num_frames} frames" if plan.num_frames else "")
+            + (f"x{plan.num_frames} frames" if plan.task.is_video else "")
             + f" needs at least {need / 1e9:,.1f} GB of activations ({what}), more than the "
             f"{have / 1e9:,.1f} GB of {where}"
             + (f" less the {weights / 1e9:,.1f} GB of weights" if weights else "")
@@ -239,17 +238,17 @@ def max_prompt_chars(plan: RunPlan) -> int:
 
 
 def _prompts(plan: RunPlan) -> None:
-    workload = plan.config.workload
+    source = plan.prompts
     try:
-        if workload.prompts_file is not None:
-            pool, where = prompts.read_prompts_file(workload.prompts_file), \
-                f"prompts file {workload.prompts_file}"
+        if source.prompts_file is not None:
+            pool, where = prompts.read_prompts_file(source.prompts_file), \
+                f"prompts file {source.prompts_file}"
         else:
-            pool = prompts.check_dataset(workload.prompt_dataset, workload.prompt_cache_dir,
+            pool = prompts.check_dataset(source.prompt_dataset, source.prompt_cache_dir,
                                          task=plan.task.name, here=plan.launch.here)
             if pool is None:  # fetched from the hub by the run
                 return
-            where = f"prompt dataset {workload.prompt_dataset}"
+            where = f"prompt dataset {source.prompt_dataset}"
     except prompts.PromptsError as err:
         raise ConfigError(str(err)) from None
     ceiling = max_prompt_chars(plan)
@@ -282,15 +281,15 @@ def _places(plan: RunPlan) -> None:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"--workload.base_dir {base}: {existing} is not writable "
                           "(read-only?); pass a directory this user can write")
-    cache = plan.config.workload.prompt_cache_dir or prompts.default_cache_dir()
+    cache = plan.prompts.prompt_cache_dir or prompts.default_cache_dir()
     existing = _first_existing(Path(cache))
-    if plan.config.workload.prompts_file is None and not existing.is_dir():
+    if plan.prompts.prompts_file is None and not existing.is_dir():
         raise ConfigError(f"the prompt cache directory {cache} "
                           + ("is a file" if existing == Path(cache) else
                              f"lies under {existing}, a file")
                           + "; pass a directory to --workload.prompt_cache_dir (or set "
                           "MLENERGY_CACHE_DIR)")
-    reference = plan.config.reference_run
+    reference = plan.reference_run
     if reference is not None and Path(reference).resolve() == plan.run_dir.resolve():
         raise ConfigError(f"--reference_run {reference} is this run's own directory: the run "
                           "would overwrite the images it compares against; compare with "

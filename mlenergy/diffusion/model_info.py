@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from mlenergy.diffusion.files import RESULTS, write_json_atomically
-from mlenergy.diffusion.registry import MODELS, ModelSpec
+from mlenergy.diffusion.registry import MODELS, ModelSpec, is_tiny
 from mlenergy.diffusion.results_reader import ResultsError, RunResults
 
 MODEL_INFO = "model_info.json"
@@ -58,7 +58,7 @@ def should_write_model_info(base_dir: Path, document: dict | None, weights: str)
                        "known here (no registry row, no cached config of its denoiser)")
     existing = _read(path)
     if existing is not None:
-        if existing.get("weights") == "tiny":
+        if is_tiny(existing.get("weights")):
             return True, f"{path} rewritten: it held the tiny model's count"
         same = (existing.get("total_parameters_billion") == document["total_parameters_billion"]
                 and existing.get("model_id", document["model_id"]) == document["model_id"])
@@ -67,7 +67,7 @@ def should_write_model_info(base_dir: Path, document: dict | None, weights: str)
         return False, (f"{path} kept: it describes {existing.get('model_id', 'another model')} with "
                        f"{existing.get('total_parameters_billion')} B parameters, this run "
                        f"{document['total_parameters_billion']} B; remove it to replace it")
-    if weights == "tiny" and _holds_other_weights(Path(base_dir)):
+    if is_tiny(weights) and _holds_other_weights(Path(base_dir)):
         return False, f"{MODEL_INFO} not written: {base_dir} holds runs of other weights"
     return True, f"{path} written"
 
@@ -75,7 +75,7 @@ def should_write_model_info(base_dir: Path, document: dict | None, weights: str)
 def write_model_info(base_dir: Path, spec: ModelSpec, weights: str, dtype: str) -> str:
     """Write model_info.json into `base_dir` if it should be; returns the line to log. The
     precision is the run's, except for tiny weights, which say nothing about the model's."""
-    document = model_info_document(spec, spec.dtype if weights == "tiny" else dtype)
+    document = model_info_document(spec, spec.dtype if is_tiny(weights) else dtype)
     write, why = should_write_model_info(base_dir, document, weights)
     if write:
         write_json_atomically(Path(base_dir) / MODEL_INFO, document)
@@ -98,6 +98,6 @@ def _holds_other_weights(base_dir: Path) -> bool:
             stored = RunResults.load(results)
         except ResultsError:
             continue
-        if stored.weights != "tiny":
+        if not is_tiny(stored.weights):
             return True
     return False

@@ -107,6 +107,13 @@ class Options:
         return tokens
 
 
+def at_default(name: str, value) -> bool:
+    """Whether a recorded `configurations` value leaves option `name` as it is by default: the
+    run directory's name leaves it out (its field's `dir` metadata), and so do report labels."""
+    metadata = {f.name: f.metadata for f in dataclasses.fields(Options)}[name]
+    return value in metadata["dir"][1]
+
+
 def format_value(value) -> str:
     """A value as it appears in a run directory's name: floats short where that is exact, never
     collapsing two values into one name."""

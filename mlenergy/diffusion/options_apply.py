@@ -18,7 +18,7 @@ from mlenergy.diffusion.probes.compile import CompileReport, kernel_cache_report
 from mlenergy.diffusion.sections import Section
 
 if TYPE_CHECKING:
-    from mlenergy.diffusion.plan import RunPlan
+    from mlenergy.diffusion.run_plan import RunPlan
 
 logger = logging.getLogger("mlenergy.diffusion")
 

@@ -14,54 +14,11 @@ from mlenergy.diffusion import options as run_options
 from mlenergy.diffusion.config import BenchmarkConfig, ConfigError, TextToVideo
 from mlenergy.diffusion.launch import Launch
 from mlenergy.diffusion.options import Options
-from mlenergy.diffusion.registry import ModelSpec, known_model_ids
-from mlenergy.diffusion.task import Task
+from mlenergy.diffusion.registry import ModelSpec, is_tiny, known_model_ids
+from mlenergy.diffusion.run_plan import PromptSource, RunPlan
+from mlenergy.diffusion.task import Task, task_named
 
 __all__ = ["ConfigError", "Launch", "RunPlan", "make_plan", "default_base_dir"]
-
-
-@dataclasses.dataclass(frozen=True)
-class RunPlan:
-    config: BenchmarkConfig
-    spec: ModelSpec
-    task: Task
-    weights: str
-    batch_size: int
-    height: int
-    width: int
-    inference_steps: int
-    guidance_scale: float
-    seed: int
-    dtype: str
-    max_sequence_length: int | None
-    warmup_iters: int
-    warmup_steps: int
-    benchmark_iters: int
-    ulysses_degree: int
-    ring_degree: int
-    launch: Launch
-    options: Options
-    run_dir: Path
-    num_frames: int | None = None
-    fps: int | None = None
-    # The --reference_run's results.json, checked to be comparable.
-    reference: dict | None = None
-
-    @property
-    def base_dir(self) -> Path:
-        return self.run_dir.parent
-
-    @property
-    def world_size(self) -> int:
-        return self.launch.world_size
-
-    @property
-    def device_type(self) -> str:
-        return self.launch.device_type
-
-    @property
-    def num_gpus(self) -> int:
-        return self.world_size if self.device_type == "cuda" else 0
 
 
 def default_base_dir(task: str, model_id: str, root: Path = Path("run")) -> Path:
@@ -90,6 +47,11 @@ def _run_dir_name(v: dict, spec: ModelSpec, options: Options) -> str:
     parts += options.dir_tokens()
     parts += resolve.run_dir_tokens(spec)
     return "+".join(parts)
+
+
+def _given_or(given, default):
+    """The user's value, else the model's (0 is a value given, unlike None)."""
+    return default if given is None else given
 
 
 def _positive(name: str, value: int | float | None) -> None:
@@ -153,8 +115,8 @@ def _check_row_split(spec: ModelSpec, arch: dict, height: int, degree: int) -> N
 def _video_shape(workload: TextToVideo, spec: ModelSpec, arch: dict) -> tuple[int, int]:
     """Frames and fps of a video run; the frame count must be one the model can generate."""
     family = spec.family
-    frames = workload.num_frames if workload.num_frames is not None else spec.num_frames
-    fps = workload.fps if workload.fps is not None else spec.fps
+    frames = _given_or(workload.num_frames, spec.num_frames)
+    fps = _given_or(workload.fps, spec.fps)
     _positive("--workload.fps", fps)
     _positive("--workload.num_frames", frames)
     if family.fixed_frames_key is not None:
@@ -180,38 +142,52 @@ def make_plan(config: BenchmarkConfig, launch: Launch | None = None) -> RunPlan:
     facts (process counts, devices); by default this process's, so a configuration can also be
     checked for another machine."""
     launch = launch or Launch.from_environment()
-    workload = config.workload
+    workload, task = config.workload, config.workload.task
     spec = resolve.resolve_spec(workload)
-    _check_task(spec, workload.task)
-    arch = spec.family.tiny if workload.weights == "tiny" else spec.architecture
+    _check_task(spec, task)
+    arch = spec.component_configs(workload.weights)
     # What the model can generate first: it does not depend on how the run is launched.
-    num_frames, fps = _video_shape(workload, spec, arch) if isinstance(workload, TextToVideo) \
-        else (None, None)
+    num_frames, fps = _video_shape(workload, spec, arch) if task.is_video else (None, None)
     _check_parallelism(config, spec, arch, launch)
     shape = _shape(config, spec, launch)
     _check_row_split(spec, arch, shape["height"], config.ulysses_degree * config.ring_degree)
     options = run_options.resolve(config, spec, launch, shape["dtype"])
-    counts = _iteration_counts(config, shape["inference_steps"], video=num_frames is not None)
+    counts = _iteration_counts(config, task, shape["inference_steps"])
     _check_inputs(config, spec, launch)
     values = dict(shape, seed=workload.seed, weights=workload.weights,
                   ulysses_degree=config.ulysses_degree, ring_degree=config.ring_degree,
                   num_frames=num_frames, fps=fps)
-    reference = _reference(config, spec, shape, counts["benchmark_iters"], num_frames)
-    base_dir = workload.base_dir or default_base_dir(workload.task.name, spec.model_id)
-    max_seq = (spec.family.tiny_max_sequence_length if workload.weights == "tiny"
-               else spec.max_sequence_length)
+    reference = _reference(config, task, spec, shape, counts["benchmark_iters"])
+    base_dir = workload.base_dir or default_base_dir(task.name, spec.model_id)
+    limits.finite_numbers(config)
     plan = RunPlan(
-        config=config, spec=spec, task=workload.task, max_sequence_length=max_seq,
-        options=options, reference=reference, launch=launch,
-        run_dir=Path(base_dir) / _run_dir_name(values, spec, options), **counts, **values,
+        spec=spec, task=task, architecture=arch, tiny_model=is_tiny(workload.weights),
+        max_sequence_length=spec.sequence_length(workload.weights), options=options,
+        reference_run=config.reference_run, reference=reference, launch=launch,
+        run_dir=Path(base_dir) / _run_dir_name(values, spec, options),
+        prompts=PromptSource(workload.prompts_file, workload.prompt_dataset,
+                             workload.prompt_cache_dir, workload.prompt_sampling),
+        save_images=config.save_images, overwrite_results=config.overwrite_results,
+        idle_baseline_s=config.idle_baseline_s,
+        require_exclusive_gpus=config.require_exclusive_gpus, count_flops=config.count_flops,
+        flags_given=flags_given(config), **counts, **values,
     )
     limits.check(plan)
     return plan
 
 
+def flags_given(config: BenchmarkConfig) -> tuple[tuple[str, object], ...]:
+    """Every flag as the command line gave it (None: left to the plan), workload's first."""
+    workload = config.workload
+    return tuple([(f"--workload.{f.name}", getattr(workload, f.name))
+                  for f in dataclasses.fields(workload)]
+                 + [(f"--{f.name}", getattr(config, f.name))
+                    for f in dataclasses.fields(config) if f.name != "workload"])
+
+
 def _check_task(spec: ModelSpec, task: Task) -> None:
     if spec.task != task.name:
-        sub = "workload:t2v" if task.name == "text-to-image" else "workload:t2i"
+        sub = task_named(spec.task).subcommand
         raise ConfigError(
             f"{spec.model_id} is a {spec.task} model; use the {sub} subcommand, or choose a "
             f"{task.name} model ({', '.join(known_model_ids(task.name)) or 'none yet'})"
@@ -223,8 +199,8 @@ def _shape(config: BenchmarkConfig, spec: ModelSpec, launch: Launch) -> dict:
     workload = config.workload
     _positive("--workload.batch_size", workload.batch_size)
     _positive("--workload.inference_steps", workload.inference_steps)
-    height = workload.height if workload.height is not None else spec.height
-    width = workload.width if workload.width is not None else spec.width
+    height = _given_or(workload.height, spec.height)
+    width = _given_or(workload.width, spec.width)
     factor = spec.family.spatial_factor
     for name, value in (("height", height), ("width", width)):
         if value < 1 or value % factor:
@@ -232,8 +208,7 @@ def _shape(config: BenchmarkConfig, spec: ModelSpec, launch: Launch) -> dict:
                 f"--workload.{name} {value} must be a positive multiple of {factor} for "
                 f"{spec.model_id} (VAE downsampling x patch size)"
             )
-    guidance = workload.guidance_scale if workload.guidance_scale is not None \
-        else spec.guidance_scale
+    guidance = _given_or(workload.guidance_scale, spec.guidance_scale)
     dtype = workload.dtype or (spec.dtype if launch.device_type == "cuda" else "float32")
     return dict(batch_size=workload.batch_size, height=height, width=width,
                 inference_steps=workload.inference_steps or spec.steps,
@@ -255,10 +230,8 @@ def _check_inputs(config: BenchmarkConfig, spec: ModelSpec, launch: Launch) -> N
         resolve.check_pretrained(spec, launch.hub_offline, here=launch.here)
 
 
-def _iteration_counts(config: BenchmarkConfig, steps: int, video: bool) -> dict:
-    """Warm-up and measured iterations. Measured: 8 when steps <= 30, else 4 (images); 2
-    (videos), as the ML.ENERGY benchmark did. Warm-up steps: all of them (images), 1 (videos:
-    one step already runs every measured shape)."""
+def _iteration_counts(config: BenchmarkConfig, task: Task, steps: int) -> dict:
+    """Warm-up and measured iterations: the user's, else the task's defaults."""
     _positive("--benchmark_iters", config.benchmark_iters)
     _positive("--warmup_steps", config.warmup_steps)
     warmup_iters = config.warmup_iters
@@ -266,22 +239,21 @@ def _iteration_counts(config: BenchmarkConfig, steps: int, video: bool) -> dict:
         warmup_iters = run_options.default_warmup_iters(config)
     if warmup_iters < 0:
         raise ConfigError(f"--warmup_iters must be 0 or more, got {warmup_iters}")
-    default_iters = 2 if video else (8 if steps <= 30 else 4)
     return dict(warmup_iters=warmup_iters,
-                warmup_steps=config.warmup_steps or (1 if video else steps),
-                benchmark_iters=config.benchmark_iters or default_iters)
+                warmup_steps=config.warmup_steps or task.default_warmup_steps(steps),
+                benchmark_iters=config.benchmark_iters or task.default_benchmark_iters(steps))
 
 
-def _reference(config: BenchmarkConfig, spec: ModelSpec, shape: dict, benchmark_iters: int,
-               num_frames: int | None) -> dict | None:
+def _reference(config: BenchmarkConfig, task: Task, spec: ModelSpec, shape: dict,
+               benchmark_iters: int) -> dict | None:
     """The --reference_run's results.json, checked to be comparable with this run."""
     if config.reference_run is None:
         return None
     from mlenergy.diffusion import quality
 
-    if num_frames is not None:
+    if task.is_video:
         raise ConfigError("--reference_run compares images; it does not handle videos yet, "
-                          "drop it for text-to-video")
+                          f"drop it for {task.name}")
     return quality.load_reference(
         config.reference_run, model_id=spec.model_id, seed=config.workload.seed,
         height=shape["height"], width=shape["width"], batch_size=shape["batch_size"],

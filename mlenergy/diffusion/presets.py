@@ -24,8 +24,10 @@ import tyro
 from mlenergy.diffusion.argcheck import parse_one_line
 from mlenergy.diffusion.config import help_from_docstrings
 from mlenergy.diffusion.registry import MODELS, known_model_ids
+from mlenergy.diffusion.task import TASKS as TASKS_BY_NAME
+from mlenergy.diffusion.task import TEXT_TO_IMAGE, TEXT_TO_VIDEO
 
-TASKS = ("text-to-image", "text-to-video")
+TASKS = tuple(TASKS_BY_NAME)
 
 # (Ulysses, ring) degrees of the leaderboard's sweeps: every split of 1, 2, 4 and 8 GPUs.
 LEADERBOARD_PARALLEL = ((1, 1), (1, 2), (2, 1), (1, 4), (2, 2), (4, 1), (1, 8), (2, 4), (4, 2),
@@ -89,14 +91,14 @@ PRESETS: dict[str, Preset] = {
                     "flow shift 12; SD3.5 at the pipeline's guidance 7), the leaderboard's "
                     "prompt sampling, batch 1-16, and the same (ulysses, ring) degrees "
                     "(ml-energy/benchmark configs/xdit at tag v3.0, 14571a8)",
-        # Videos too: the v3.0 release's text-to-video benchmark.yaml dropped the batch of 32
+        # Videos too: the v3.0 release's video benchmark.yaml dropped the batch of 32
         # that the campaign's first configuration (05f288a, bc2cb39) listed.
-        batch_sizes={"text-to-image": LEADERBOARD_BATCH_SIZES,
-                     "text-to-video": LEADERBOARD_BATCH_SIZES},
+        batch_sizes={TEXT_TO_IMAGE.name: LEADERBOARD_BATCH_SIZES,
+                     TEXT_TO_VIDEO.name: LEADERBOARD_BATCH_SIZES},
         parallel=LEADERBOARD_PARALLEL,
         common_flags=("--workload.prompt_sampling", "leaderboard"),
         models={
-            "text-to-image": (
+            TEXT_TO_IMAGE.name: (
                 PresetModel("black-forest-labs/FLUX.1-dev", _STEPS_50,
                             "v3 ran 50 steps (the registry's default is 28)"),
                 PresetModel("PixArt-alpha/PixArt-Sigma-XL-2-1024-MS"),
@@ -109,7 +111,7 @@ PRESETS: dict[str, Preset] = {
                 PresetModel("Efficient-Large-Model/SANA1.5_1.6B_1024px_diffusers"),
                 PresetModel("Efficient-Large-Model/SANA1.5_4.8B_1024px_diffusers"),
             ),
-            "text-to-video": (
+            TEXT_TO_VIDEO.name: (
                 PresetModel("zai-org/CogVideoX-2b", _BF16,
                             "v3 ran bf16 (the registry's default is fp16)"),
                 PresetModel("zai-org/CogVideoX1.5-5B"),

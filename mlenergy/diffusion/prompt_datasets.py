@@ -19,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
-from mlenergy.diffusion.config import PROMPT_DATASET, VIDEO_PROMPT_DATASET
+from mlenergy.diffusion.task import TASKS, TEXT_TO_IMAGE
 from mlenergy.diffusion.files import write_json_atomically
 
 logger = logging.getLogger("mlenergy.diffusion.prompts")
@@ -69,13 +69,10 @@ def default_cache_dir() -> Path:
 
 
 # Prompts shipped with the package for runs that cannot reach their dataset, per task.
-FALLBACK_FILES = {
-    "text-to-image": "data/fallback_prompts.txt",
-    "text-to-video": "data/fallback_video_prompts.txt",
-}
+FALLBACK_FILES = {name: task.fallback_prompts_file for name, task in TASKS.items()}
 
 
-def fallback_prompts(task: str = "text-to-image") -> list[str]:
+def fallback_prompts(task: str = TEXT_TO_IMAGE.name) -> list[str]:
     text = resources.files("mlenergy.diffusion").joinpath(FALLBACK_FILES[task]).read_text()
     return [line.strip() for line in text.splitlines() if line.strip()]
 
@@ -142,20 +139,20 @@ def read_local_column(path: Path, column: str) -> list[str]:
 
 
 # The prompt column of a dataset that is not in DATASET_SPLITS (a local parquet), per task.
-DEFAULT_COLUMNS = {"text-to-image": "prompt", "text-to-video": "text"}
+DEFAULT_COLUMNS = {name: task.prompt_column for name, task in TASKS.items()}
 # Each task's own dataset: the only one that may fall back to the shipped prompts.
-DEFAULT_DATASETS = {"text-to-image": PROMPT_DATASET, "text-to-video": VIDEO_PROMPT_DATASET}
+DEFAULT_DATASETS = {name: task.dataset for name, task in TASKS.items()}
 _DATASET_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 
 
 def cache_file(dataset: str, cache_dir: Path | None = None, column: str | None = None,
-               task: str = "text-to-image") -> Path:
+               task: str = TEXT_TO_IMAGE.name) -> Path:
     """Where the prompts of `dataset` are cached."""
     split, default_column = DATASET_SPLITS.get(dataset, ("train", DEFAULT_COLUMNS[task]))
     return _cache_path(cache_dir or default_cache_dir(), dataset, split, column or default_column)
 
 
-def check_dataset(dataset: str, cache_dir: Path | None = None, task: str = "text-to-image",
+def check_dataset(dataset: str, cache_dir: Path | None = None, task: str = TEXT_TO_IMAGE.name,
                   here: bool = True) -> list[str] | None:
     """Before anything loads: the prompts where they are at hand (the cache, a local parquet),
     None for a hub dataset the run fetches (or, the task's own, falls back from). PromptsError
@@ -193,7 +190,7 @@ def _unreadable(dataset: str, task: str, why: str) -> str:
 
 
 def load_pool(dataset: str, cache_dir: Path | None = None, column: str | None = None,
-              task: str = "text-to-image") -> PromptPool:
+              task: str = TEXT_TO_IMAGE.name) -> PromptPool:
     """Prompts of a dataset (hub id or local parquet), through the local cache."""
     split, default_column = DATASET_SPLITS.get(dataset, ("train", DEFAULT_COLUMNS[task]))
     column = column or default_column

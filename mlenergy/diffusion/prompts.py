@@ -14,11 +14,11 @@ import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional, Sequence
+from typing import Optional, Sequence
 
-from mlenergy.diffusion.config import (DEFAULT_SEED, PROMPT_DATASET, VIDEO_PROMPT_DATASET,
-                                       ConfigError)
+from mlenergy.diffusion.config import DEFAULT_SEED, ConfigError
 from mlenergy.diffusion.files import write_json_atomically
+from mlenergy.diffusion.task import TEXT_TO_IMAGE, TaskName, task_named
 from mlenergy.diffusion.prompt_datasets import (  # noqa: F401 - re-exported
     DATASET_SPLITS,
     DEFAULT_COLUMNS,
@@ -193,20 +193,20 @@ def requests_schedule(batches: list[list[str]], batch_size: int, warmup_iters: i
     return PromptSchedule(warmup=warmup, measured=batches[:benchmark_iters], wrapped=False)
 
 
-def schedule_for(workload, pool: Sequence[str], seed: int, batch_size: int, warmup_iters: int,
+def schedule_for(source, pool: Sequence[str], seed: int, batch_size: int, warmup_iters: int,
                  benchmark_iters: int) -> PromptSchedule:
     """The run's schedule: a requests file's batches as they are, the leaderboard's sampling,
     or the seeded shuffle (`--workload.prompt_sampling`). Bad input is a ConfigError."""
     from mlenergy.diffusion.config import ConfigError
 
-    path = workload.prompts_file
+    path = source.prompts_file
     try:
         if path is not None and Path(path).suffix == ".json":
             return requests_schedule(read_requests_file(path), batch_size, warmup_iters,
                                      benchmark_iters, path)
     except PromptsError as err:
         raise ConfigError(str(err)) from None
-    if workload.prompt_sampling == "leaderboard":
+    if source.prompt_sampling == "leaderboard":
         return leaderboard_schedule(pool, seed, batch_size, warmup_iters, benchmark_iters)
     return schedule(pool, seed, batch_size, warmup_iters, benchmark_iters)
 
@@ -227,7 +227,7 @@ class ExportRequests:
     seed: int = DEFAULT_SEED
     """The run's --workload.seed."""
 
-    task: Literal["text-to-image", "text-to-video"] = "text-to-image"
+    task: TaskName = TEXT_TO_IMAGE.name
     """Which dataset: open-image-preferences (images) or EvalCrafter (videos)."""
 
     out_dir: Optional[Path] = None
@@ -249,8 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size < 1 or args.iterations < 1:
         print("error: --batch_size and --iterations must be at least 1", file=sys.stderr)
         return 2
-    dataset = args.prompt_dataset or (VIDEO_PROMPT_DATASET if args.task == "text-to-video"
-                                      else PROMPT_DATASET)
+    dataset = args.prompt_dataset or task_named(args.task).dataset
     try:
         pool = load_pool(dataset, args.prompt_cache_dir, task=args.task)
     except PromptsError as err:
@@ -275,14 +274,14 @@ def draw_for_run(plan, is_main: bool, broadcast):
     `broadcast`), or the same ConfigError. Runs before logging is set up (the run directory must
     not exist yet if the reference check fails), so the line to log comes back with it, and
     whether it warns."""
-    workload = plan.config.workload
+    given = plan.prompts
     payload = None
     if is_main:
         try:
             pool = PromptPool(read_prompts_file(
-                workload.prompts_file), f"file:{workload.prompts_file}") \
-                if workload.prompts_file is not None else load_pool(
-                    workload.prompt_dataset, workload.prompt_cache_dir, task=plan.task.name)
+                given.prompts_file), f"file:{given.prompts_file}") \
+                if given.prompts_file is not None else load_pool(
+                    given.prompt_dataset, given.prompt_cache_dir, task=plan.task.name)
             payload = (pool.prompts, pool.source, pool.note)
         except PromptsError as err:
             payload = str(err)
@@ -290,7 +289,7 @@ def draw_for_run(plan, is_main: bool, broadcast):
     if isinstance(payload, str):
         raise ConfigError(payload)
     pool_prompts, source, fallback = payload
-    schedule = schedule_for(workload, pool_prompts, plan.seed, plan.batch_size,
+    schedule = schedule_for(given, pool_prompts, plan.seed, plan.batch_size,
                             plan.warmup_iters, plan.benchmark_iters)
     note = fallback or f"Prompts: {len(pool_prompts)} from {source}"
     if schedule.wrapped:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlenergy.diffusion import __version__
+from mlenergy.diffusion.launch import launched_by_torchrun
 from mlenergy.diffusion.sections import Section
 
 # The checkout that holds this package: mlenergy/diffusion/provenance.py -> repository root.
@@ -69,7 +70,7 @@ def command_line() -> str:
     """The command as typed, ready to paste: under torchrun the launcher's own command line
     (which holds the benchmark's arguments), else this interpreter's (`python -m ...`, a script
     path, or the `mlenergy-diffusion` console script)."""
-    argv = _launcher_argv() if "TORCHELASTIC_RUN_ID" in os.environ else None
+    argv = _launcher_argv() if launched_by_torchrun() else None
     return shlex.join(argv or sys.orig_argv)
 
 

@@ -14,7 +14,7 @@ from mlenergy.diffusion.sections import Section
 if TYPE_CHECKING:
     from mlenergy.diffusion.environment import RunEnvironment
     from mlenergy.diffusion.options_apply import OptionEffects
-    from mlenergy.diffusion.plan import RunPlan
+    from mlenergy.diffusion.run_plan import RunPlan
     from mlenergy.diffusion.probes import ProbeSections
     from mlenergy.diffusion.probes.checks import EnergyCrossCheck, Exclusivity
     from mlenergy.diffusion.probes.compile import CompileReport

@@ -13,6 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from mlenergy.diffusion.families import FAMILIES, Family, Task
+
+# --workload.weights that builds a few-layer stand-in of the model's family in code.
+TINY_WEIGHTS = "tiny"
+
+
+def is_tiny(weights: str | None) -> bool:
+    return weights == TINY_WEIGHTS
+
 from mlenergy.diffusion.published import (
     CLIP_G,
     CLIP_L,
@@ -82,10 +90,16 @@ class ModelSpec:
         return self.source or self.model_id
 
     def component_configs(self, weights: str) -> Mapping[str, Mapping[str, Any]]:
-        """Slot -> config of the random-weight pipeline `weights` (random or tiny) builds."""
-        if weights == "tiny":
+        """Slot -> config of the pipeline `weights` builds (random or tiny), or loads
+        (pretrained: the full-size architecture)."""
+        if is_tiny(weights):
             return {**self.family.tiny, **self.tiny_overrides}
         return self.architecture
+
+    def sequence_length(self, weights: str) -> int | None:
+        """The text encoders' token budget: the tiny model's own, or the model's."""
+        return self.family.tiny_max_sequence_length if is_tiny(weights) \
+            else self.max_sequence_length
 
     @property
     def task(self) -> Task:

@@ -22,10 +22,10 @@ from typing import Annotated, Optional
 import tyro
 
 from mlenergy.diffusion.task import TASKS
-from mlenergy.diffusion.config import DEFAULT_CACHE_THRESHOLD
 from mlenergy.diffusion.argcheck import parse_one_line
 from mlenergy.diffusion.config import help_from_docstrings, one_paragraph
 from mlenergy.diffusion.files import RESULTS
+from mlenergy.diffusion.options import at_default
 from mlenergy.diffusion.results_reader import ResultsError, RunResults, find_results
 from mlenergy.diffusion.results_sections import StageTotals, Summary
 
@@ -36,6 +36,8 @@ INSTALL_HINT = "pip install -e '.[report]'"
 STAGES = ("text_encoding", "denoising", "decoding", "remainder")
 STAGE_SHORT = {"text_encoding": "text", "denoising": "denoise", "decoding": "decode",
                "remainder": "rest"}
+# The settings that qualify --use_torch_compile in a label, in the label's order.
+COMPILE_SETTINGS = ("compile_scope", "compile_mode", "compile_backend", "compile_autotune")
 OPTION_NAMES = {"use_torch_compile": "compile", "use_teacache": "teacache",
                 "use_fbcache": "fbcache", "use_fp8_t5_encoder": "fp8-t5",
                 "enable_sequential_cpu_offload": "cpu-offload"}
@@ -57,18 +59,14 @@ def _number(value) -> float | None:
 
 def _settings(configurations: dict, key: str) -> list[str]:
     """The settings that qualify an option when they are off their defaults (runs that differ in
-    them must not share a label)."""
+    them must not share a label); the defaults are the options' own (`options.at_default`)."""
     c = configurations
     if key == "use_torch_compile":
-        return [str(v) for v, default in ((c.get("compile_scope"), "transformer"),
-                                          (c.get("compile_mode"), "default"),
-                                          (c.get("compile_backend"), "inductor"),
-                                          ("autotune" if c.get("compile_autotune") else None,
-                                           None))
-                if v not in (None, default)]
+        return ["autotune" if name == "compile_autotune" else str(c.get(name))
+                for name in COMPILE_SETTINGS if not at_default(name, c.get(name))]
     if key in ("use_teacache", "use_fbcache"):
         threshold = c.get("cache_threshold")
-        return [] if threshold in (None, DEFAULT_CACHE_THRESHOLD) else [f"{threshold:g}"]
+        return [] if at_default("cache_threshold", threshold) else [f"{threshold:g}"]
     return []
 
 

@@ -20,6 +20,7 @@ from mlenergy.diffusion import hub
 from mlenergy.diffusion.config import ConfigError
 from mlenergy.diffusion.families import FAMILIES, Family
 from mlenergy.diffusion.registry import MODELS, ModelSpec, known_model_ids, models_of_family
+from mlenergy.diffusion.task import task_named
 
 REGISTRY = "registry"
 CHECKPOINT = "checkpoint"
@@ -75,7 +76,7 @@ def _registered(typed: str, workload) -> ModelSpec:
     # The registry's revision belongs to its own id, not to its aliases' repositories.
     revision = workload.revision or (row.revision if typed == row.model_id else None)
     where = REGISTRY if typed == row.model_id else f"{REGISTRY} ({row.model_id})"
-    keys = DEFAULT_KEYS + (VIDEO_DEFAULT_KEYS if row.task == "text-to-video" else ())
+    keys = DEFAULT_KEYS + (VIDEO_DEFAULT_KEYS if task_named(row.task).is_video else ())
     return dataclasses.replace(
         row, model_id=workload.model_name or typed, aliases=(), source=typed, revision=revision,
         variant=workload.variant, defaults_source={**dict.fromkeys(keys, where),
@@ -209,7 +210,7 @@ def _from_checkpoint(name: str, family: str, configs: Mapping[str, dict | None],
     if size is not None:
         values["height"], values["width"] = size
         sources["height"] = sources["width"] = CHECKPOINT
-    if fam.task == "text-to-video":
+    if task_named(fam.task).is_video:
         sources.update(dict.fromkeys(VIDEO_DEFAULT_KEYS, fallback))
         frames = _frames(fam, configs)
         if frames is not None:
@@ -316,7 +317,7 @@ def run_dir_tokens(spec: ModelSpec) -> list[str]:
     return tokens
 
 
-def results_fields(spec: ModelSpec, workload) -> dict:
+def results_fields(spec: ModelSpec, prompts) -> dict:
     """What results.json says about the model's provenance and where its defaults came from."""
     local = Path(spec.load_id).is_dir()
     return {
@@ -328,7 +329,7 @@ def results_fields(spec: ModelSpec, workload) -> dict:
         },
         "model_defaults": dict(spec.defaults_source),
         "scheduler_overrides": dict(spec.scheduler_overrides) or None,
-        "prompt_sampling": workload.prompt_sampling,
+        "prompt_sampling": prompts.prompt_sampling,
     }
 
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from mlenergy.diffusion import resolve, rundir, stats
 
 if TYPE_CHECKING:
-    from mlenergy.diffusion.plan import RunPlan
+    from mlenergy.diffusion.run_plan import RunPlan
     from mlenergy.diffusion.record import IterationRecord, RunRecord
 
 
@@ -25,12 +25,11 @@ def requests_document(plan: RunPlan, warmup: list[list[str]], measured: list[lis
 
 
 def configurations(plan: RunPlan) -> dict:
-    c = plan.config
     return {
         "ulysses_degree": plan.ulysses_degree,
         "ring_degree": plan.ring_degree,
         **plan.options.configurations(),
-        "reference_run": str(c.reference_run) if c.reference_run is not None else None,
+        "reference_run": str(plan.reference_run) if plan.reference_run is not None else None,
         "warmup_iters": plan.warmup_iters,
         "warmup_steps": plan.warmup_steps,
         "benchmark_iters": plan.benchmark_iters,
@@ -127,7 +126,7 @@ def _run_facts(record: RunRecord) -> dict:
         "dtype": plan.dtype,
         "max_sequence_length": plan.max_sequence_length,
         "prompt_source": record.prompt_source,
-        **resolve.results_fields(plan.spec, plan.config.workload),
+        **resolve.results_fields(plan.spec, plan.prompts),
         "average_power_watts": record.average_power,
         "latency_per_iteration": stats.summarize(record.times),
         "energy_per_iteration": stats.summarize(record.energies) if measured else None,
@@ -150,7 +149,7 @@ def save_outputs(plan: RunPlan, rank: int, iteration: int, batch: list[str], out
     """Save one iteration's images or videos, outside its measurement window, from one rank:
     the first that holds them (xDiT returns them on some ranks only, or on all)."""
     holders = all_gather(outputs is not None)
-    if not plan.config.save_images or True not in holders or holders.index(True) != rank:
+    if not plan.save_images or True not in holders or holders.index(True) != rank:
         return []
     task = plan.task
     out_dir = plan.run_dir / task.output_dir

@@ -53,26 +53,25 @@ def _prompt_identity(plan) -> dict:
     id or path, split and column), the sampling rule, and how many are drawn."""
     from mlenergy.diffusion import prompts
 
-    workload = plan.config.workload
+    source = plan.prompts
     count = plan.batch_size * (plan.warmup_iters + plan.benchmark_iters)
-    if workload.prompts_file is not None:
-        path = Path(workload.prompts_file)
-        source = {"file": str(path.resolve()), "sha256": _file_digest(path)}
+    if source.prompts_file is not None:
+        path = Path(source.prompts_file)
+        where = {"file": str(path.resolve()), "sha256": _file_digest(path)}
     else:
-        dataset = workload.prompt_dataset
+        dataset = source.prompt_dataset
         local = Path(dataset)
         split, column = prompts.DATASET_SPLITS.get(
-            dataset, ("train", prompts.DEFAULT_COLUMNS[plan.task.name]))
-        source = {"dataset": str(local.resolve()) if local.exists() else dataset,
-                  "split": split, "column": column}
-    return {**source, "sampling": workload.prompt_sampling, "count": count}
+            dataset, ("train", plan.task.prompt_column))
+        where = {"dataset": str(local.resolve()) if local.exists() else dataset,
+                 "split": split, "column": column}
+    return {**where, "sampling": source.prompt_sampling, "count": count}
 
 
 def identity(plan) -> dict:
     """Every setting of `plan` that changes what is measured, as JSON values. Local models and
     prompt files are named by absolute path (and the prompts by content), so two folders of the
     same name are two runs."""
-    config = plan.config
     # What from_pretrained loads: a local directory is recorded as local/<folder> (or the name
     # given), so only its path tells two folders of the same name apart.
     model_path = Path(plan.spec.load_id)
@@ -93,10 +92,10 @@ def identity(plan) -> dict:
         "warmup_iters": plan.warmup_iters, "warmup_steps": plan.warmup_steps,
         "benchmark_iters": plan.benchmark_iters,
         "prompts": _prompt_identity(plan),
-        "count_flops": config.count_flops, "save_images": config.save_images,
-        "idle_baseline_s": config.idle_baseline_s,
-        "reference_run": (str(Path(config.reference_run).resolve())
-                          if config.reference_run is not None else None),
+        "count_flops": plan.count_flops, "save_images": plan.save_images,
+        "idle_baseline_s": plan.idle_baseline_s,
+        "reference_run": (str(Path(plan.reference_run).resolve())
+                          if plan.reference_run is not None else None),
     }
 
 
@@ -277,7 +276,7 @@ def claim(plan, is_main: bool, broadcast: Callable = lambda value: value) -> Cla
         created = _missing_parents(plan.run_dir.parent)
         try:
             lock.acquire()
-            decision = _decide(plan, plan.config.overwrite_results)
+            decision = _decide(plan, plan.overwrite_results)
         except ValueError as err:
             decision = ("refuse", str(err), False)
     verdict, message, leftovers = broadcast(decision)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import sys
 import time
@@ -14,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from mlenergy.diffusion import console, lifeline, watchdog
+from mlenergy.diffusion.launch import Launch, become_one_process_group
 
 logger = logging.getLogger("mlenergy.diffusion")
 
@@ -49,21 +49,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launched_ranks() -> tuple[int, int]:
-    """(rank, world size) as set by torchrun; one process when started with plain python."""
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def init_process_group(device_type: str) -> Ranks:
-    """Join (or, for a plain `python` launch, create) the process group, then xDiT's world."""
-    if not lifeline.launched_by_torchrun():
+def init_process_group(launch: Launch) -> Ranks:
+    """Join (or, for a plain `python` launch, create) the process group of the plan's launch,
+    then xDiT's world."""
+    if not launch.torchrun:
         # One process (launch.check_environment allows nothing else without torchrun).
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
-                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
-    rank, world_size = launched_ranks()
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
-    if device_type == "cuda":
+        become_one_process_group(_free_port())
+    rank, world_size = launch.rank, launch.world_size
+    local_rank, local_world_size = launch.local_rank, launch.local_world_size
+    if launch.device_type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
         backend = "nccl"

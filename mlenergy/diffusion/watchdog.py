@@ -175,11 +175,11 @@ def _launcher_store(rank: int, world_size: int, limit_s: float):
     import torch.distributed as dist
 
     timeout = datetime.timedelta(seconds=min(limit_s, 60))
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
-                          False, timeout=timeout)
-    prefix = (f"{os.environ.get('TORCHELASTIC_RUN_ID', 'run')}/"
-              f"{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}")
-    return dist.PrefixStore(prefix, store)
+    from mlenergy.diffusion.launch import attempt_key, rendezvous_address
+
+    address, port = rendezvous_address()
+    store = dist.TCPStore(address, port, world_size, False, timeout=timeout)
+    return dist.PrefixStore(attempt_key(), store)
 
 
 def start(rank: int, world_size: int) -> None:

@@ -12,7 +12,7 @@ import importlib
 import torch
 
 from mlenergy.diffusion import options_apply, watchdog
-from mlenergy.diffusion.plan import RunPlan
+from mlenergy.diffusion.run_plan import RunPlan
 from mlenergy.diffusion.xfuser_compat import import_xfuser, make_ring_attention_traceable
 
 
@@ -38,7 +38,7 @@ def engine_config(plan: RunPlan):
         enable_sequential_cpu_offload=options.enable_sequential_cpu_offload,
         attention_backend=options_apply.xfuser_backend_name(plan),
         max_sequence_length=plan.max_sequence_length or 256,
-        **({"num_frames": plan.num_frames} if plan.num_frames is not None else {}),
+        **({"num_frames": plan.num_frames} if plan.task.is_video else {}),
     )
     engine, _input = args.create_config()
     engine.runtime_config.dtype = getattr(torch, plan.dtype)
@@ -62,7 +62,7 @@ def wrap_pipeline(plan: RunPlan, pipeline, engine):
     `options_apply.compile_denoiser`'s,
     after this."""
     xfuser = import_xfuser()
-    if plan.config.use_torch_compile and plan.ring_degree > 1:
+    if plan.options.use_torch_compile and plan.ring_degree > 1:
         # Before the first call, when compilation happens, whatever scope compiles.
         make_ring_attention_traceable()
     if plan.spec.family.xfuser_pipeline is None:
@@ -106,7 +106,7 @@ def call_kwargs(plan: RunPlan, steps: int | None = None) -> dict:
     )
     if plan.max_sequence_length is not None:
         kwargs["max_sequence_length"] = plan.max_sequence_length
-    if plan.num_frames is not None:
+    if plan.task.is_video:
         kwargs[plan.spec.family.frames_argument] = plan.num_frames
     return kwargs
 

@@ -104,7 +104,7 @@ class Probes:
         # included, as a point launched alone does.
         since = None if first else time.time()
         meter = EnergyMeter(gpus)
-        exclusivity = checks.check_run_gpus(gpus, plan.config.require_exclusive_gpus)
+        exclusivity = checks.check_run_gpus(gpus, plan.require_exclusive_gpus)
         stages = StageProbe.start(plan, gpus, pipeline)
         return cls(gpus=gpus, meter=meter, baseline=baseline, stages=stages,
                    timeline=TimelineProbe(baseline.monitor, since),

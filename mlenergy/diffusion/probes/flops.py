@@ -281,7 +281,7 @@ class FlopsProbe:
 
     def gather(self, phase: MeasuredPhase) -> FlopCount | None:
         plan = self.plan
-        if not plan.config.count_flops:
+        if not plan.count_flops:
             return None
         captured = self.recorder.first_denoiser_call
         per_rank = count_on_every_rank(captured, self.recorder.ranks,

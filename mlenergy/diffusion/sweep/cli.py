@@ -21,6 +21,7 @@ from mlenergy.diffusion.sweep import campaign, groups, local, sharing, slurm
 from mlenergy.diffusion.sweep.grid import Grid, SweepError
 from mlenergy.diffusion.sweep.point import Point
 from mlenergy.diffusion.sweep.task import split_benchmark_args
+from mlenergy.diffusion.task import TEXT_TO_IMAGE, TaskName
 
 Repeatable = tyro.conf.UseAppendAction
 
@@ -38,7 +39,7 @@ class SweepArgs:
     (FLUX.1-dev 50 steps, bf16 where v3 ran bf16, Wan flow shift 12, SD3.5 guidance 7), the
     leaderboard's prompt sampling, the same batches and degrees (docs/leaderboard-v3.md).
     --models/--batch_sizes/--parallel override a preset's parts."""
-    task: Literal["text-to-image", "text-to-video"] = "text-to-image"
+    task: TaskName = TEXT_TO_IMAGE.name
     """The benchmark subcommand of every point."""
     models: tuple[str, ...] = ()
     """Registered model ids (or local diffusers directories)."""

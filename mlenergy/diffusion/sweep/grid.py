@@ -233,7 +233,7 @@ def resolve(points: list[Point], grid: Grid, gpus: int, device_type: str,
         existing = rundir.inspect(plan.run_dir, point.identity)
         if existing.state == "done":
             point.status, point.reason = "already_done", existing.detail
-        elif existing.state == "other" and not plan.config.overwrite_results:
+        elif existing.state == "other" and not plan.overwrite_results:
             conflicts.append((point, existing.detail))
     _check_one_point_per_run_dir(points)
     if conflicts:

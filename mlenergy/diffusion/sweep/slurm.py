@@ -17,6 +17,7 @@ from pathlib import Path
 
 from mlenergy.diffusion.sweep.groups import Group, make_groups
 from mlenergy.diffusion.sweep.point import Point
+from mlenergy.diffusion.task import TEXT_TO_IMAGE, task_named
 
 # Slurm's default MaxArraySize is 1001 (task ids 0..1000): bigger groups become several arrays.
 MAX_ARRAY_TASKS = 1000
@@ -55,13 +56,13 @@ class JobArray:
     tasks: tuple[Group, ...]
     part: int = 0
 
-    task: str = "text-to-image"
+    task: str = TEXT_TO_IMAGE.name
 
     @property
     def name(self) -> str:
         """Task and GPUs within squeue's default name width of 8: img-1gpu, vid-8gpu,
         img-2x8g (two nodes of 8), then -2, -3 for the further parts of a big array."""
-        kind = "vid" if self.task == "text-to-video" else "img"
+        kind = "vid" if task_named(self.task).is_video else "img"
         shape = (f"{self.gpus_per_node}gpu" if self.nodes == 1
                  else f"{self.nodes}x{self.gpus_per_node}g")
         return f"{kind}-{shape}" + (f"-{self.part + 1}" if self.part else "")
@@ -85,7 +86,7 @@ def shape(point: Point, gpus_per_node: int) -> tuple[int, int]:
 
 def _task_of(point: Point) -> str:
     return next((a.split(":", 1)[1] for a in point.benchmark_args if a.startswith("workload:")),
-                "text-to-image")
+                TEXT_TO_IMAGE.name)
 
 
 def job_arrays(points: list[Point], gpus_per_node: int,
