@@ -14,8 +14,8 @@ from mlenergy.diffusion import benchmark  # noqa: E402
 _write_results = benchmark._write_results
 
 
-def _slowly(record, denoiser):
-    _write_results(record, denoiser)
+def _slowly(*args):
+    _write_results(*args)
     time.sleep(float(os.environ["SLOW_WRITER_S"]))
 
 
