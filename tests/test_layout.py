@@ -1,5 +1,7 @@
-"""The package's shape: no import cycle (function-local imports included, type-checking ones
-not), no module over about 400 lines except the data tables, no function over 60 lines."""
+"""The package's shape: sub-packages in layers that import only downward, no import circle (not
+even through function-local or type-checking imports), only the entry points at the package root,
+no two modules of one name, no module over about 400 lines except the data tables, no function
+over 60 lines. ARCHITECTURE.md explains the layers; scripts/dev/relayout.py made them."""
 
 from __future__ import annotations
 
@@ -8,6 +10,13 @@ import collections
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mlenergy"
+DIFFUSION = PACKAGE / "diffusion"
+# The sub-packages of mlenergy/diffusion/, lowest first: each imports only from itself and the
+# ones before it (and the package's __init__).
+LAYERS = ["inputs", "process", "results", "models", "kernels", "planning", "probes", "engine",
+          "output", "profiling", "tools", "sweep"]
+# What may sit at the package root: the package and the entry points users type.
+ROOT_MODULES = {"__init__.py", "benchmark.py", "cli.py"}
 DATA_TABLES = {"registry.py", "families.py", "video_families.py", "published.py"}
 MAX_MODULE_LINES = 420
 MAX_FUNCTION_LINES = 60
@@ -23,14 +32,11 @@ def _modules() -> dict[str, Path]:
 
 
 def _imports(path: Path, known: dict[str, Path]) -> set[str]:
+    """Every module of the package that `path` imports: at the top, inside functions, and under
+    `if TYPE_CHECKING:` (a type-only circle is still a circle a reader has to walk)."""
     tree = ast.parse(path.read_text())
-    type_only = {id(n) for node in ast.walk(tree)
-                 if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-                 for n in ast.walk(node)}
     found = set()
     for node in ast.walk(tree):
-        if id(node) in type_only:
-            continue
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mlenergy"):
             for alias in node.names:
                 full = f"{node.module}.{alias.name}"
@@ -40,9 +46,20 @@ def _imports(path: Path, known: dict[str, Path]) -> set[str]:
     return found & set(known)
 
 
-def test_the_import_graph_has_no_cycle():
+def _graph() -> dict[str, set[str]]:
     mods = _modules()
-    graph = {name: _imports(path, mods) for name, path in mods.items()}
+    return {name: _imports(path, mods) - {name} for name, path in mods.items()}
+
+
+def _layer(module: str) -> str | None:
+    """The sub-package of mlenergy.diffusion a module is in; None at the package root."""
+    parts = module.split(".")
+    return parts[2] if len(parts) > 3 or (len(parts) == 3 and (DIFFUSION / parts[2]).is_dir()) \
+        else None
+
+
+def test_the_import_graph_has_no_circle_not_even_a_type_only_one():
+    graph = _graph()
     state: dict[str, int] = collections.defaultdict(int)
     cycles = []
 
@@ -61,6 +78,42 @@ def test_the_import_graph_has_no_cycle():
         if state[name] == 0:
             visit(name, [])
     assert not cycles, [" -> ".join(c) for c in cycles]
+
+
+def test_every_sub_package_is_a_layer():
+    folders = {p.parent.name for p in DIFFUSION.glob("*/__init__.py")}
+    assert folders == set(LAYERS), (sorted(folders - set(LAYERS)), sorted(set(LAYERS) - folders))
+
+
+def test_layers_import_only_downward():
+    """A sub-package imports from itself and the layers before it, never from a layer after it
+    nor from an entry point; benchmark.py imports nothing from sweep/."""
+    rank = {layer: i for i, layer in enumerate(LAYERS)}
+    upward = []
+    for module, imported in _graph().items():
+        here = _layer(module)
+        for other in imported:
+            there = _layer(other)
+            if other == "mlenergy.diffusion" or not other.startswith("mlenergy.diffusion"):
+                continue
+            if here is not None and (there is None or rank[there] > rank[here]):
+                upward.append(f"{module} -> {other}")
+            if module == "mlenergy.diffusion.benchmark" and there == "sweep":
+                upward.append(f"{module} -> {other}")
+    assert not upward, sorted(upward)
+
+
+def test_only_entry_points_at_the_package_root():
+    assert {p.name for p in DIFFUSION.glob("*.py")} <= ROOT_MODULES
+
+
+def test_no_two_modules_share_a_name():
+    """Module files and sub-packages alike: `checks` or `task` must say which one it is."""
+    names: collections.Counter[str] = collections.Counter()
+    for path in DIFFUSION.rglob("*.py"):
+        if path.name != "__main__.py" and path != DIFFUSION / "__init__.py":
+            names[path.parent.name if path.name == "__init__.py" else path.stem] += 1
+    assert not [name for name, count in names.items() if count > 1], names.most_common(5)
 
 
 def test_modules_and_functions_stay_small():
