@@ -111,6 +111,7 @@ FOLDERS: list[tuple[str, str, dict[str, str]]] = [
     ("planning", "Every default decided and every input checked before anything loads: the run "
      "plan, performance options, limits, prompts, and the points one process measures.", {
          "plan": "plan",
+         "run_plan": "run_plan",
          "options": "options",
          "limits": "limits",
          "prompts": "prompts",
