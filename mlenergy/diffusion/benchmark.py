@@ -27,29 +27,13 @@ from datetime import datetime
 from typing import Any
 
 from mlenergy.diffusion import (
-    argcheck,
-    console,
-    describe,
-    files,
-    group,
-    launch,
-    model_info,
-    provenance,
-    resolve,
-    results,
-    rundir,
-    runtime,
+    argcheck, console, describe, files, group, launch, model_info, prompts as prompt_source,
+    provenance, resolve, results, rundir, runtime,
 )
-from mlenergy.diffusion import prompts as prompt_source
 from mlenergy.diffusion.config import ConfigError, parse_cli
 from mlenergy.diffusion.plan import RunPlan, make_plan
+from mlenergy.diffusion.record import IterationRecord, LoadRecord, RunRecord, WarmupRecord
 from mlenergy.diffusion.startup import StartupClock
-from mlenergy.diffusion.record import (
-    IterationRecord,
-    LoadRecord,
-    RunRecord,
-    WarmupRecord,
-)
 
 logger = logging.getLogger("mlenergy.diffusion")
 
@@ -407,6 +391,6 @@ def _write_results(record: RunRecord) -> None:
     logger.info("Results written to %s", plan.run_dir / files.RESULTS)
 
 if __name__ == "__main__":
-    from mlenergy.diffusion.cli import exit_quietly_on_broken_pipe
+    from mlenergy.diffusion.console import exit_quietly_on_broken_pipe
 
     sys.exit(exit_quietly_on_broken_pipe(main))

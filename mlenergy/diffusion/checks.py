@@ -28,12 +28,7 @@ from mlenergy.diffusion.console import si_text
 from mlenergy.diffusion.files import DRIVER_LOG, REQUESTS, RESULTS
 from mlenergy.diffusion.results_reader import ResultsError, RunResults, run_dirs
 from mlenergy.diffusion.results_sections import (
-    Exclusivity,
-    HostEnergy,
-    PhysicalFloor,
-    StageTotals,
-    Steadiness,
-    Timeline,
+    Exclusivity, HostEnergy, PhysicalFloor, StageTotals, Steadiness, Timeline,
 )
 from mlenergy.diffusion.task import TASKS, TEXT_TO_IMAGE
 
@@ -281,6 +276,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from mlenergy.diffusion.cli import exit_quietly_on_broken_pipe
+    from mlenergy.diffusion.console import exit_quietly_on_broken_pipe
 
     sys.exit(exit_quietly_on_broken_pipe(main))

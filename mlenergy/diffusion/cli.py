@@ -22,6 +22,7 @@ import tyro
 from mlenergy.diffusion.argcheck import parse_one_line
 from mlenergy.diffusion.config import help_from_docstrings
 from mlenergy.diffusion.task import TaskName
+from mlenergy.diffusion.console import exit_quietly_on_broken_pipe
 
 PROG = "mlenergy-diffusion"
 
@@ -60,20 +61,6 @@ def usage() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     return exit_quietly_on_broken_pipe(_main, argv)
-
-
-def exit_quietly_on_broken_pipe(function, *args) -> int:
-    """`function(*args)`, whose output may go to a reader that stops early (`... | head`): the
-    reader has what it wanted, so a closed pipe ends the command quietly (status 0), not with a
-    traceback, and neither does Python's own flush of stdout at exit."""
-    try:
-        try:
-            return function(*args) or 0
-        finally:
-            sys.stdout.flush()
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
 
 
 def _main(argv: Sequence[str] | None = None) -> int:

@@ -293,3 +293,17 @@ def si_text(value: float | None, unit: str) -> str:
 
 def energy_text(joules: float | None) -> str:
     return "energy not measured" if joules is None else f"{joules:,.1f} J"
+
+
+def exit_quietly_on_broken_pipe(function, *args) -> int:
+    """`function(*args)`, whose output may go to a reader that stops early (`... | head`): the
+    reader has what it wanted, so a closed pipe ends the command quietly (status 0), not with a
+    traceback, and neither does Python's own flush of stdout at exit."""
+    try:
+        try:
+            return function(*args) or 0
+        finally:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

@@ -24,8 +24,7 @@ import tyro
 from mlenergy.diffusion.argcheck import parse_one_line
 from mlenergy.diffusion.config import help_from_docstrings
 from mlenergy.diffusion.registry import MODELS, known_model_ids
-from mlenergy.diffusion.task import TASKS as TASKS_BY_NAME
-from mlenergy.diffusion.task import TEXT_TO_IMAGE, TEXT_TO_VIDEO
+from mlenergy.diffusion.task import TASKS as TASKS_BY_NAME, TEXT_TO_IMAGE, TEXT_TO_VIDEO
 
 TASKS = tuple(TASKS_BY_NAME)
 
@@ -203,6 +202,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from mlenergy.diffusion.cli import exit_quietly_on_broken_pipe
+    from mlenergy.diffusion.console import exit_quietly_on_broken_pipe
 
     sys.exit(exit_quietly_on_broken_pipe(main))
