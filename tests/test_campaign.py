@@ -19,10 +19,11 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, TINY_FLUX, offline_env, run_benchmark
-from mlenergy.diffusion import presets, rundir
+from mlenergy.diffusion import rundir
 from mlenergy.diffusion.config import BenchmarkConfig, TextToVideo, parse_cli
 from mlenergy.diffusion.launch import Launch
 from mlenergy.diffusion.plan import make_plan
+from mlenergy.diffusion.sweep import presets
 
 FLUX = "black-forest-labs/FLUX.1-dev"
 # One tiny point of every model: the preset's own per-model flags (steps, guidance, dtype,
@@ -230,7 +231,7 @@ def test_a_rerun_with_other_settings_is_measured_or_refused_never_called_done(tm
     bench = command[command.index("mlenergy.diffusion.benchmark") + 1:]
     for flags, done in ((bench, True), (_replace(bench, "--benchmark_iters", "3"), False)):
         task = subprocess.run(
-            [sys.executable, "-m", "mlenergy.diffusion.sweep.task", "--out_dir", str(out),
+            [sys.executable, "-m", "mlenergy.diffusion.sweep.slurm_task", "--out_dir", str(out),
              "--run_dir", str(run_dir), "--device", "cpu", "--", *flags],
             cwd=REPO, env=offline_env(tmp_path), capture_output=True, text=True, timeout=300)
         assert task.stdout.startswith("already done") == done, task.stdout + task.stderr

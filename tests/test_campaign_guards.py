@@ -25,7 +25,7 @@ import pytest
 from conftest import REPO, offline_env
 from mlenergy.diffusion.rundir import RunDirLock
 from mlenergy.diffusion.sweep import grid as grid_module
-from mlenergy.diffusion.sweep.cli import SweepArgs, make_grid
+from mlenergy.diffusion.sweep.command_line import SweepArgs, make_grid
 from mlenergy.diffusion.sweep.local import Settings, log_path, run_points
 
 FLUX = "black-forest-labs/FLUX.1-dev"
@@ -76,7 +76,7 @@ def _points(out: Path, batch_sizes: list[int]):
 
 def _task(tmp_path: Path, out: Path, point, env: dict | None = None):
     return subprocess.run(
-        [sys.executable, "-m", "mlenergy.diffusion.sweep.task", "--out_dir", str(out),
+        [sys.executable, "-m", "mlenergy.diffusion.sweep.slurm_task", "--out_dir", str(out),
          "--run_dir", str(point.run_dir), "--device", "cpu", "--timeout_s", "300", "--",
          *point.benchmark_args],
         cwd=REPO, env=env or _env(tmp_path), capture_output=True, text=True, timeout=600)

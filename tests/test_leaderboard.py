@@ -11,8 +11,9 @@ import sys
 import pytest
 
 from conftest import REPO, load_results, offline_env, only_run_dir, run_benchmark
-from mlenergy.diffusion import presets, prompts
+from mlenergy.diffusion import prompts
 from mlenergy.diffusion.config import ConfigError
+from mlenergy.diffusion.sweep import presets
 from test_prompts import make_dataset
 
 POOL = [f"prompt number {i}" for i in range(200)]
@@ -123,8 +124,7 @@ V3_BATCHES = {"text-to-image": [1, 2, 4, 8, 16], "text-to-video": [1, 2, 4, 8, 1
 def test_the_leaderboard_v3_points_match_the_table(task, table, tmp_path):
     import tyro
 
-    from mlenergy.diffusion.sweep import cli as sweep_cli
-    from mlenergy.diffusion.sweep import grid as sweep_grid
+    from mlenergy.diffusion.sweep import command_line as sweep_cli, grid as sweep_grid
 
     own, benchmark_args = sweep_cli.split_benchmark_args(
         ["--preset", "leaderboard-v3", "--task", task, "--out_dir", str(tmp_path), "--",
@@ -177,6 +177,6 @@ def test_a_preset_prints_what_to_download_ahead():
     assert any(line.startswith("hf download Efficient-Large-Model/SANA1.5_4.8B_1024px_diffusers "
                                "--include ") for line in lines)
     assert len(lines) == len(V3_IMAGE) + len(V3_VIDEO)
-    out = subprocess.run([sys.executable, "-m", "mlenergy.diffusion.presets", "leaderboard-v3"],
+    out = subprocess.run([sys.executable, "-m", "mlenergy.diffusion.sweep.presets", "leaderboard-v3"],
                          cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.splitlines() == lines

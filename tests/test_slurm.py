@@ -19,8 +19,8 @@ from conftest import REPO, offline_env
 from mlenergy.diffusion import rundir
 from mlenergy.diffusion.group import split_points
 from mlenergy.diffusion.rundir import RunDirLock
-from mlenergy.diffusion.sweep.grid import plan_point
 from mlenergy.diffusion.sweep import main as sweep_main
+from mlenergy.diffusion.sweep.grid import plan_point
 from mlenergy.diffusion.sweep.point import Point, results_complete
 from slurm_cluster import Cluster, ensure_installed
 
@@ -287,7 +287,7 @@ def test_resubmitting_runs_only_what_is_missing_then_nothing(campaign, cluster):
 
 def test_a_multi_node_task_is_one_srun_of_torchrun_per_node_meeting_on_the_batch_node(
         monkeypatch):
-    from mlenergy.diffusion.sweep.task import multinode_command
+    from mlenergy.diffusion.sweep.slurm_task import multinode_command
 
     for key, value in (("SLURMD_NODENAME", "gpu-a"), ("SLURM_JOB_ID", "77"),
                        ("SLURM_ARRAY_TASK_ID", "3"), ("SLURM_CPUS_PER_TASK", "64")):
@@ -345,7 +345,7 @@ def test_a_grouped_campaign_measures_a_models_batch_sizes_in_one_task(cluster, t
 def test_the_v3_preset_completes_under_slurm_from_a_directory_with_spaces(cluster, tmp_path):
     from test_campaign import V3_TINY, V3_TINY_EXTRA
 
-    from mlenergy.diffusion import presets
+    from mlenergy.diffusion.sweep import presets
 
     work = tmp_path / "a campaign"
     work.mkdir()

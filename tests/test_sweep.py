@@ -340,7 +340,7 @@ def test_the_readme_documents_every_sweep_and_report_flag():
     import dataclasses
 
     from mlenergy.diffusion.report import ReportArgs
-    from mlenergy.diffusion.sweep.cli import SweepArgs
+    from mlenergy.diffusion.sweep.command_line import SweepArgs
 
     readme = (REPO / "README.md").read_text()
     flags = [f"--{f.name}" for f in dataclasses.fields(SweepArgs)]
@@ -354,7 +354,7 @@ def test_a_reused_pid_never_makes_a_stranger_part_of_a_point(monkeypatch):
     """PID reuse cannot be provoked on demand, so the process table is given: the point's
     launcher (pid 100, started at tick 5) with a worker, then pid 100 reused by an unrelated
     process (started at tick 9) with a child of its own."""
-    from mlenergy.diffusion.sweep import process
+    from mlenergy.diffusion.sweep import process_tree as process
 
     tables = iter([
         {100: (1, "S", "5"), 101: (100, "S", "6")},

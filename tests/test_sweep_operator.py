@@ -193,7 +193,7 @@ def test_option_sets_are_the_one_flag_given_once_per_value(tmp_path, capsys):
 
 
 def test_the_preset_help_describes_every_preset(capsys):
-    from mlenergy.diffusion import presets
+    from mlenergy.diffusion.sweep import presets
 
     with pytest.raises(SystemExit) as done:
         sweep_main(["--help"])

@@ -220,7 +220,7 @@ def test_presets_lists_the_presets_and_prints_download_commands(tmp_path):
 @pytest.mark.parametrize("argv", [
     ["-m", "mlenergy.diffusion.cli", "run", "--help"],
     ["-m", "mlenergy.diffusion.cli", "models"],
-    ["-m", "mlenergy.diffusion.presets", "leaderboard-v3"],
+    ["-m", "mlenergy.diffusion.sweep.presets", "leaderboard-v3"],
     ["-m", "mlenergy.diffusion.report", "--help"],
 ])
 def test_a_reader_that_stops_early_gets_no_traceback(argv, tmp_path):

@@ -39,7 +39,7 @@ COMMANDS = {
     "check": ("mlenergy.diffusion.checks",
               "check that run directories are complete and hold a real GPU measurement"),
     "models": ("mlenergy.diffusion.cli", "list the registered models and their defaults"),
-    "presets": ("mlenergy.diffusion.presets",
+    "presets": ("mlenergy.diffusion.sweep.presets",
                 "list the sweep presets, or print a preset's `hf download` commands"),
 }
 

@@ -15,6 +15,6 @@ from __future__ import annotations
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mlenergy.diffusion.sweep.cli import main as cli_main
+    from mlenergy.diffusion.sweep.command_line import main as cli_main
 
     return cli_main(argv)

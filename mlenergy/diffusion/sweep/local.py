@@ -20,7 +20,7 @@ from typing import Callable
 from mlenergy.diffusion.sweep import groups, sharing
 from mlenergy.diffusion.sweep.groups import Group
 from mlenergy.diffusion.sweep.point import Point
-from mlenergy.diffusion.sweep.process import Launch
+from mlenergy.diffusion.sweep.process_tree import Launch
 
 # A sweep started from inside a torchrun must not hand its own rank to the points.
 LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",

@@ -1,7 +1,7 @@
 """A campaign as Slurm job arrays: one array per (nodes, GPUs per node) shape, each task asking
 for exactly its GPUs, CPUs and memory, so that the scheduler packs small points onto shared nodes.
 
-Every task runs `python -m mlenergy.diffusion.sweep.task`, which skips a point whose results.json
+Every task runs `python -m mlenergy.diffusion.sweep.slurm_task`, which skips a point whose results.json
 is complete: resubmitting an array runs only what is missing. Paths are as the sweep was given
 them; relative ones are relative to the directory the arrays are submitted from.
 """
@@ -156,7 +156,7 @@ def array_script(array: JobArray, s: SlurmSettings) -> str:
                 *group.benchmark_args]
         lines.append(f"  {i}) set -- {shlex.join(task)} ;;")
     lines += ['  *) echo "no point for array task $SLURM_ARRAY_TASK_ID" >&2; exit 2 ;;', "esac",
-              'exec "${MLENERGY_PYTHON:-python3}" -m mlenergy.diffusion.sweep.task '
+              'exec "${MLENERGY_PYTHON:-python3}" -m mlenergy.diffusion.sweep.slurm_task '
               + shlex.join(_array_task_flags(array, s)) + ' "$@"', ""]
     return "\n".join(lines)
 

@@ -15,12 +15,12 @@ from typing import Annotated, Literal, Optional
 
 import tyro
 
-from mlenergy.diffusion import presets
-from mlenergy.diffusion.sweep import grid as grid_module
-from mlenergy.diffusion.sweep import campaign, groups, local, sharing, slurm
+from mlenergy.diffusion.sweep import (
+    campaign, grid as grid_module, groups, local, presets, sharing, slurm,
+)
 from mlenergy.diffusion.sweep.grid import Grid, SweepError
 from mlenergy.diffusion.sweep.point import Point
-from mlenergy.diffusion.sweep.task import split_benchmark_args
+from mlenergy.diffusion.sweep.slurm_task import split_benchmark_args
 from mlenergy.diffusion.task import TEXT_TO_IMAGE, TaskName
 
 Repeatable = tyro.conf.UseAppendAction

@@ -1,7 +1,7 @@
 """One task of a Slurm job array: one point or a group of points sharing a pipeline, run like
 the local sweep runs them.
 
-    python -m mlenergy.diffusion.sweep.task --out_dir OUT --run_dir DIR [DIR ...] [--nodes N]
+    python -m mlenergy.diffusion.sweep.slurm_task --out_dir OUT --run_dir DIR [DIR ...] [--nodes N]
         [--nproc_per_node G] [--device D] [--timeout_s S] -- BENCHMARK FLAGS [--then ...]
 
 Written into the arrays by `--emit slurm`; not meant to be typed. The task plans each point from
