@@ -12,9 +12,10 @@ import sys
 import pytest
 
 from conftest import REPO, TINY_FLUX, offline_env, write_gpu_script
-from mlenergy.diffusion import files, rundir
+from mlenergy.diffusion import files
 from mlenergy.diffusion.config import parse_cli
 from mlenergy.diffusion.launch import Launch
+from mlenergy.diffusion.output import rundir
 from mlenergy.diffusion.plan import make_plan
 
 OLD = {"old": "results of an earlier run"}

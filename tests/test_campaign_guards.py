@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, offline_env
-from mlenergy.diffusion.rundir import RunDirLock
+from mlenergy.diffusion.output.rundir import RunDirLock
 from mlenergy.diffusion.sweep import grid as grid_module
 from mlenergy.diffusion.sweep.command_line import SweepArgs, make_grid
 from mlenergy.diffusion.sweep.local import Settings, log_path, run_points

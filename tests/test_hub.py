@@ -29,8 +29,9 @@ from fakehub import (
     add_snapshot,
     save_tiny_flux,
 )
-from mlenergy.diffusion import model_info, pipelines, resolve
+from mlenergy.diffusion import pipelines, resolve
 from mlenergy.diffusion.config import ConfigError, parse_cli
+from mlenergy.diffusion.output import model_info
 from mlenergy.diffusion.plan import default_base_dir, make_plan
 from mlenergy.diffusion.registry import MODELS
 

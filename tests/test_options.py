@@ -15,11 +15,10 @@ import torch
 
 from conftest import REPO, TINY_FLUX, load_results, only_run_dir, run_benchmark, with_flags
 from mlenergy.diffusion import options, options_apply
-from mlenergy.diffusion.probes.compile import CompileTracker
-from mlenergy.diffusion.config import parse_cli
-from mlenergy.diffusion.config import ConfigError
+from mlenergy.diffusion.config import ConfigError, parse_cli
 from mlenergy.diffusion.launch import Launch
 from mlenergy.diffusion.plan import make_plan
+from mlenergy.diffusion.probes.compile import CompileTracker
 
 
 def plan_for(argv: str, world_size: int = 1, device_type: str = "cuda"):
@@ -331,6 +330,6 @@ def test_fp8_denoiser_is_refused_without_fp8_gpus_and_named_in_the_run_directory
 
 
 def results_configurations(plan):
-    from mlenergy.diffusion import results
+    from mlenergy.diffusion.output import results_writer as results
 
     return results.configurations(plan)

@@ -14,10 +14,11 @@ import pytest
 import torch
 
 from conftest import TINY_FLUX, run_benchmark
-from mlenergy.diffusion import attention, options_apply, quantize, summary
+from mlenergy.diffusion import attention, options_apply, quantize
 from mlenergy.diffusion.config import ConfigError, parse_cli
 from mlenergy.diffusion.launch import Launch
 from mlenergy.diffusion.options import Options
+from mlenergy.diffusion.output import summary
 from mlenergy.diffusion.plan import make_plan
 from mlenergy.diffusion.quantize import Gpu
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from mlenergy.diffusion import rundir, stats
+from mlenergy.diffusion import stats
+from mlenergy.diffusion.output import rundir
 from mlenergy.diffusion.probes import checks as gpu_checks
 from mlenergy.diffusion.results_reader import ResultsError, RunResults, run_dirs
 from mlenergy.diffusion.results_sections import SelfCheck, Summary

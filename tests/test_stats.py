@@ -7,7 +7,8 @@ import math
 
 import pytest
 
-from mlenergy.diffusion import analysis, stats
+from mlenergy.diffusion import stats
+from mlenergy.diffusion.output import analysis
 
 
 def test_summary_of_one_to_ten():

@@ -10,9 +10,8 @@ import sys
 import pytest
 
 from conftest import REPO
-from mlenergy.diffusion import power_plot
-from mlenergy.diffusion.probes import checks as gpu_checks
-from mlenergy.diffusion.probes import timeline
+from mlenergy.diffusion.output import power_plot
+from mlenergy.diffusion.probes import checks as gpu_checks, timeline
 
 
 def synthetic_block(start=1000.0, seconds=12.0, gpus=("0", "1")):

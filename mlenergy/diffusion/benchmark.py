@@ -27,13 +27,15 @@ from datetime import datetime
 from typing import Any
 
 from mlenergy.diffusion import (
-    argcheck, console, describe, files, group, launch, model_info, prompts as prompt_source,
-    provenance, resolve, results, rundir, runtime,
+    argcheck, console, files, group, launch, prompts as prompt_source, resolve, runtime,
 )
 from mlenergy.diffusion.config import ConfigError, parse_cli
+from mlenergy.diffusion.output import (
+    describe, model_info, provenance, results_writer as results, rundir,
+)
+from mlenergy.diffusion.output.record import IterationRecord, LoadRecord, RunRecord, WarmupRecord
+from mlenergy.diffusion.output.startup import StartupClock
 from mlenergy.diffusion.plan import RunPlan, make_plan
-from mlenergy.diffusion.record import IterationRecord, LoadRecord, RunRecord, WarmupRecord
-from mlenergy.diffusion.startup import StartupClock
 
 logger = logging.getLogger("mlenergy.diffusion")
 
@@ -177,7 +179,7 @@ def _measure_point(point: _Point, ranks, gpus, shared: _Shared | None, clock: St
 
 def _start_logs(point: _Point, ranks, gpus, shared: _Shared | None) -> tuple[dict, dict]:
     """The point's driver log and requests.json, and what it says about where it runs."""
-    from mlenergy.diffusion import environment
+    from mlenergy.diffusion.output import environment
 
     plan = point.plan
     moved = point.claim.clear()
@@ -342,9 +344,9 @@ def _gather(plan: RunPlan, probes, measured: _Measured, *, started: datetime, en
     """What every rank saw, in one record on rank 0 (None on the others). FLOPs are counted
     here, after the measured windows."""
     from mlenergy.diffusion import options_apply, quality
+    from mlenergy.diffusion.output import node_sharing as sharing
+    from mlenergy.diffusion.output.record import QualityReport
     from mlenergy.diffusion.probes.protocol import MeasuredPhase
-    from mlenergy.diffusion.record import QualityReport
-    from mlenergy.diffusion.sweep import sharing
 
     records = measured.records
     gpu_model = env.device_model
@@ -377,7 +379,7 @@ def _gather(plan: RunPlan, probes, measured: _Measured, *, started: datetime, en
 
 def _write_results(record: RunRecord) -> None:
     """The record's analysis, then results.json, model_info.json, the plot and the summary."""
-    from mlenergy.diffusion import analysis, power_plot, summary
+    from mlenergy.diffusion.output import analysis, power_plot, summary
 
     plan = record.plan
     record.analysis = analysis.analyze(record)

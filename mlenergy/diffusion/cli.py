@@ -21,8 +21,8 @@ import tyro
 
 from mlenergy.diffusion.argcheck import parse_one_line
 from mlenergy.diffusion.config import help_from_docstrings
-from mlenergy.diffusion.task import TaskName
 from mlenergy.diffusion.console import exit_quietly_on_broken_pipe
+from mlenergy.diffusion.task import TaskName
 
 PROG = "mlenergy-diffusion"
 
@@ -72,7 +72,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     if command in ("-h", "--help"):
         return _print(usage())
     if command == "--version":
-        from mlenergy.diffusion import provenance
+        from mlenergy.diffusion.output import provenance
 
         return _print(provenance.version_text())
     if command not in COMMANDS:

@@ -15,9 +15,8 @@ from typing import Annotated, Literal, Optional
 
 import tyro
 
-from mlenergy.diffusion.sweep import (
-    campaign, grid as grid_module, groups, local, presets, sharing, slurm,
-)
+from mlenergy.diffusion.output import node_sharing as sharing
+from mlenergy.diffusion.sweep import campaign, grid as grid_module, groups, local, presets, slurm
 from mlenergy.diffusion.sweep.grid import Grid, SweepError
 from mlenergy.diffusion.sweep.point import Point
 from mlenergy.diffusion.sweep.slurm_task import split_benchmark_args
@@ -229,7 +228,7 @@ def _require_a_runnable_point(points: list[Point]) -> None:
 
 def _summary_header(args: SweepArgs, argv: list[str], grid: Grid, device_type: str, gpus: int,
                     cache: Path | None, started: datetime) -> dict:
-    from mlenergy.diffusion import provenance
+    from mlenergy.diffusion.output import provenance
 
     return {"started": started.isoformat(timespec="seconds"), "finished": None,
             "command": campaign.command_line(argv), "version": provenance.version_text(),
@@ -244,7 +243,7 @@ def _take_out_dir(args: SweepArgs):
     """One local sweep per run tree at a time: a second refuses in one line (its summary and
     logs would interleave with the first's)."""
     from mlenergy.diffusion.config import ConfigError
-    from mlenergy.diffusion.runlock import RunDirLock
+    from mlenergy.diffusion.output.runlock import RunDirLock
 
     lock = RunDirLock(args.out_dir / "sweep", release_on_signals=False,
                       holder_does="being swept by another sweep")

@@ -72,7 +72,7 @@ def settle(group: Group, code: int | None, why_stopped: str | None,
     process failed in; after it, points the process never reached go back to pending (returned,
     to launch again). Each point's seconds run from the previous point's results (or the
     launch's start) to its own."""
-    from mlenergy.diffusion import rundir
+    from mlenergy.diffusion.output import rundir
 
     unreached: list[Point] = []
     since = started

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from mlenergy.diffusion.sweep import groups, sharing
+from mlenergy.diffusion.output import node_sharing as sharing
+from mlenergy.diffusion.sweep import groups
 from mlenergy.diffusion.sweep.groups import Group
 from mlenergy.diffusion.sweep.point import Point
 from mlenergy.diffusion.sweep.process_tree import Launch
@@ -105,7 +106,7 @@ class NotStarted(Exception):
 
 
 def _held_by_a_live_run(point: Point) -> str | None:
-    from mlenergy.diffusion.runlock import RunDirLock
+    from mlenergy.diffusion.output.runlock import RunDirLock
 
     holder, gone = RunDirLock(point.run_dir).holder()
     if holder is None or gone is not None:

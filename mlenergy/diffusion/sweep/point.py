@@ -79,7 +79,7 @@ def results_complete(path: Path, point: Point | None = None) -> bool:
     identity, when given), by the benchmark's own test (`rundir.inspect`): an empty, truncated
     or foreign file, a directory, or results of another configuration are not, so such a point
     is never reported as done."""
-    from mlenergy.diffusion import rundir
+    from mlenergy.diffusion.output import rundir
 
     if point is not None and point.identity is None:
         raise ValueError(f"{point.label()} has no identity yet: plan it first")

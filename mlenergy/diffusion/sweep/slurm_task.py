@@ -23,10 +23,9 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from mlenergy.diffusion.sweep import sharing
+from mlenergy.diffusion.output import node_sharing as sharing
 from mlenergy.diffusion.sweep.groups import Group
-from mlenergy.diffusion.sweep.local import (Settings, child_env, local_command, log_path,
-                                            run_points)
+from mlenergy.diffusion.sweep.local import Settings, child_env, local_command, log_path, run_points
 from mlenergy.diffusion.sweep.point import Point, results_complete, results_path
 
 
@@ -101,8 +100,8 @@ def multinode_command(point: Point | Group, nodes: int, per_node: int) -> list[s
 def _plan(point: Point, args: TaskArgs) -> str | None:
     """Give `point` its identity from the plan of its exact flags; the reason it cannot run
     otherwise."""
-    from mlenergy.diffusion import rundir
     from mlenergy.diffusion.config import ConfigError
+    from mlenergy.diffusion.output import rundir
     from mlenergy.diffusion.sweep.grid import SweepError, plan_point
 
     task = next((a.split(":", 1)[1] for a in point.benchmark_args if a.startswith("workload:")),

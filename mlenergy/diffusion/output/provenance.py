@@ -13,8 +13,8 @@ from mlenergy.diffusion import __version__
 from mlenergy.diffusion.launch import launched_by_torchrun
 from mlenergy.diffusion.sections import Section
 
-# The checkout that holds this package: mlenergy/diffusion/provenance.py -> repository root.
-_ROOT = Path(__file__).resolve().parents[2]
+# The checkout that holds this package: mlenergy/diffusion/output/provenance.py -> repository root.
+_ROOT = Path(__file__).resolve().parents[3]
 
 
 @dataclass

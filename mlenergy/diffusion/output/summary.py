@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from mlenergy.diffusion import stats
 from mlenergy.diffusion.console import si_text
-from mlenergy.diffusion.record import RunRecord, Statistics
+from mlenergy.diffusion.output.record import RunRecord, Statistics
 
 if TYPE_CHECKING:
     from mlenergy.diffusion.probes.flops import PhysicalFloor

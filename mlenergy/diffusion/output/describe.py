@@ -8,8 +8,8 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from mlenergy.diffusion.environment import RunEnvironment
-    from mlenergy.diffusion.provenance import Provenance
+    from mlenergy.diffusion.output.environment import RunEnvironment
+    from mlenergy.diffusion.output.provenance import Provenance
 
 OPTION_DEFAULTS = {"compile_backend": "inductor", "compile_scope": "transformer",
                    "compile_mode": "default"}

@@ -8,10 +8,10 @@ import logging
 from typing import TYPE_CHECKING
 
 from mlenergy.diffusion import stats
-from mlenergy.diffusion.record import Analysis, Statistics, Steadiness
+from mlenergy.diffusion.output.record import Analysis, Statistics, Steadiness
 
 if TYPE_CHECKING:
-    from mlenergy.diffusion.record import RunRecord
+    from mlenergy.diffusion.output.record import RunRecord
 
 logger = logging.getLogger("mlenergy.diffusion")
 

@@ -1,5 +1,5 @@
 """The typed record of a run: filled in as the run goes, read by the summary and the plot, and
-written out once, by results.py, as results.json. Its measurement sections are the probes'
+written out once, by results_writer.py, as results.json. Its measurement sections are the probes'
 (probes/__init__.py ProbeSections), composed by analysis.py."""
 
 from __future__ import annotations
@@ -12,22 +12,20 @@ from mlenergy.diffusion.probes.energy import Measurement
 from mlenergy.diffusion.sections import Section
 
 if TYPE_CHECKING:
-    from mlenergy.diffusion.environment import RunEnvironment
     from mlenergy.diffusion.options_apply import OptionEffects
-    from mlenergy.diffusion.run_plan import RunPlan
+    from mlenergy.diffusion.output.environment import RunEnvironment
+    from mlenergy.diffusion.output.provenance import Provenance
+    from mlenergy.diffusion.output.startup import StartupSection
     from mlenergy.diffusion.probes import ProbeSections
     from mlenergy.diffusion.probes.checks import EnergyCrossCheck, Exclusivity
     from mlenergy.diffusion.probes.compile import CompileReport
     from mlenergy.diffusion.probes.energy import HostEnergy
     from mlenergy.diffusion.probes.flops import PhysicalFloor
     from mlenergy.diffusion.probes.stage_records import (
-        IterationStages,
-        StageBreakdown,
-        StepSummary,
+        IterationStages, StageBreakdown, StepSummary,
     )
     from mlenergy.diffusion.probes.timeline import IdleBaseline
-    from mlenergy.diffusion.provenance import Provenance
-    from mlenergy.diffusion.startup import StartupSection
+    from mlenergy.diffusion.run_plan import RunPlan
 
 
 @dataclass
@@ -160,7 +158,7 @@ class RunRecord:
     analysis: Analysis | None = None
     provenance: Provenance | None = None
     # Other runs of the campaign on this node during the measurement (None: not started by a
-    # sweep, so unknown); see sweep/sharing.py.
+    # sweep, so unknown); see output/node_sharing.py.
     shared_node_runs: list[dict] | None = None
     # Where the time before the first measured window went (startup.py).
     startup: StartupSection | None = None

@@ -6,11 +6,12 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from mlenergy.diffusion import resolve, rundir, stats
+from mlenergy.diffusion import resolve, stats
+from mlenergy.diffusion.output import rundir
 
 if TYPE_CHECKING:
+    from mlenergy.diffusion.output.record import IterationRecord, RunRecord
     from mlenergy.diffusion.run_plan import RunPlan
-    from mlenergy.diffusion.record import IterationRecord, RunRecord
 
 
 def output_name(iteration: int, index: int, prompt: str, suffix: str = "png") -> str:
