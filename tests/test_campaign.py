@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, TINY_FLUX, offline_env, run_benchmark
-from mlenergy.diffusion.config import BenchmarkConfig, TextToVideo, parse_cli
+from mlenergy.diffusion.inputs.config import BenchmarkConfig, TextToVideo, parse_cli
 from mlenergy.diffusion.launch import Launch
 from mlenergy.diffusion.output import rundir
 from mlenergy.diffusion.plan import make_plan

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from mlenergy.diffusion.config import BenchmarkConfig, TextToImage, normalize_argv, parse_cli
-from mlenergy.diffusion.config import ConfigError
+from mlenergy.diffusion.inputs.config import (
+    BenchmarkConfig, ConfigError, TextToImage, normalize_argv, parse_cli,
+)
 from mlenergy.diffusion.launch import Launch
 from mlenergy.diffusion.plan import make_plan
 
@@ -188,7 +189,7 @@ def test_help_documents_every_field():
 def test_the_readme_documents_every_flag():
     import dataclasses
 
-    from mlenergy.diffusion.config import BenchmarkConfig, TextToVideo
+    from mlenergy.diffusion.inputs.config import BenchmarkConfig, TextToVideo
 
     readme = (REPO / "README.md").read_text()
     flags = [f"--{f.name}" for f in dataclasses.fields(BenchmarkConfig) if f.name != "workload"]

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import ENTRY, REPO, offline_env
 from mlenergy.diffusion import __version__
-from mlenergy.diffusion.config import TextToImage, parse_cli
+from mlenergy.diffusion.inputs.config import TextToImage, parse_cli
 from mlenergy.diffusion.output import provenance
 from mlenergy.diffusion.registry import MODELS, known_model_ids
 

@@ -30,7 +30,7 @@ from fakehub import (
     save_tiny_flux,
 )
 from mlenergy.diffusion import pipelines, resolve
-from mlenergy.diffusion.config import ConfigError, parse_cli
+from mlenergy.diffusion.inputs.config import ConfigError, parse_cli
 from mlenergy.diffusion.output import model_info
 from mlenergy.diffusion.plan import default_base_dir, make_plan
 from mlenergy.diffusion.registry import MODELS

@@ -7,7 +7,7 @@ import shlex
 
 import pytest
 
-from mlenergy.diffusion.config import parse_cli
+from mlenergy.diffusion.inputs.config import parse_cli
 from mlenergy.diffusion.launch import Launch
 from mlenergy.diffusion.plan import make_plan
 

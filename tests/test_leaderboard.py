@@ -12,7 +12,7 @@ import pytest
 
 from conftest import REPO, load_results, offline_env, only_run_dir, run_benchmark
 from mlenergy.diffusion import prompts
-from mlenergy.diffusion.config import ConfigError
+from mlenergy.diffusion.inputs.config import ConfigError
 from mlenergy.diffusion.sweep import presets
 from test_prompts import make_dataset
 
@@ -61,7 +61,7 @@ def test_requests_files_round_trip_and_schedule_in_order(tmp_path):
 
 
 def test_a_mismatched_requests_file_ends_the_run_in_one_line(tmp_path):
-    from mlenergy.diffusion.config import parse_cli
+    from mlenergy.diffusion.inputs.config import parse_cli
 
     path = prompts.write_requests_file(tmp_path / "r.json", [["a", "b"]])
     workload = parse_cli(["workload:t2i", "--workload.prompts_file", str(path)]).workload

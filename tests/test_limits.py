@@ -14,7 +14,7 @@ import pytest
 from conftest import ENTRY, REPO, TINY_FLUX, _free_port, load_results, offline_env, \
     only_run_dir, run_benchmark
 from mlenergy.diffusion import benchmark, files, limits, prompts
-from mlenergy.diffusion.config import PROMPT_DATASET, ConfigError, parse_cli
+from mlenergy.diffusion.inputs.config import ConfigError, PROMPT_DATASET, parse_cli
 from mlenergy.diffusion.launch import Launch
 from mlenergy.diffusion.plan import make_plan
 

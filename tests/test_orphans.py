@@ -186,7 +186,7 @@ GROUPS_SCRIPT = """
 import os, sys, time
 import torch, torch.distributed as dist
 from mlenergy.diffusion import runtime
-from mlenergy.diffusion.config import parse_cli
+from mlenergy.diffusion.inputs.config import parse_cli
 from mlenergy.diffusion.plan import make_plan
 plan = make_plan(parse_cli(["--ulysses_degree", "2", "workload:t2i", "--workload.weights", "tiny",
                             "--workload.height", "128", "--workload.width", "128"]))

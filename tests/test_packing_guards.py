@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from conftest import REPO, offline_env, with_flags, write_gpu_script
-from mlenergy.diffusion.config import parse_cli
+from mlenergy.diffusion.inputs.config import parse_cli
 from mlenergy.diffusion.launch import Launch
 from mlenergy.diffusion.plan import make_plan
 

@@ -15,7 +15,7 @@ import torch
 
 from conftest import TINY_FLUX, run_benchmark
 from mlenergy.diffusion import attention, options_apply, quantize
-from mlenergy.diffusion.config import ConfigError, parse_cli
+from mlenergy.diffusion.inputs.config import ConfigError, parse_cli
 from mlenergy.diffusion.launch import Launch
 from mlenergy.diffusion.options import Options
 from mlenergy.diffusion.output import summary

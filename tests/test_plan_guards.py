@@ -27,7 +27,7 @@ import torch
 
 from conftest import with_flags
 from fakehub import SCHNELL_CONFIGS, add_snapshot
-from mlenergy.diffusion.config import ConfigError, parse_cli
+from mlenergy.diffusion.inputs.config import ConfigError, parse_cli
 from mlenergy.diffusion.launch import Launch
 from mlenergy.diffusion.output import rundir
 from mlenergy.diffusion.plan import make_plan

@@ -142,7 +142,7 @@ def test_report_of_a_tree_without_results_is_one_line_and_exit_2(tmp_path):
 def test_runs_that_differ_in_an_option_setting_get_different_labels(argv, label):
     import shlex
 
-    from mlenergy.diffusion.config import parse_cli
+    from mlenergy.diffusion.inputs.config import parse_cli
     from mlenergy.diffusion.launch import Launch
     from mlenergy.diffusion.output import results_writer as results
     from mlenergy.diffusion.plan import make_plan

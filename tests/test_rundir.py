@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, TINY_FLUX, load_results, offline_env, only_run_dir, run_benchmark
-from mlenergy.diffusion.config import parse_cli
+from mlenergy.diffusion.inputs.config import parse_cli
 from mlenergy.diffusion.output import rundir, runlock
 from mlenergy.diffusion.plan import ConfigError, make_plan
 

@@ -27,9 +27,10 @@ from datetime import datetime
 from typing import Any
 
 from mlenergy.diffusion import (
-    argcheck, console, files, group, launch, prompts as prompt_source, resolve, runtime,
+    console, files, group, launch, prompts as prompt_source, resolve, runtime,
 )
-from mlenergy.diffusion.config import ConfigError, parse_cli
+from mlenergy.diffusion.inputs import argcheck
+from mlenergy.diffusion.inputs.config import ConfigError, parse_cli
 from mlenergy.diffusion.output import (
     describe, model_info, provenance, results_writer as results, rundir,
 )

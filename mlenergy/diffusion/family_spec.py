@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
-from mlenergy.diffusion.task import TaskName
+from mlenergy.diffusion.inputs.task import TaskName
 
 Task = TaskName
 

@@ -17,7 +17,7 @@ import os
 import re
 from pathlib import Path
 
-from mlenergy.diffusion.config import ConfigError
+from mlenergy.diffusion.inputs.config import ConfigError
 from mlenergy.diffusion.launch import launched_local_rank
 
 MODEL_INDEX = "model_index.json"

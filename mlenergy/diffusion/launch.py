@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Mapping
 
-from mlenergy.diffusion.config import ConfigError
+from mlenergy.diffusion.inputs.config import ConfigError
 
 # What torchrun tells each process it starts; none of them (or one process's values) for a plain
 # `python` launch.

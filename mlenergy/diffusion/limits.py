@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mlenergy.diffusion import prompts
-from mlenergy.diffusion.config import ConfigError
+from mlenergy.diffusion.inputs.config import ConfigError
 
 if TYPE_CHECKING:
     from mlenergy.diffusion.run_plan import RunPlan

@@ -16,7 +16,7 @@ import shutil
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from mlenergy.diffusion.config import DEFAULT_CACHE_THRESHOLD, BenchmarkConfig, ConfigError
+from mlenergy.diffusion.inputs.config import DEFAULT_CACHE_THRESHOLD, BenchmarkConfig, ConfigError
 
 if TYPE_CHECKING:
     from mlenergy.diffusion.launch import Launch

@@ -16,8 +16,8 @@ from typing import Any, Iterator, Literal, Mapping
 import torch
 
 from mlenergy.diffusion import hub
-from mlenergy.diffusion.config import ConfigError
 from mlenergy.diffusion.families import Component, Family
+from mlenergy.diffusion.inputs.config import ConfigError
 from mlenergy.diffusion.registry import ModelSpec
 
 Weights = Literal["pretrained", "random", "tiny"]

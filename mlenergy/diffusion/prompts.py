@@ -16,22 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from mlenergy.diffusion.config import DEFAULT_SEED, ConfigError
 from mlenergy.diffusion.files import write_json_atomically
-from mlenergy.diffusion.task import TEXT_TO_IMAGE, TaskName, task_named
-from mlenergy.diffusion.prompt_datasets import (  # noqa: F401 - re-exported
-    DATASET_SPLITS,
-    DEFAULT_COLUMNS,
-    DEFAULT_DATASETS,
-    FALLBACK_FILES,
-    PromptPool,
-    PromptsError,
-    cache_file,
-    check_dataset,
-    default_cache_dir,
-    fallback_prompts,
-    load_pool,
-    read_cache,
+from mlenergy.diffusion.inputs.config import ConfigError, DEFAULT_SEED
+from mlenergy.diffusion.inputs.task import TEXT_TO_IMAGE, TaskName, task_named
+from mlenergy.diffusion.prompt_datasets import (
+    DATASET_SPLITS, DEFAULT_COLUMNS, DEFAULT_DATASETS, FALLBACK_FILES, PromptPool, PromptsError,
+    cache_file, check_dataset, default_cache_dir, fallback_prompts, load_pool, read_cache,
     read_local_column,
 )
 
@@ -197,7 +187,7 @@ def schedule_for(source, pool: Sequence[str], seed: int, batch_size: int, warmup
                  benchmark_iters: int) -> PromptSchedule:
     """The run's schedule: a requests file's batches as they are, the leaderboard's sampling,
     or the seeded shuffle (`--workload.prompt_sampling`). Bad input is a ConfigError."""
-    from mlenergy.diffusion.config import ConfigError
+    from mlenergy.diffusion.inputs.config import ConfigError
 
     path = source.prompts_file
     try:

@@ -18,9 +18,9 @@ from typing import Annotated, Sequence
 
 import tyro
 
-from mlenergy.diffusion.argcheck import parse_one_line
-from mlenergy.diffusion.config import ConfigError, help_from_docstrings
 from mlenergy.diffusion.files import REQUESTS, RESULTS
+from mlenergy.diffusion.inputs.argcheck import parse_one_line
+from mlenergy.diffusion.inputs.config import ConfigError, help_from_docstrings
 from mlenergy.diffusion.results_reader import ResultsError, RunResults
 
 PROG = "mlenergy-diffusion quality"

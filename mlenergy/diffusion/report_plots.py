@@ -17,7 +17,7 @@ import math
 import re
 from pathlib import Path
 
-from mlenergy.diffusion.task import TASKS
+from mlenergy.diffusion.inputs.task import TASKS
 
 # One plot group: a model's workload (size, steps) on one device, weights kind and dtype.
 GROUP_KEYS = ["task", "model_id", "device", "weights", "dtype", "height", "width", "num_frames",

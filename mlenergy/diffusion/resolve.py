@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from mlenergy.diffusion import hub
-from mlenergy.diffusion.config import ConfigError
 from mlenergy.diffusion.families import FAMILIES, Family
+from mlenergy.diffusion.inputs.config import ConfigError
+from mlenergy.diffusion.inputs.task import task_named
 from mlenergy.diffusion.registry import MODELS, ModelSpec, known_model_ids, models_of_family
-from mlenergy.diffusion.task import task_named
 
 REGISTRY = "registry"
 CHECKPOINT = "checkpoint"

@@ -11,10 +11,10 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Mapping
 
+from mlenergy.diffusion.inputs.task import Task
 from mlenergy.diffusion.launch import Launch
 from mlenergy.diffusion.options import Options
 from mlenergy.diffusion.registry import ModelSpec
-from mlenergy.diffusion.task import Task
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,7 +25,7 @@ _LOCK_STALE_S = 300.0
 
 def config_error(message: str) -> ValueError:
     try:
-        from mlenergy.diffusion.config import ConfigError  # where the refactor moves it
+        from mlenergy.diffusion.inputs.config import ConfigError  # where the refactor moves it
     except ImportError:
         from mlenergy.diffusion.plan import ConfigError
     return ConfigError(message)

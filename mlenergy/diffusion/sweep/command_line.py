@@ -15,12 +15,12 @@ from typing import Annotated, Literal, Optional
 
 import tyro
 
+from mlenergy.diffusion.inputs.task import TEXT_TO_IMAGE, TaskName
 from mlenergy.diffusion.output import node_sharing as sharing
 from mlenergy.diffusion.sweep import campaign, grid as grid_module, groups, local, presets, slurm
 from mlenergy.diffusion.sweep.grid import Grid, SweepError
 from mlenergy.diffusion.sweep.point import Point
 from mlenergy.diffusion.sweep.slurm_task import split_benchmark_args
-from mlenergy.diffusion.task import TEXT_TO_IMAGE, TaskName
 
 Repeatable = tyro.conf.UseAppendAction
 
@@ -242,7 +242,7 @@ def _summary_header(args: SweepArgs, argv: list[str], grid: Grid, device_type: s
 def _take_out_dir(args: SweepArgs):
     """One local sweep per run tree at a time: a second refuses in one line (its summary and
     logs would interleave with the first's)."""
-    from mlenergy.diffusion.config import ConfigError
+    from mlenergy.diffusion.inputs.config import ConfigError
     from mlenergy.diffusion.output.runlock import RunDirLock
 
     lock = RunDirLock(args.out_dir / "sweep", release_on_signals=False,
@@ -346,7 +346,7 @@ def check_argv(own: list[str], benchmark_args: list[str]) -> None:
 
 
 def _parse(argv: list[str]) -> tuple[SweepArgs, list[str]]:
-    from mlenergy.diffusion.argcheck import parse_one_line
+    from mlenergy.diffusion.inputs.argcheck import parse_one_line
 
     own, benchmark_args = split_benchmark_args(argv)
     check_argv(own, benchmark_args)

@@ -127,7 +127,7 @@ def make_points(grid: Grid) -> list[Point]:
 
 
 def _known_benchmark_flags() -> set[str]:
-    from mlenergy.diffusion.config import BenchmarkConfig, TextToVideo
+    from mlenergy.diffusion.inputs.config import BenchmarkConfig, TextToVideo
 
     names = set()
     for prefix, cls in (("--", BenchmarkConfig), ("--workload.", TextToVideo)):
@@ -141,7 +141,7 @@ def _known_benchmark_flags() -> set[str]:
 def parse_benchmark(task: str, flags) -> object:
     """The benchmark's configuration for these flags, through its own parser; a flag it does not
     know, or a value it cannot parse, becomes one line."""
-    from mlenergy.diffusion.config import ConfigError, parse_cli
+    from mlenergy.diffusion.inputs.config import ConfigError, parse_cli
 
     unknown = [name for name in _flag_names(flags) if name not in _known_benchmark_flags()]
     if unknown:
@@ -209,7 +209,7 @@ def resolve(points: list[Point], grid: Grid, gpus: int, device_type: str,
     launched with), or the reason it is skipped; mark points whose results of the same identity
     exist as already done. Raises SweepError when a run directory holds another configuration
     (unless the points pass --overwrite_results) or two points share one."""
-    from mlenergy.diffusion.config import ConfigError
+    from mlenergy.diffusion.inputs.config import ConfigError
     from mlenergy.diffusion.output import rundir
 
     parsed: dict = {}

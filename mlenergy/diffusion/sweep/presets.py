@@ -21,10 +21,10 @@ from typing import Annotated, Literal, Mapping, Optional
 
 import tyro
 
-from mlenergy.diffusion.argcheck import parse_one_line
-from mlenergy.diffusion.config import help_from_docstrings
+from mlenergy.diffusion.inputs.argcheck import parse_one_line
+from mlenergy.diffusion.inputs.config import help_from_docstrings
+from mlenergy.diffusion.inputs.task import TASKS as TASKS_BY_NAME, TEXT_TO_IMAGE, TEXT_TO_VIDEO
 from mlenergy.diffusion.registry import MODELS, known_model_ids
-from mlenergy.diffusion.task import TASKS as TASKS_BY_NAME, TEXT_TO_IMAGE, TEXT_TO_VIDEO
 
 TASKS = tuple(TASKS_BY_NAME)
 

@@ -15,9 +15,9 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlenergy.diffusion.inputs.task import TEXT_TO_IMAGE, task_named
 from mlenergy.diffusion.sweep.groups import Group, make_groups
 from mlenergy.diffusion.sweep.point import Point
-from mlenergy.diffusion.task import TEXT_TO_IMAGE, task_named
 
 # Slurm's default MaxArraySize is 1001 (task ids 0..1000): bigger groups become several arrays.
 MAX_ARRAY_TASKS = 1000

@@ -100,7 +100,7 @@ def multinode_command(point: Point | Group, nodes: int, per_node: int) -> list[s
 def _plan(point: Point, args: TaskArgs) -> str | None:
     """Give `point` its identity from the plan of its exact flags; the reason it cannot run
     otherwise."""
-    from mlenergy.diffusion.config import ConfigError
+    from mlenergy.diffusion.inputs.config import ConfigError
     from mlenergy.diffusion.output import rundir
     from mlenergy.diffusion.sweep.grid import SweepError, plan_point
 

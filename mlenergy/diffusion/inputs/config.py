@@ -16,8 +16,8 @@ from typing import Annotated, Literal, Optional, Sequence, Union
 
 import tyro
 
-from mlenergy.diffusion.argcheck import parse_one_line
-from mlenergy.diffusion.task import TASKS, TEXT_TO_IMAGE, TEXT_TO_VIDEO, Task
+from mlenergy.diffusion.inputs.argcheck import parse_one_line
+from mlenergy.diffusion.inputs.task import TASKS, TEXT_TO_IMAGE, TEXT_TO_VIDEO, Task
 
 
 class ConfigError(ValueError):
