@@ -127,7 +127,7 @@ def _in_process_runs_leave_the_suite_as_it_was(monkeypatch):
     without a word: it raises instead."""
     import logging
 
-    from mlenergy.diffusion import runtime
+    from mlenergy.diffusion.process import runtime
 
     def fail(rank: int, err: BaseException) -> None:
         raise AssertionError(f"rank {rank} failed in the test process: "

@@ -71,7 +71,7 @@ def hf_home(tmp_path, saved, monkeypatch):
 def plan(argv: str | list[str], **launch):
     import os
 
-    from mlenergy.diffusion.launch import Launch
+    from mlenergy.diffusion.process.launch import Launch
 
     # As a launch reads it: offline when the test's environment says so.
     launch = Launch(**{"world_size": 1, "device_type": "cpu", "visible_gpus": 0,

@@ -8,8 +8,8 @@ import shlex
 import pytest
 
 from mlenergy.diffusion.inputs.config import parse_cli
-from mlenergy.diffusion.launch import Launch
 from mlenergy.diffusion.plan import make_plan
+from mlenergy.diffusion.process.launch import Launch
 
 ONE_GPU = Launch(device_type="cuda", visible_gpus=1)
 

@@ -16,9 +16,9 @@ import torch
 from conftest import REPO, TINY_FLUX, load_results, only_run_dir, run_benchmark, with_flags
 from mlenergy.diffusion import options, options_apply
 from mlenergy.diffusion.inputs.config import ConfigError, parse_cli
-from mlenergy.diffusion.launch import Launch
 from mlenergy.diffusion.plan import make_plan
 from mlenergy.diffusion.probes.compile import CompileTracker
+from mlenergy.diffusion.process.launch import Launch
 
 
 def plan_for(argv: str, world_size: int = 1, device_type: str = "cuda"):

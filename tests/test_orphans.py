@@ -129,7 +129,7 @@ def test_a_rank_bound_to_its_launcher_dies_with_it(tmp_path):
     script = (
         "import os, subprocess, sys, time\n"
         "child = subprocess.Popen([sys.executable, '-c', "
-        "'from mlenergy.diffusion.lifeline import bind_to_launcher; bind_to_launcher(force=True);"
+        "'from mlenergy.diffusion.process.lifeline import bind_to_launcher; bind_to_launcher(force=True);"
         " import time; print(\"bound\", flush=True); time.sleep(120)'], start_new_session=True)\n"
         "print(child.pid, flush=True)\n"
         "time.sleep(120)\n"

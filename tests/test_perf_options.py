@@ -16,10 +16,10 @@ import torch
 from conftest import TINY_FLUX, run_benchmark
 from mlenergy.diffusion import attention, options_apply, quantize
 from mlenergy.diffusion.inputs.config import ConfigError, parse_cli
-from mlenergy.diffusion.launch import Launch
 from mlenergy.diffusion.options import Options
 from mlenergy.diffusion.output import summary
 from mlenergy.diffusion.plan import make_plan
+from mlenergy.diffusion.process.launch import Launch
 from mlenergy.diffusion.quantize import Gpu
 
 H100 = Gpu("NVIDIA H100 80GB HBM3", (9, 0))

@@ -28,9 +28,9 @@ import torch
 from conftest import with_flags
 from fakehub import SCHNELL_CONFIGS, add_snapshot
 from mlenergy.diffusion.inputs.config import ConfigError, parse_cli
-from mlenergy.diffusion.launch import Launch
 from mlenergy.diffusion.output import rundir
 from mlenergy.diffusion.plan import make_plan
+from mlenergy.diffusion.process.launch import Launch
 from mlenergy.diffusion.sweep import main as sweep_main
 
 FLUX = "black-forest-labs/FLUX.1-dev"

@@ -143,9 +143,9 @@ def test_runs_that_differ_in_an_option_setting_get_different_labels(argv, label)
     import shlex
 
     from mlenergy.diffusion.inputs.config import parse_cli
-    from mlenergy.diffusion.launch import Launch
     from mlenergy.diffusion.output import results_writer as results
     from mlenergy.diffusion.plan import make_plan
+    from mlenergy.diffusion.process.launch import Launch
 
     plan = make_plan(parse_cli(shlex.split(argv)),
                      Launch(world_size=1, device_type="cuda", visible_gpus=1))

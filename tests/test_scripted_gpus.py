@@ -18,7 +18,7 @@ from mlenergy.diffusion.probes import checks
 from mlenergy.diffusion.probes.energy import EnergyMeter, Measurement
 from mlenergy.diffusion.probes.fake import ScriptedAccess
 from mlenergy.diffusion.probes.gpus import RunGpus
-from mlenergy.diffusion.runtime import Ranks
+from mlenergy.diffusion.process.runtime import Ranks
 
 CPU = torch.device("cpu")
 

@@ -91,7 +91,7 @@ def _counters(count: int) -> stages.EnergyCounters:
     import torch
 
     from mlenergy.diffusion.probes.gpus import NvidiaAccess, RunGpus
-    from mlenergy.diffusion.runtime import Ranks
+    from mlenergy.diffusion.process.runtime import Ranks
 
     access = NvidiaAccess(count)
     access._zeus_gpus = _FakeGPUs()

@@ -168,7 +168,7 @@ def test_monitor_block_keys_gpus_globally_and_filters_by_time():
     import torch
 
     from mlenergy.diffusion.probes.gpus import RunGpus, _ZeusTimelines
-    from mlenergy.diffusion.runtime import Ranks
+    from mlenergy.diffusion.process.runtime import Ranks
 
     class _Access:
         def timeline_monitors(self):

@@ -98,7 +98,7 @@ def install_fa3() -> dict:
     attention_dispatch.flash_attn_3_func = fa3.flash_attn_func
     attention_dispatch.flash_attn_3_varlen_func = fa3.flash_attn_varlen_func
     attention_dispatch._CAN_USE_FLASH_ATTN_3 = True
-    from mlenergy.diffusion.xfuser_compat import import_xfuser
+    from mlenergy.diffusion.process.xfuser_compat import import_xfuser
 
     import_xfuser()
     xfuser_attention = importlib.import_module("xfuser.core.distributed.attention_backend")

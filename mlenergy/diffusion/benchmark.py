@@ -15,7 +15,7 @@ if __package__ in (None, ""):
     _root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     sys.path[0] = _root
 
-from mlenergy.diffusion.lifeline import bind_to_launcher
+from mlenergy.diffusion.process.lifeline import bind_to_launcher
 
 # First, before the slow imports: a rank must not outlive a launcher killed meanwhile.
 bind_to_launcher()
@@ -26,9 +26,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from mlenergy.diffusion import (
-    console, files, group, launch, prompts as prompt_source, resolve, runtime,
-)
+from mlenergy.diffusion import files, group, prompts as prompt_source, resolve
 from mlenergy.diffusion.inputs import argcheck
 from mlenergy.diffusion.inputs.config import ConfigError, parse_cli
 from mlenergy.diffusion.output import (
@@ -37,6 +35,7 @@ from mlenergy.diffusion.output import (
 from mlenergy.diffusion.output.record import IterationRecord, LoadRecord, RunRecord, WarmupRecord
 from mlenergy.diffusion.output.startup import StartupClock
 from mlenergy.diffusion.plan import RunPlan, make_plan
+from mlenergy.diffusion.process import console, launch, runtime
 
 logger = logging.getLogger("mlenergy.diffusion")
 
@@ -145,8 +144,8 @@ def _measure_point(point: _Point, ranks, gpus, shared: _Shared | None, clock: St
                   place: tuple[int, int]) -> _Shared:
     """One point: its log and requests, the pipeline (loaded by the first point), the probes,
     warm-up, the measured iterations, results. Returns what the next point shares."""
-    from mlenergy.diffusion import testing
     from mlenergy.diffusion.probes import Probes
+    from mlenergy.diffusion.process import testing
 
     # A run starts with its process (as when launched alone); a later point of the process
     # where the one before it ended.
@@ -394,6 +393,6 @@ def _write_results(record: RunRecord) -> None:
     logger.info("Results written to %s", plan.run_dir / files.RESULTS)
 
 if __name__ == "__main__":
-    from mlenergy.diffusion.console import exit_quietly_on_broken_pipe
+    from mlenergy.diffusion.process.console import exit_quietly_on_broken_pipe
 
     sys.exit(exit_quietly_on_broken_pipe(main))

@@ -22,11 +22,11 @@ from typing import Annotated, Sequence
 
 import tyro
 
-from mlenergy.diffusion.console import si_text
 from mlenergy.diffusion.files import DRIVER_LOG, REQUESTS, RESULTS
 from mlenergy.diffusion.inputs.argcheck import parse_one_line
 from mlenergy.diffusion.inputs.config import help_from_docstrings
 from mlenergy.diffusion.inputs.task import TASKS, TEXT_TO_IMAGE
+from mlenergy.diffusion.process.console import si_text
 from mlenergy.diffusion.results_reader import ResultsError, RunResults, run_dirs
 from mlenergy.diffusion.results_sections import (
     Exclusivity, HostEnergy, PhysicalFloor, StageTotals, Steadiness, Timeline,
@@ -276,6 +276,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from mlenergy.diffusion.console import exit_quietly_on_broken_pipe
+    from mlenergy.diffusion.process.console import exit_quietly_on_broken_pipe
 
     sys.exit(exit_quietly_on_broken_pipe(main))

@@ -19,10 +19,10 @@ from typing import Optional, Sequence
 
 import tyro
 
-from mlenergy.diffusion.console import exit_quietly_on_broken_pipe
 from mlenergy.diffusion.inputs.argcheck import parse_one_line
 from mlenergy.diffusion.inputs.config import help_from_docstrings
 from mlenergy.diffusion.inputs.task import TaskName
+from mlenergy.diffusion.process.console import exit_quietly_on_broken_pipe
 
 PROG = "mlenergy-diffusion"
 

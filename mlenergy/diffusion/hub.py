@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 from mlenergy.diffusion.inputs.config import ConfigError
-from mlenergy.diffusion.launch import launched_local_rank
+from mlenergy.diffusion.process.launch import launched_local_rank
 
 MODEL_INDEX = "model_index.json"
 SCHEDULER_CONFIG = "scheduler/scheduler_config.json"

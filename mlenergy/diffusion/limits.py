@@ -52,7 +52,7 @@ def check(plan: RunPlan) -> None:
 
 
 def _collective_timeout() -> None:
-    from mlenergy.diffusion import watchdog
+    from mlenergy.diffusion.process import watchdog
 
     try:
         watchdog.collective_timeout_s()

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from mlenergy.diffusion.inputs.config import DEFAULT_CACHE_THRESHOLD, BenchmarkConfig, ConfigError
 
 if TYPE_CHECKING:
-    from mlenergy.diffusion.launch import Launch
+    from mlenergy.diffusion.process.launch import Launch
     from mlenergy.diffusion.registry import ModelSpec
 
 COMPILE_BACKENDS = ("inductor", "eager", "aot_eager")

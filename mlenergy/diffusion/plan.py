@@ -12,8 +12,8 @@ from pathlib import Path
 from mlenergy.diffusion import limits, options as run_options, prompts, resolve
 from mlenergy.diffusion.inputs.config import BenchmarkConfig, ConfigError, TextToVideo
 from mlenergy.diffusion.inputs.task import Task, task_named
-from mlenergy.diffusion.launch import Launch
 from mlenergy.diffusion.options import Options
+from mlenergy.diffusion.process.launch import Launch
 from mlenergy.diffusion.registry import ModelSpec, is_tiny, known_model_ids
 from mlenergy.diffusion.run_plan import PromptSource, RunPlan
 

@@ -353,6 +353,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from mlenergy.diffusion.console import exit_quietly_on_broken_pipe
+    from mlenergy.diffusion.process.console import exit_quietly_on_broken_pipe
 
     sys.exit(exit_quietly_on_broken_pipe(main))

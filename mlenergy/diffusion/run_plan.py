@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from mlenergy.diffusion.inputs.task import Task
-from mlenergy.diffusion.launch import Launch
 from mlenergy.diffusion.options import Options
+from mlenergy.diffusion.process.launch import Launch
 from mlenergy.diffusion.registry import ModelSpec
 
 

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from mlenergy.diffusion.xfuser_compat import import_xfuser, make_ring_attention_traceable  # noqa: E402,E501
+from mlenergy.diffusion.process.xfuser_compat import import_xfuser, make_ring_attention_traceable  # noqa: E402,E501
 
 
 def cpu_flash(query, key, value, dropout_p=0.0, is_causal=False, attention_kwargs=None):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlenergy.diffusion import __version__
-from mlenergy.diffusion.launch import launched_by_torchrun
+from mlenergy.diffusion.process.launch import launched_by_torchrun
 from mlenergy.diffusion.sections import Section
 
 # The checkout that holds this package: mlenergy/diffusion/output/provenance.py -> repository root.

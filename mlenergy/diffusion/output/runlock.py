@@ -13,7 +13,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from mlenergy.diffusion import lifeline
+from mlenergy.diffusion.process import lifeline
 
 logger = logging.getLogger("mlenergy.diffusion")
 

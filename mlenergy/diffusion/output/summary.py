@@ -6,8 +6,8 @@ import math
 from typing import TYPE_CHECKING
 
 from mlenergy.diffusion import stats
-from mlenergy.diffusion.console import si_text
 from mlenergy.diffusion.output.record import RunRecord, Statistics
+from mlenergy.diffusion.process.console import si_text
 
 if TYPE_CHECKING:
     from mlenergy.diffusion.probes.flops import PhysicalFloor

@@ -14,7 +14,6 @@ import logging
 import time
 from dataclasses import dataclass
 
-from mlenergy.diffusion import runtime
 from mlenergy.diffusion.probes import checks, memory, timeline
 from mlenergy.diffusion.probes.checks import EnergyCrossCheck, Exclusivity
 from mlenergy.diffusion.probes.compile import CompileTracker
@@ -24,6 +23,7 @@ from mlenergy.diffusion.probes.gpus import RunGpus
 from mlenergy.diffusion.probes.protocol import MeasuredPhase, Probe
 from mlenergy.diffusion.probes.stage_records import StageProbe, StageSection
 from mlenergy.diffusion.probes.timeline import IdleBaseline, PowerTimeline, TimelineProbe
+from mlenergy.diffusion.process import runtime
 from mlenergy.diffusion.sections import Section
 
 logger = logging.getLogger("mlenergy.diffusion")

@@ -11,7 +11,7 @@ import logging
 import os
 from dataclasses import dataclass
 
-from mlenergy.diffusion import runtime
+from mlenergy.diffusion.process import runtime
 from mlenergy.diffusion.sections import Section
 
 logger = logging.getLogger("mlenergy.diffusion")

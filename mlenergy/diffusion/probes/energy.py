@@ -14,9 +14,9 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from mlenergy.diffusion import runtime
 from mlenergy.diffusion.probes.gpus import RunGpus
 from mlenergy.diffusion.probes.readings import WindowReading
+from mlenergy.diffusion.process import runtime
 from mlenergy.diffusion.sections import Section
 
 logger = logging.getLogger("mlenergy.diffusion")

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from mlenergy.diffusion import runtime
 from mlenergy.diffusion.probes.protocol import MeasuredPhase
+from mlenergy.diffusion.process import runtime
 from mlenergy.diffusion.sections import Section
 
 logger = logging.getLogger("mlenergy.diffusion")

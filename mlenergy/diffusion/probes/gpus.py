@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from mlenergy.diffusion import runtime
 from mlenergy.diffusion.probes.readings import POWER_PERIOD_S, TEMPERATURE_PERIOD_S, WindowReading
+from mlenergy.diffusion.process import runtime
 
 logger = logging.getLogger("mlenergy.diffusion")
 

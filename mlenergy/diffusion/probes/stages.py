@@ -34,7 +34,8 @@ from typing import Any
 
 import torch
 
-from mlenergy.diffusion import runtime, stats
+from mlenergy.diffusion import stats
+from mlenergy.diffusion.process import runtime
 
 logger = logging.getLogger("mlenergy.diffusion")
 

@@ -13,8 +13,9 @@ import logging
 import time
 from dataclasses import dataclass
 
-from mlenergy.diffusion import runtime, stats
+from mlenergy.diffusion import stats
 from mlenergy.diffusion.probes.protocol import MeasuredPhase
+from mlenergy.diffusion.process import runtime
 from mlenergy.diffusion.sections import Section
 
 logger = logging.getLogger("mlenergy.diffusion")

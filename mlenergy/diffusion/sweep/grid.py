@@ -192,8 +192,8 @@ def plan_point(task: str, argv, nproc: int, device_type: str, gpus_per_node: int
     """The benchmark's plan of one point's exact argv, for the machine it will run on: the run
     directory and identity the benchmark itself will compute. Raises ConfigError (or
     SweepError) where the benchmark would refuse the point."""
-    from mlenergy.diffusion.launch import Launch
     from mlenergy.diffusion.plan import make_plan
+    from mlenergy.diffusion.process.launch import Launch
 
     config = point_config(task, argv, parsed)
     return make_plan(config, Launch.for_machine(nproc, device_type, gpus_per_node))

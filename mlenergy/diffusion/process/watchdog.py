@@ -146,7 +146,7 @@ class Watchdog:
                   flush=True)
         self._kill_on_this_host(silent)
         logging.shutdown()
-        from mlenergy.diffusion import lifeline
+        from mlenergy.diffusion.process import lifeline
 
         lifeline.abrupt_exit(1)
 
@@ -175,7 +175,7 @@ def _launcher_store(rank: int, world_size: int, limit_s: float):
     import torch.distributed as dist
 
     timeout = datetime.timedelta(seconds=min(limit_s, 60))
-    from mlenergy.diffusion.launch import attempt_key, rendezvous_address
+    from mlenergy.diffusion.process.launch import attempt_key, rendezvous_address
 
     address, port = rendezvous_address()
     store = dist.TCPStore(address, port, world_size, False, timeout=timeout)

@@ -18,7 +18,7 @@ import signal
 import sys
 import threading
 
-from mlenergy.diffusion.launch import launched_by_torchrun
+from mlenergy.diffusion.process.launch import launched_by_torchrun
 
 _PR_SET_PDEATHSIG = 1
 # How often the watcher looks at the parent PID.

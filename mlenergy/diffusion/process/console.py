@@ -18,7 +18,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from mlenergy.diffusion.launch import launched_rank
+from mlenergy.diffusion.process.launch import launched_rank
 
 logger = logging.getLogger("mlenergy.diffusion")
 

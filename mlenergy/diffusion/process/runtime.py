@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from mlenergy.diffusion import console, lifeline, watchdog
-from mlenergy.diffusion.launch import Launch, become_one_process_group
+from mlenergy.diffusion.process import console, lifeline, watchdog
+from mlenergy.diffusion.process.launch import Launch, become_one_process_group
 
 logger = logging.getLogger("mlenergy.diffusion")
 
@@ -71,7 +71,7 @@ def init_process_group(launch: Launch) -> Ranks:
         dist.init_process_group(backend=backend, timeout=timeout)
     # Before xDiT creates its groups, which take torch's defaults.
     watchdog.apply_to_every_group(timeout)
-    from mlenergy.diffusion.xfuser_compat import import_xfuser
+    from mlenergy.diffusion.process.xfuser_compat import import_xfuser
 
     import_xfuser()
     from xfuser.core.distributed import init_distributed_environment

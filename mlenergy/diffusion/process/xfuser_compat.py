@@ -27,7 +27,7 @@ def import_xfuser():
 
         return xfuser
     xfuser = _import_xfuser_here()
-    from mlenergy.diffusion import console
+    from mlenergy.diffusion.process import console
 
     console.route_xdit_logs()
     _done = True
