@@ -8,7 +8,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mlenergy.diffusion.output import power_plot  # noqa: E402
-from mlenergy.diffusion.results_reader import ResultsError, RunResults  # noqa: E402
+from mlenergy.diffusion.results.results_reader import ResultsError, RunResults  # noqa: E402
 
 
 def main(argv: list[str]) -> int:

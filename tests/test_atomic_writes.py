@@ -12,11 +12,11 @@ import sys
 import pytest
 
 from conftest import REPO, TINY_FLUX, offline_env, write_gpu_script
-from mlenergy.diffusion import files
 from mlenergy.diffusion.inputs.config import parse_cli
 from mlenergy.diffusion.output import rundir
 from mlenergy.diffusion.plan import make_plan
 from mlenergy.diffusion.process.launch import Launch
+from mlenergy.diffusion.results import files
 
 OLD = {"old": "results of an earlier run"}
 

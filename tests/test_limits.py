@@ -13,10 +13,11 @@ import pytest
 
 from conftest import ENTRY, REPO, TINY_FLUX, _free_port, load_results, offline_env, \
     only_run_dir, run_benchmark
-from mlenergy.diffusion import benchmark, files, limits, prompts
+from mlenergy.diffusion import benchmark, limits, prompts
 from mlenergy.diffusion.inputs.config import ConfigError, PROMPT_DATASET, parse_cli
 from mlenergy.diffusion.plan import make_plan
 from mlenergy.diffusion.process.launch import Launch
+from mlenergy.diffusion.results import files
 
 # Refused before anything runs: sizes and steps may stay the model's, and tests set them.
 TINY = ["workload:text-to-image", "--workload.weights", "tiny"]

@@ -196,7 +196,7 @@ def test_fbcache_with_compile_costs_measurable_quality(tmp_path, reference):
     assert "RECOMPILED" not in proc.stderr
     assert "--compile_scope blocks compiles far faster" in proc.stderr
     # The same comparison made afterwards, as for runs made where scikit-image is missing.
-    from mlenergy.diffusion import quality
+    from mlenergy.diffusion.results import quality
 
     assert quality.main([str(run_dir), str(reference), "--write"]) == 0
     again = load_results(run_dir)["quality"]

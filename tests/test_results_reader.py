@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from mlenergy.diffusion import stats
 from mlenergy.diffusion.output import rundir
 from mlenergy.diffusion.probes import checks as gpu_checks
-from mlenergy.diffusion.results_reader import ResultsError, RunResults, run_dirs
-from mlenergy.diffusion.results_sections import SelfCheck, Summary
+from mlenergy.diffusion.results import stats
+from mlenergy.diffusion.results.results_reader import ResultsError, RunResults, run_dirs
+from mlenergy.diffusion.results.results_sections import SelfCheck, Summary
 from test_toolkit import FIXTURES
 
 IMAGES = FIXTURES / "run" / "diffusion" / "text-to-image" / "black-forest-labs" / "FLUX.1-dev"
@@ -148,7 +148,7 @@ def test_a_self_check_verdict_is_the_runs_own():
     assert SelfCheck(relative_difference=-0.04).passed is False
     assert SelfCheck(relative_difference=0.04, tolerance=0.05).passed
     assert SelfCheck().passed is None
-    from mlenergy.diffusion import results_sections
+    from mlenergy.diffusion.results import results_sections
 
     assert results_sections.SELF_CHECK_TOLERANCE == gpu_checks.SELF_CHECK_TOLERANCE
 

@@ -238,7 +238,7 @@ def test_a_reference_run_equal_to_the_run_directory_is_refused(tmp_path):
 def test_the_quality_tool_refuses_a_run_with_more_images_than_its_reference(tmp_path, capsys):
     from PIL import Image
 
-    from mlenergy.diffusion import quality
+    from mlenergy.diffusion.results import quality
 
     def finished(run_dir: Path, images: list[str]) -> None:
         (run_dir / "image_outputs").mkdir(parents=True)

@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from mlenergy.diffusion import stats
 from mlenergy.diffusion.output import analysis
+from mlenergy.diffusion.results import stats
 
 
 def test_summary_of_one_to_ten():

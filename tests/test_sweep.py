@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from conftest import REPO, offline_env
-from mlenergy.diffusion import files
+from mlenergy.diffusion.results import files
 from mlenergy.diffusion.sweep import main as sweep_main
 
 FLUX = "black-forest-labs/FLUX.1-dev"

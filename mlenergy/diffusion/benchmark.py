@@ -26,7 +26,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from mlenergy.diffusion import files, group, prompts as prompt_source, resolve
+from mlenergy.diffusion import group, prompts as prompt_source, resolve
 from mlenergy.diffusion.inputs import argcheck
 from mlenergy.diffusion.inputs.config import ConfigError, parse_cli
 from mlenergy.diffusion.output import (
@@ -36,6 +36,7 @@ from mlenergy.diffusion.output.record import IterationRecord, LoadRecord, RunRec
 from mlenergy.diffusion.output.startup import StartupClock
 from mlenergy.diffusion.plan import RunPlan, make_plan
 from mlenergy.diffusion.process import console, launch, runtime
+from mlenergy.diffusion.results import files
 
 logger = logging.getLogger("mlenergy.diffusion")
 
@@ -128,7 +129,7 @@ def run(plans: list[RunPlan], clock: StartupClock | None = None) -> None:
 
 def _take_point(plan: RunPlan, ranks) -> _Point | None:
     """Claim the point's run directory and draw its prompts; None when it is already done."""
-    from mlenergy.diffusion import quality
+    from mlenergy.diffusion.results import quality
 
     claim = rundir.claim(plan, ranks.is_main, runtime.broadcast_object)
     if claim.done:
@@ -343,10 +344,11 @@ def _gather(plan: RunPlan, probes, measured: _Measured, *, started: datetime, en
             prompt_source: str, loaded: LoadRecord, warmup: WarmupRecord) -> RunRecord | None:
     """What every rank saw, in one record on rank 0 (None on the others). FLOPs are counted
     here, after the measured windows."""
-    from mlenergy.diffusion import options_apply, quality
+    from mlenergy.diffusion import options_apply
     from mlenergy.diffusion.output import node_sharing as sharing
     from mlenergy.diffusion.output.record import QualityReport
     from mlenergy.diffusion.probes.protocol import MeasuredPhase
+    from mlenergy.diffusion.results import quality
 
     records = measured.records
     gpu_model = env.device_model

@@ -22,13 +22,13 @@ from typing import Annotated, Sequence
 
 import tyro
 
-from mlenergy.diffusion.files import DRIVER_LOG, REQUESTS, RESULTS
 from mlenergy.diffusion.inputs.argcheck import parse_one_line
 from mlenergy.diffusion.inputs.config import help_from_docstrings
 from mlenergy.diffusion.inputs.task import TASKS, TEXT_TO_IMAGE
 from mlenergy.diffusion.process.console import si_text
-from mlenergy.diffusion.results_reader import ResultsError, RunResults, run_dirs
-from mlenergy.diffusion.results_sections import (
+from mlenergy.diffusion.results.files import DRIVER_LOG, REQUESTS, RESULTS
+from mlenergy.diffusion.results.results_reader import ResultsError, RunResults, run_dirs
+from mlenergy.diffusion.results.results_sections import (
     Exclusivity, HostEnergy, PhysicalFloor, StageTotals, Steadiness, Timeline,
 )
 

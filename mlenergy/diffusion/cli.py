@@ -34,7 +34,7 @@ COMMANDS = {
               "run a grid of configurations, resumably, or write a Slurm script for it"),
     "report": ("mlenergy.diffusion.report",
                "one table (CSV, Parquet, Markdown) and plots of every run under a directory"),
-    "quality": ("mlenergy.diffusion.quality",
+    "quality": ("mlenergy.diffusion.results.quality",
                 "PSNR and SSIM of a finished run's images against an exact reference run"),
     "check": ("mlenergy.diffusion.checks",
               "check that run directories are complete and hold a real GPU measurement"),

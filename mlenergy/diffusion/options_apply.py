@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Iterator
 
 import torch
 
-from mlenergy.diffusion.options import ATTENTION_BACKENDS
 from mlenergy.diffusion import attention, quantize
-from mlenergy.diffusion.quantize import module_bytes
+from mlenergy.diffusion.options import ATTENTION_BACKENDS
 from mlenergy.diffusion.probes.compile import CompileReport, kernel_cache_report
-from mlenergy.diffusion.sections import Section
+from mlenergy.diffusion.quantize import module_bytes
+from mlenergy.diffusion.results.sections import Section
 
 if TYPE_CHECKING:
     from mlenergy.diffusion.run_plan import RunPlan

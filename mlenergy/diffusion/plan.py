@@ -248,7 +248,7 @@ def _reference(config: BenchmarkConfig, task: Task, spec: ModelSpec, shape: dict
     """The --reference_run's results.json, checked to be comparable with this run."""
     if config.reference_run is None:
         return None
-    from mlenergy.diffusion import quality
+    from mlenergy.diffusion.results import quality
 
     if task.is_video:
         raise ConfigError("--reference_run compares images; it does not handle videos yet, "

@@ -19,8 +19,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
-from mlenergy.diffusion.files import write_json_atomically
 from mlenergy.diffusion.inputs.task import TASKS, TEXT_TO_IMAGE
+from mlenergy.diffusion.results.files import write_json_atomically
 
 logger = logging.getLogger("mlenergy.diffusion.prompts")
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from mlenergy.diffusion.files import write_json_atomically
 from mlenergy.diffusion.inputs.config import ConfigError, DEFAULT_SEED
 from mlenergy.diffusion.inputs.task import TEXT_TO_IMAGE, TaskName, task_named
 from mlenergy.diffusion.prompt_datasets import (
@@ -24,6 +23,7 @@ from mlenergy.diffusion.prompt_datasets import (
     cache_file, check_dataset, default_cache_dir, fallback_prompts, load_pool, read_cache,
     read_local_column,
 )
+from mlenergy.diffusion.results.files import write_json_atomically
 
 
 @dataclass(frozen=True)

@@ -21,13 +21,13 @@ from typing import Annotated, Optional
 
 import tyro
 
-from mlenergy.diffusion.files import RESULTS
 from mlenergy.diffusion.inputs.argcheck import parse_one_line
 from mlenergy.diffusion.inputs.config import help_from_docstrings, one_paragraph
 from mlenergy.diffusion.inputs.task import TASKS
 from mlenergy.diffusion.options import at_default
-from mlenergy.diffusion.results_reader import ResultsError, RunResults, find_results
-from mlenergy.diffusion.results_sections import StageTotals, Summary
+from mlenergy.diffusion.results.files import RESULTS
+from mlenergy.diffusion.results.results_reader import ResultsError, RunResults, find_results
+from mlenergy.diffusion.results.results_sections import StageTotals, Summary
 
 PROG = "mlenergy-diffusion report"
 # What `report` needs beyond the benchmark's own dependencies.

@@ -66,6 +66,6 @@ NEED=150 run u2r2 0,1,2,3 4 "MLENERGY_PROFILE_STEPS=4 MLENERGY_EAGER_RING=1" --u
 NEED=150 run u4 0,1,2,3 4 "MLENERGY_PROFILE_STEPS=4" --ulysses_degree 4 "${COMPILED[@]}" "${FLUX[@]}" --no_save_images
 fp8_dir=$(ls -d "$W"/runs/fp8/*/ 2>/dev/null | head -1)
 bf16_dir=$(ls -d "$W"/runs/bf16/*/ 2>/dev/null | head -1)
-[ -n "$fp8_dir" ] && [ -n "$bf16_dir" ] && python3 -m mlenergy.diffusion.quality "$fp8_dir" "$bf16_dir" --write
+[ -n "$fp8_dir" ] && [ -n "$bf16_dir" ] && python3 -m mlenergy.diffusion.results.quality "$fp8_dir" "$bf16_dir" --write
 grep -h -A16 "^from user code" "$W/logs/probe.log" 2>/dev/null | head -17
 echo "done at ${SECONDS} s"

@@ -49,7 +49,7 @@ run() {  # run NAME NEED_S ARGS...: skipped when fewer than NEED_S seconds are l
 dir_of() { ls -d "$W"/runs/"$1"/*/ 2>/dev/null | head -1; }
 compare() {  # compare RUN REFERENCE: PSNR / SSIM after the fact, written into RUN's results.json
   local a b; a=$(dir_of "$1"); b=$(dir_of "$2")
-  [ -n "$a" ] && [ -n "$b" ] && timeout 120 python3 -m mlenergy.diffusion.quality "$a" "$b" --write
+  [ -n "$a" ] && [ -n "$b" ] && timeout 120 python3 -m mlenergy.diffusion.results.quality "$a" "$b" --write
 }
 nvidia-smi --query-gpu=index,name,power.limit,driver_version --format=csv
 python3 -c "import torch, torchao, fa3_fwd_interface; print(torch.__version__, torchao.__version__)"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from mlenergy.diffusion.results_reader import RunResults  # noqa: E402
+from mlenergy.diffusion.results.results_reader import RunResults  # noqa: E402
 
 
 def line(path: Path) -> str:

@@ -31,7 +31,7 @@ if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
   wait
   python3 - "$WORK/two-node" "$WORK/run/diffusion/text-to-image/black-forest-labs/FLUX.1-dev" <<'PY'
 import glob, sys
-from mlenergy.diffusion.results_reader import RunResults
+from mlenergy.diffusion.results.results_reader import RunResults
 two = RunResults.load(glob.glob(sys.argv[1] + "/*/results.json")[0])
 print("two-node gpu keys", [sorted(w.gpu_energy) for w in two.energy_windows])
 print("two-node: %.3f s/image, %.1f J/image" % (two.time_per_output, two.energy_per_output))

@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from mlenergy.diffusion import probes  # noqa: E402
 from mlenergy.diffusion.process import runtime  # noqa: E402
-from mlenergy.diffusion.sections import Section  # noqa: E402
+from mlenergy.diffusion.results.sections import Section  # noqa: E402
 
 
 @dataclass

@@ -7,8 +7,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from mlenergy.diffusion import stats
 from mlenergy.diffusion.output.record import Analysis, Statistics, Steadiness
+from mlenergy.diffusion.results import stats
 
 if TYPE_CHECKING:
     from mlenergy.diffusion.output.record import RunRecord

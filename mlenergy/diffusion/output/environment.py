@@ -8,7 +8,7 @@ from importlib import metadata
 
 import torch
 
-from mlenergy.diffusion.sections import Section
+from mlenergy.diffusion.results.sections import Section
 
 PACKAGES = ("torch", "diffusers", "xfuser", "zeus", "transformers", "yunchang", "flash-attn")
 

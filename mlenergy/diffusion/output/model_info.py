@@ -16,9 +16,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mlenergy.diffusion.files import RESULTS, write_json_atomically
 from mlenergy.diffusion.registry import MODELS, ModelSpec, is_tiny
-from mlenergy.diffusion.results_reader import ResultsError, RunResults
+from mlenergy.diffusion.results.files import RESULTS, write_json_atomically
+from mlenergy.diffusion.results.results_reader import ResultsError, RunResults
 
 MODEL_INFO = "model_info.json"
 

@@ -20,7 +20,7 @@ import socket
 import time
 from pathlib import Path
 
-from mlenergy.diffusion import files
+from mlenergy.diffusion.results import files
 
 ENV = "MLENERGY_SHARED_NODE_RUNS"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mlenergy.diffusion import __version__
 from mlenergy.diffusion.process.launch import launched_by_torchrun
-from mlenergy.diffusion.sections import Section
+from mlenergy.diffusion.results.sections import Section
 
 # The checkout that holds this package: mlenergy/diffusion/output/provenance.py -> repository root.
 _ROOT = Path(__file__).resolve().parents[3]

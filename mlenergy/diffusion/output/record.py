@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from mlenergy.diffusion.probes.energy import Measurement
-from mlenergy.diffusion.sections import Section
+from mlenergy.diffusion.results.sections import Section
 
 if TYPE_CHECKING:
     from mlenergy.diffusion.options_apply import OptionEffects

@@ -6,8 +6,9 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from mlenergy.diffusion import resolve, stats
+from mlenergy.diffusion import resolve
 from mlenergy.diffusion.output import rundir
+from mlenergy.diffusion.results import stats
 
 if TYPE_CHECKING:
     from mlenergy.diffusion.output.record import IterationRecord, RunRecord

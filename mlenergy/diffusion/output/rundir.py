@@ -29,9 +29,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
-from mlenergy.diffusion.files import RESULTS
 from mlenergy.diffusion.output.runlock import RunDirLock, config_error as _config_error
-from mlenergy.diffusion.results_reader import IDENTITY_KEY, ResultsError, RunResults
+from mlenergy.diffusion.results.files import RESULTS
+from mlenergy.diffusion.results.results_reader import IDENTITY_KEY, ResultsError, RunResults
 
 __all__ = ["RunDirLock", "Claim", "Existing", "claim", "identity", "inspect", "is_complete",
            "existing_run", "move_aside"]

@@ -12,7 +12,7 @@ import contextlib
 import time
 from dataclasses import dataclass
 
-from mlenergy.diffusion.sections import Section
+from mlenergy.diffusion.results.sections import Section
 
 
 @dataclass

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from mlenergy.diffusion import stats
 from mlenergy.diffusion.output.record import RunRecord, Statistics
 from mlenergy.diffusion.process.console import si_text
+from mlenergy.diffusion.results import stats
 
 if TYPE_CHECKING:
     from mlenergy.diffusion.probes.flops import PhysicalFloor
@@ -55,7 +55,7 @@ def summary_table(record: RunRecord) -> str:
                      + (", RECOMPILED while measuring" if c.recompiled_during_measurement
                         else "")))
     if record.quality:
-        from mlenergy.diffusion.quality import summary_text
+        from mlenergy.diffusion.results.quality import summary_text
 
         # quality.py words its own report (as results.json holds it, for finished runs too).
         rows.append(("vs reference", summary_text(record.quality.to_results())))

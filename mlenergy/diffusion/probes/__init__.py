@@ -24,7 +24,7 @@ from mlenergy.diffusion.probes.protocol import MeasuredPhase, Probe
 from mlenergy.diffusion.probes.stage_records import StageProbe, StageSection
 from mlenergy.diffusion.probes.timeline import IdleBaseline, PowerTimeline, TimelineProbe
 from mlenergy.diffusion.process import runtime
-from mlenergy.diffusion.sections import Section
+from mlenergy.diffusion.results.sections import Section
 
 logger = logging.getLogger("mlenergy.diffusion")
 

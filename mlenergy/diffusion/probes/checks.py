@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 
 from mlenergy.diffusion.process import runtime
-from mlenergy.diffusion.sections import Section
+from mlenergy.diffusion.results.sections import Section
 
 logger = logging.getLogger("mlenergy.diffusion")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mlenergy.diffusion.sections import Section
+from mlenergy.diffusion.results.sections import Section
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Any
 from mlenergy.diffusion.probes.gpus import RunGpus
 from mlenergy.diffusion.probes.readings import WindowReading
 from mlenergy.diffusion.process import runtime
-from mlenergy.diffusion.sections import Section
+from mlenergy.diffusion.results.sections import Section
 
 logger = logging.getLogger("mlenergy.diffusion")
 

@@ -16,7 +16,7 @@ import torch
 
 from mlenergy.diffusion.probes.protocol import MeasuredPhase
 from mlenergy.diffusion.process import runtime
-from mlenergy.diffusion.sections import Section
+from mlenergy.diffusion.results.sections import Section
 
 logger = logging.getLogger("mlenergy.diffusion")
 

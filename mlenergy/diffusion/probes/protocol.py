@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from mlenergy.diffusion.sections import Section
+    from mlenergy.diffusion.results.sections import Section
 
 
 @dataclass

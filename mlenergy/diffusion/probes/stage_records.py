@@ -8,11 +8,11 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 
-from mlenergy.diffusion import stats
 from mlenergy.diffusion.probes.protocol import MeasuredPhase
 from mlenergy.diffusion.probes.stages import STAGES, StageRecorder
 from mlenergy.diffusion.process import runtime
-from mlenergy.diffusion.sections import Section
+from mlenergy.diffusion.results import stats
+from mlenergy.diffusion.results.sections import Section
 
 logger = logging.getLogger("mlenergy.diffusion")
 

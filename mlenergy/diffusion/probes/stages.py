@@ -34,8 +34,8 @@ from typing import Any
 
 import torch
 
-from mlenergy.diffusion import stats
 from mlenergy.diffusion.process import runtime
+from mlenergy.diffusion.results import stats
 
 logger = logging.getLogger("mlenergy.diffusion")
 

@@ -13,10 +13,10 @@ import logging
 import time
 from dataclasses import dataclass
 
-from mlenergy.diffusion import stats
 from mlenergy.diffusion.probes.protocol import MeasuredPhase
 from mlenergy.diffusion.process import runtime
-from mlenergy.diffusion.sections import Section
+from mlenergy.diffusion.results import stats
+from mlenergy.diffusion.results.sections import Section
 
 logger = logging.getLogger("mlenergy.diffusion")
 

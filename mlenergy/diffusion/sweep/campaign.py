@@ -18,9 +18,9 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from mlenergy.diffusion import files
+from mlenergy.diffusion.results import files
 from mlenergy.diffusion.sweep import groups
-from mlenergy.diffusion.sweep.point import STATUSES, Point
+from mlenergy.diffusion.sweep.point import Point, STATUSES
 
 SUMMARY = "sweep_summary.json"
 JOBS = "jobs.jsonl"

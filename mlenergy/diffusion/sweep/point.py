@@ -7,7 +7,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlenergy.diffusion.files import RESULTS
+from mlenergy.diffusion.results.files import RESULTS
 
 # done / already_done / skipped / failed are final; interrupted: stopped by a signal to the sweep;
 # not_run: still pending when the sweep was stopped.

@@ -18,22 +18,10 @@ import json
 import os
 from pathlib import Path
 
-from mlenergy.diffusion.files import RESULTS
-from mlenergy.diffusion.results_sections import (
-    EnergyWindow,
-    Exclusivity,
-    Gpu,
-    HostEnergy,
-    IdleBaseline,
-    Iteration,
-    PhysicalFloor,
-    SelfCheck,
-    StageTotals,
-    Steadiness,
-    Summary,
-    Timeline,
-    finite,
-    section,
+from mlenergy.diffusion.results.files import RESULTS
+from mlenergy.diffusion.results.results_sections import (
+    EnergyWindow, Exclusivity, Gpu, HostEnergy, IdleBaseline, Iteration, PhysicalFloor, SelfCheck,
+    StageTotals, Steadiness, Summary, Timeline, finite, section,
 )
 
 # Where the run records every setting that changes its numbers (rundir.identity).

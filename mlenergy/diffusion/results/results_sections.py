@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from mlenergy.diffusion import stats
+from mlenergy.diffusion.results import stats
 
 # The tolerance the run's own self-check applies (probes/checks.SELF_CHECK_TOLERANCE, which
 # imports torch, so it is not imported here; a test keeps the two equal). Used only for checks

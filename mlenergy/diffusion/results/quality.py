@@ -18,10 +18,10 @@ from typing import Annotated, Sequence
 
 import tyro
 
-from mlenergy.diffusion.files import REQUESTS, RESULTS
 from mlenergy.diffusion.inputs.argcheck import parse_one_line
 from mlenergy.diffusion.inputs.config import ConfigError, help_from_docstrings
-from mlenergy.diffusion.results_reader import ResultsError, RunResults
+from mlenergy.diffusion.results.files import REQUESTS, RESULTS
+from mlenergy.diffusion.results.results_reader import ResultsError, RunResults
 
 PROG = "mlenergy-diffusion quality"
 ABSENT_METRICS = {
@@ -185,7 +185,7 @@ class QualityArgs:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from mlenergy.diffusion.files import write_json_atomically
+    from mlenergy.diffusion.results.files import write_json_atomically
 
     args = parse_one_line(
         lambda a: tyro.cli(QualityArgs, args=a, use_underscores=True, prog=PROG,
