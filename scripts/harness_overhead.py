@@ -20,8 +20,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from mlenergy.diffusion import pipelines, xdit  # noqa: E402
+from mlenergy.diffusion import xdit  # noqa: E402
 from mlenergy.diffusion.inputs.config import parse_cli  # noqa: E402
+from mlenergy.diffusion.models import pipelines  # noqa: E402
 from mlenergy.diffusion.plan import make_plan  # noqa: E402
 from mlenergy.diffusion.probes.energy import EnergyMeter  # noqa: E402
 from mlenergy.diffusion.probes.gpus import RunGpus  # noqa: E402

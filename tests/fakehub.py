@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from mlenergy.diffusion.pipelines import build_pipeline
-from mlenergy.diffusion.registry import MODELS
+from mlenergy.diffusion.models.pipelines import build_pipeline
+from mlenergy.diffusion.models.registry import MODELS
 
 FLUX_DEV = "black-forest-labs/FLUX.1-dev"
 SCHNELL = "black-forest-labs/FLUX.1-schnell"

@@ -19,8 +19,8 @@ import pytest
 from conftest import ENTRY, REPO, offline_env
 from mlenergy.diffusion import __version__
 from mlenergy.diffusion.inputs.config import TextToImage, parse_cli
+from mlenergy.diffusion.models.registry import MODELS, known_model_ids
 from mlenergy.diffusion.output import provenance
-from mlenergy.diffusion.registry import MODELS, known_model_ids
 
 
 def cli(*args: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess:

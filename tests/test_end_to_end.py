@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 from conftest import REPO, load_results, only_run_dir, run_benchmark
-from mlenergy.diffusion.registry import MODELS
+from mlenergy.diffusion.models.registry import MODELS
 
 FAMILY_MODELS = [
     "black-forest-labs/FLUX.1-dev",

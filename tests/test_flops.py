@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from mlenergy.diffusion.models.families import FAMILIES
+from mlenergy.diffusion.models.registry import MODELS
 from mlenergy.diffusion.probes import flops
-from mlenergy.diffusion.families import FAMILIES
-from mlenergy.diffusion.registry import MODELS
 
 
 def tiny_flux_inputs(batch: int, height: int, width: int, text: int) -> dict:

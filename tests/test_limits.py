@@ -301,7 +301,7 @@ def test_pretrained_weights_count_only_the_configs_that_are_the_models_own(monke
 
 
 def test_every_registered_model_fits_an_80_gb_gpu_in_its_dtype(monkeypatch):
-    from mlenergy.diffusion.registry import MODELS
+    from mlenergy.diffusion.models.registry import MODELS
 
     for model_id, spec in MODELS.items():
         sub = "t2v" if spec.task == "text-to-video" else "t2i"

@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from conftest import REPO, load_results, only_run_dir, run_benchmark
+from mlenergy.diffusion.models.families import FAMILIES
 from mlenergy.diffusion.probes import flops
-from mlenergy.diffusion.families import FAMILIES
 
 STEPS = 3
 ITERS = 2

@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mlenergy.diffusion import options_apply as options
-from mlenergy.diffusion import quantize
+from mlenergy.diffusion import options_apply as options, quantize
 from mlenergy.diffusion.quantize import Gpu, fp8_refusal
 
 H100 = Gpu("NVIDIA H100 80GB HBM3", (9, 0))
@@ -61,8 +60,8 @@ def test_fp8_summary_counts_the_bytes_inside_weight_subclasses():
 
 
 def _tiny_flux_transformer():
-    from mlenergy.diffusion import pipelines
-    from mlenergy.diffusion.registry import MODELS
+    from mlenergy.diffusion.models import pipelines
+    from mlenergy.diffusion.models.registry import MODELS
 
     spec = MODELS["black-forest-labs/FLUX.1-dev"]
     torch.manual_seed(0)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mlenergy.diffusion.pipelines import build_pipeline
-from mlenergy.diffusion.registry import MODELS, known_model_ids
+from mlenergy.diffusion.models.pipelines import build_pipeline
+from mlenergy.diffusion.models.registry import MODELS, known_model_ids
 
 # Published parameter counts (billions) of each model's denoiser.
 DENOISER_BILLIONS = {

@@ -26,9 +26,10 @@ import time
 from datetime import datetime
 from typing import Any
 
-from mlenergy.diffusion import group, prompts as prompt_source, resolve
+from mlenergy.diffusion import group, prompts as prompt_source
 from mlenergy.diffusion.inputs import argcheck
 from mlenergy.diffusion.inputs.config import ConfigError, parse_cli
+from mlenergy.diffusion.models import resolve
 from mlenergy.diffusion.output import (
     describe, model_info, provenance, results_writer as results, rundir,
 )
@@ -224,7 +225,8 @@ def _load_pipeline(plan: RunPlan, ranks) -> tuple[Any, LoadRecord, Any]:
     xDiT. Returns the pipeline, what loading it took, and its denoiser."""
     import torch
 
-    from mlenergy.diffusion import options_apply, pipelines, xdit
+    from mlenergy.diffusion import options_apply, xdit
+    from mlenergy.diffusion.models import pipelines
 
     engine = xdit.engine_config(plan)
     logger.info("Loading %s (%s weights) ...", plan.spec.model_id, plan.weights)

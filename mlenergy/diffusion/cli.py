@@ -105,7 +105,7 @@ class ModelsArgs:
 
 def registered_models(task: str | None = None) -> list[dict]:
     """One row per registered model (aliases folded into their model), in registry order."""
-    from mlenergy.diffusion.registry import MODELS
+    from mlenergy.diffusion.models.registry import MODELS
 
     rows = []
     for name, spec in MODELS.items():

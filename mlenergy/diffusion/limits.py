@@ -179,7 +179,7 @@ def weight_bytes(plan: RunPlan) -> tuple[int, str] | None:
     own (registry or checkpoint), not the family's reference model standing in."""
     if plan.tiny_model:
         return None
-    from mlenergy.diffusion import pipelines
+    from mlenergy.diffusion.models import pipelines
 
     spec = plan.spec
     slots = [slot for slot in spec.family.components

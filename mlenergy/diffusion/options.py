@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 from mlenergy.diffusion.inputs.config import DEFAULT_CACHE_THRESHOLD, BenchmarkConfig, ConfigError
 
 if TYPE_CHECKING:
+    from mlenergy.diffusion.models.registry import ModelSpec
     from mlenergy.diffusion.process.launch import Launch
-    from mlenergy.diffusion.registry import ModelSpec
 
 COMPILE_BACKENDS = ("inductor", "eager", "aot_eager")
 # torch.compile's modes (torch._inductor.list_modes()); "default" is what xDiT uses.

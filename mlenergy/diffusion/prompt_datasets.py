@@ -89,7 +89,7 @@ def _offline() -> bool:
 
 def _hub_reachable() -> bool:
     """A quick look before `datasets` spends tens of seconds retrying an unreachable hub."""
-    from mlenergy.diffusion import hub
+    from mlenergy.diffusion.models import hub
 
     return not _offline() and hub.reachable()
 

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from mlenergy.diffusion.inputs.task import Task
+from mlenergy.diffusion.models.registry import ModelSpec
 from mlenergy.diffusion.options import Options
 from mlenergy.diffusion.process.launch import Launch
-from mlenergy.diffusion.registry import ModelSpec
 
 
 @dataclasses.dataclass(frozen=True)

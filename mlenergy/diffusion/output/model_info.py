@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mlenergy.diffusion.registry import MODELS, ModelSpec, is_tiny
+from mlenergy.diffusion.models.registry import MODELS, ModelSpec, is_tiny
 from mlenergy.diffusion.results.files import RESULTS, write_json_atomically
 from mlenergy.diffusion.results.results_reader import ResultsError, RunResults
 
@@ -37,7 +37,7 @@ def model_info_document(spec: ModelSpec, dtype: str) -> dict | None:
     """The document for `spec`, or None when its real architecture is not known."""
     if not real_architecture_known(spec):
         return None
-    from mlenergy.diffusion.pipelines import denoiser_parameters_of
+    from mlenergy.diffusion.models.pipelines import denoiser_parameters_of
 
     parameters = denoiser_parameters_of(spec.family, spec.architecture)
     return {

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from mlenergy.diffusion import resolve
+from mlenergy.diffusion.models import resolve
 from mlenergy.diffusion.output import rundir
 from mlenergy.diffusion.results import stats
 

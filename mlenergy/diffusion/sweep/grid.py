@@ -93,7 +93,7 @@ def check_flags(option_sets, common_args) -> None:
 def check_models(task: str, models, benchmark_args=()) -> None:
     """Ids the benchmark would not take. An unregistered hub id (or a local directory) is the
     benchmark's to judge when the points name its family, as `run` does."""
-    from mlenergy.diffusion.registry import MODELS, known_model_ids
+    from mlenergy.diffusion.models.registry import MODELS, known_model_ids
 
     family_given = "--workload.family" in _flag_names(benchmark_args)
     for model_id in models:

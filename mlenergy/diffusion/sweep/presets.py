@@ -24,7 +24,7 @@ import tyro
 from mlenergy.diffusion.inputs.argcheck import parse_one_line
 from mlenergy.diffusion.inputs.config import help_from_docstrings
 from mlenergy.diffusion.inputs.task import TASKS as TASKS_BY_NAME, TEXT_TO_IMAGE, TEXT_TO_VIDEO
-from mlenergy.diffusion.registry import MODELS, known_model_ids
+from mlenergy.diffusion.models.registry import MODELS, known_model_ids
 
 TASKS = tuple(TASKS_BY_NAME)
 

@@ -9,18 +9,11 @@ families are in this module, the video families in `video_families.py`; `FAMILIE
 
 from __future__ import annotations
 
-from mlenergy.diffusion.family_spec import (  # noqa: F401 - re-exported for callers
-    AT_REQUESTED_SIZE,
-    TINY_CLIP,
-    TINY_T5,
-    TINY_VAE,
-    TINY_VOCAB,
-    Component,
-    ComponentKind,
-    Family,
+from mlenergy.diffusion.models.family_spec import (
+    AT_REQUESTED_SIZE, Component, ComponentKind, Family, TINY_CLIP, TINY_T5, TINY_VAE, TINY_VOCAB,
     Task,
 )
-from mlenergy.diffusion.video_families import VIDEO_FAMILIES
+from mlenergy.diffusion.models.video_families import VIDEO_FAMILIES
 
 IMAGE_FAMILIES: dict[str, Family] = {
     "flux": Family(

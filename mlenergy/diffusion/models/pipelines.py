@@ -15,10 +15,10 @@ from typing import Any, Iterator, Literal, Mapping
 
 import torch
 
-from mlenergy.diffusion import hub
-from mlenergy.diffusion.families import Component, Family
 from mlenergy.diffusion.inputs.config import ConfigError
-from mlenergy.diffusion.registry import ModelSpec
+from mlenergy.diffusion.models import hub
+from mlenergy.diffusion.models.families import Component, Family
+from mlenergy.diffusion.models.registry import ModelSpec
 
 Weights = Literal["pretrained", "random", "tiny"]
 

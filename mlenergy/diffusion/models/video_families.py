@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mlenergy.diffusion.family_spec import TINY_CLIP, TINY_T5, TINY_VOCAB, Component, Family
+from mlenergy.diffusion.models.family_spec import TINY_CLIP, TINY_T5, TINY_VOCAB, Component, Family
 
 # Video VAEs: three spatial halvings (x8) and two temporal ones (x4).
 _TINY_VIDEO_VAE_BLOCKS = dict(block_out_channels=[8, 8, 8, 8], layers_per_block=1)

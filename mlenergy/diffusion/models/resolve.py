@@ -16,11 +16,11 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from mlenergy.diffusion import hub
-from mlenergy.diffusion.families import FAMILIES, Family
 from mlenergy.diffusion.inputs.config import ConfigError
 from mlenergy.diffusion.inputs.task import task_named
-from mlenergy.diffusion.registry import MODELS, ModelSpec, known_model_ids, models_of_family
+from mlenergy.diffusion.models import hub
+from mlenergy.diffusion.models.families import FAMILIES, Family
+from mlenergy.diffusion.models.registry import MODELS, ModelSpec, known_model_ids, models_of_family
 
 REGISTRY = "registry"
 CHECKPOINT = "checkpoint"

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from mlenergy.diffusion.families import FAMILIES, Family, Task
+from mlenergy.diffusion.models.families import FAMILIES, Family, Task
 
 # --workload.weights that builds a few-layer stand-in of the model's family in code.
 TINY_WEIGHTS = "tiny"
@@ -21,30 +21,11 @@ TINY_WEIGHTS = "tiny"
 def is_tiny(weights: str | None) -> bool:
     return weights == TINY_WEIGHTS
 
-from mlenergy.diffusion.published import (
-    CLIP_G,
-    CLIP_L,
-    COGVIDEOX_DDIM,
-    DC_AE_F32C32,
-    GEMMA2_2B,
-    HUNYUAN_BERT,
-    LLAVA_LLAMA3_8B,
-    MT5_XL,
-    PIXART_XL_1024,
-    SANA15_TRANSFORMER,
-    SANA_SCHEDULER,
-    SD3_SCHEDULER,
-    SDXL_SCHEDULER,
-    T5_XXL,
-    UMT5_XXL,
-    VAE_FLUX,
-    VAE_SD,
-    VAE_SD3,
-    VAE_SDXL,
-    VAE_SVD_TEMPORAL_DECODER,
-    WAN_SCHEDULER,
-    WAN_TRANSFORMER,
-    WAN_VAE,
+from mlenergy.diffusion.models.published import (
+    CLIP_G, CLIP_L, COGVIDEOX_DDIM, DC_AE_F32C32, GEMMA2_2B, HUNYUAN_BERT, LLAVA_LLAMA3_8B, MT5_XL,
+    PIXART_XL_1024, SANA15_TRANSFORMER, SANA_SCHEDULER, SD3_SCHEDULER, SDXL_SCHEDULER, T5_XXL,
+    UMT5_XXL, VAE_FLUX, VAE_SD, VAE_SD3, VAE_SDXL, VAE_SVD_TEMPORAL_DECODER, WAN_SCHEDULER,
+    WAN_TRANSFORMER, WAN_VAE,
 )
 
 
