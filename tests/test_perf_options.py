@@ -14,13 +14,14 @@ import pytest
 import torch
 
 from conftest import TINY_FLUX, run_benchmark
-from mlenergy.diffusion import attention, options_apply, quantize
+from mlenergy.diffusion import options_apply
 from mlenergy.diffusion.inputs.config import ConfigError, parse_cli
+from mlenergy.diffusion.kernels import attention, quantize
+from mlenergy.diffusion.kernels.quantize import Gpu
 from mlenergy.diffusion.options import Options
 from mlenergy.diffusion.output import summary
 from mlenergy.diffusion.plan import make_plan
 from mlenergy.diffusion.process.launch import Launch
-from mlenergy.diffusion.quantize import Gpu
 
 H100 = Gpu("NVIDIA H100 80GB HBM3", (9, 0))
 A100 = Gpu("NVIDIA A100-SXM4-80GB", (8, 0))

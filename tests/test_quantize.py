@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mlenergy.diffusion import options_apply as options, quantize
-from mlenergy.diffusion.quantize import Gpu, fp8_refusal
+from mlenergy.diffusion import options_apply as options
+from mlenergy.diffusion.kernels import quantize
+from mlenergy.diffusion.kernels.quantize import Gpu, fp8_refusal
 
 H100 = Gpu("NVIDIA H100 80GB HBM3", (9, 0))
 

@@ -253,7 +253,7 @@ def _check_fp8_t5(config: BenchmarkConfig, spec: ModelSpec) -> None:
 def _check_quantize_denoiser(config: BenchmarkConfig, launch: Launch, dtype: str) -> None:
     if config.quantize_denoiser is None:
         return
-    from mlenergy.diffusion import quantize
+    from mlenergy.diffusion.kernels import quantize
 
     gpus = quantize.visible_gpus()
     if launch.device_type == "cuda" and not gpus:
@@ -297,7 +297,7 @@ def _check_attention(config: BenchmarkConfig, launch: Launch) -> None:
 
 
 def _check_fa3(config: BenchmarkConfig, device_type: str) -> None:
-    from mlenergy.diffusion import attention, quantize
+    from mlenergy.diffusion.kernels import attention, quantize
 
     gpus = quantize.visible_gpus()
     if device_type == "cuda" and not gpus:

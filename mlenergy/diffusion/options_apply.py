@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Iterator
 
 import torch
 
-from mlenergy.diffusion import attention, quantize
+from mlenergy.diffusion.kernels import attention, quantize
+from mlenergy.diffusion.kernels.quantize import module_bytes
 from mlenergy.diffusion.options import ATTENTION_BACKENDS
 from mlenergy.diffusion.probes.compile import CompileReport, kernel_cache_report
-from mlenergy.diffusion.quantize import module_bytes
 from mlenergy.diffusion.results.sections import Section
 
 if TYPE_CHECKING:

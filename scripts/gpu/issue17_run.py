@@ -45,7 +45,7 @@ def keep_ring_attention_eager() -> bool:
 
 
 def patch_compile() -> None:
-    from mlenergy.diffusion import quantize
+    from mlenergy.diffusion.kernels import quantize
 
     original = options.compile_denoiser
 
