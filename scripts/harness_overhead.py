@@ -23,11 +23,11 @@ import torch  # noqa: E402
 from mlenergy.diffusion import xdit  # noqa: E402
 from mlenergy.diffusion.inputs.config import parse_cli  # noqa: E402
 from mlenergy.diffusion.models import pipelines  # noqa: E402
-from mlenergy.diffusion.plan import make_plan  # noqa: E402
+from mlenergy.diffusion.planning.plan import make_plan  # noqa: E402
+from mlenergy.diffusion.planning.prompts import fallback_prompts  # noqa: E402
 from mlenergy.diffusion.probes.energy import EnergyMeter  # noqa: E402
 from mlenergy.diffusion.probes.gpus import RunGpus  # noqa: E402
 from mlenergy.diffusion.process import runtime  # noqa: E402
-from mlenergy.diffusion.prompts import fallback_prompts  # noqa: E402
 
 
 def main() -> None:

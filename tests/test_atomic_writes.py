@@ -14,7 +14,7 @@ import pytest
 from conftest import REPO, TINY_FLUX, offline_env, write_gpu_script
 from mlenergy.diffusion.inputs.config import parse_cli
 from mlenergy.diffusion.output import rundir
-from mlenergy.diffusion.plan import make_plan
+from mlenergy.diffusion.planning.plan import make_plan
 from mlenergy.diffusion.process.launch import Launch
 from mlenergy.diffusion.results import files
 

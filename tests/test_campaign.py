@@ -21,7 +21,7 @@ import pytest
 from conftest import REPO, TINY_FLUX, offline_env, run_benchmark
 from mlenergy.diffusion.inputs.config import BenchmarkConfig, TextToVideo, parse_cli
 from mlenergy.diffusion.output import rundir
-from mlenergy.diffusion.plan import make_plan
+from mlenergy.diffusion.planning.plan import make_plan
 from mlenergy.diffusion.process.launch import Launch
 from mlenergy.diffusion.sweep import presets
 

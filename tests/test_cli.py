@@ -11,7 +11,7 @@ from conftest import REPO
 from mlenergy.diffusion.inputs.config import (
     BenchmarkConfig, ConfigError, TextToImage, normalize_argv, parse_cli,
 )
-from mlenergy.diffusion.plan import make_plan
+from mlenergy.diffusion.planning.plan import make_plan
 from mlenergy.diffusion.process.launch import Launch
 
 # The original README's commands, minus the launcher; each with the processes it launched.

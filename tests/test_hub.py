@@ -33,7 +33,7 @@ from mlenergy.diffusion.inputs.config import ConfigError, parse_cli
 from mlenergy.diffusion.models import pipelines, resolve
 from mlenergy.diffusion.models.registry import MODELS
 from mlenergy.diffusion.output import model_info
-from mlenergy.diffusion.plan import default_base_dir, make_plan
+from mlenergy.diffusion.planning.plan import default_base_dir, make_plan
 
 REPO_ID = "acme/tiny-flux"
 MAIN, V2 = "a" * 40, "b" * 40

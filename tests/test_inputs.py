@@ -79,7 +79,7 @@ def test_a_rank_that_finishes_first_does_not_fail_a_run_whose_results_are_writte
 def test_full_size_weights_larger_than_the_host_are_refused_at_once(tmp_path):
     """FLUX.1-dev in float32 on a CPU host: 67.5 GB of weights. It used to allocate for most
     of a minute and die; now it is refused before anything is built."""
-    from mlenergy.diffusion import limits
+    from mlenergy.diffusion.planning import limits
 
     if limits.host_available_bytes() > 70e9:
         pytest.skip("this host has the memory for FLUX.1-dev in float32")

@@ -8,7 +8,7 @@ import shlex
 import pytest
 
 from mlenergy.diffusion.inputs.config import parse_cli
-from mlenergy.diffusion.plan import make_plan
+from mlenergy.diffusion.planning.plan import make_plan
 from mlenergy.diffusion.process.launch import Launch
 
 ONE_GPU = Launch(device_type="cuda", visible_gpus=1)

@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from conftest import REPO, load_results, offline_env, only_run_dir, run_benchmark
-from mlenergy.diffusion import prompts
 from mlenergy.diffusion.inputs.config import ConfigError
+from mlenergy.diffusion.planning import prompts
 from mlenergy.diffusion.sweep import presets
 from test_prompts import make_dataset
 
@@ -72,7 +72,7 @@ def test_a_mismatched_requests_file_ends_the_run_in_one_line(tmp_path):
 def test_exported_requests_feed_the_same_prompts_to_a_run(tmp_path):
     dataset = make_dataset(tmp_path / "train.parquet", POOL)
     export = subprocess.run(
-        [sys.executable, "-m", "mlenergy.diffusion.prompts", "--batch_size", "2",
+        [sys.executable, "-m", "mlenergy.diffusion.planning.prompts", "--batch_size", "2",
          "--iterations", "2", "--prompt_dataset", str(dataset), "--out_dir", str(tmp_path)],
         cwd=REPO, env=offline_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert export.returncode == 0, export.stderr[-2000:]

@@ -13,9 +13,10 @@ import pytest
 
 from conftest import ENTRY, REPO, TINY_FLUX, _free_port, load_results, offline_env, \
     only_run_dir, run_benchmark
-from mlenergy.diffusion import benchmark, limits, prompts
+from mlenergy.diffusion import benchmark
 from mlenergy.diffusion.inputs.config import ConfigError, PROMPT_DATASET, parse_cli
-from mlenergy.diffusion.plan import make_plan
+from mlenergy.diffusion.planning import limits, prompts
+from mlenergy.diffusion.planning.plan import make_plan
 from mlenergy.diffusion.process.launch import Launch
 from mlenergy.diffusion.results import files
 

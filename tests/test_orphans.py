@@ -187,7 +187,7 @@ import os, sys, time
 import torch, torch.distributed as dist
 from mlenergy.diffusion import runtime
 from mlenergy.diffusion.inputs.config import parse_cli
-from mlenergy.diffusion.plan import make_plan
+from mlenergy.diffusion.planning.plan import make_plan
 plan = make_plan(parse_cli(["--ulysses_degree", "2", "workload:t2i", "--workload.weights", "tiny",
                             "--workload.height", "128", "--workload.width", "128"]))
 ranks = runtime.init_process_group(plan.launch)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from conftest import REPO, offline_env, with_flags, write_gpu_script
 from mlenergy.diffusion.inputs.config import parse_cli
-from mlenergy.diffusion.plan import make_plan
+from mlenergy.diffusion.planning.plan import make_plan
 from mlenergy.diffusion.process.launch import Launch
 
 FLUX = "black-forest-labs/FLUX.1-dev"

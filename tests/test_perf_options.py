@@ -18,9 +18,9 @@ from mlenergy.diffusion import options_apply
 from mlenergy.diffusion.inputs.config import ConfigError, parse_cli
 from mlenergy.diffusion.kernels import attention, quantize
 from mlenergy.diffusion.kernels.quantize import Gpu
-from mlenergy.diffusion.options import Options
 from mlenergy.diffusion.output import summary
-from mlenergy.diffusion.plan import make_plan
+from mlenergy.diffusion.planning.options import Options
+from mlenergy.diffusion.planning.plan import make_plan
 from mlenergy.diffusion.process.launch import Launch
 
 H100 = Gpu("NVIDIA H100 80GB HBM3", (9, 0))

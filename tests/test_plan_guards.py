@@ -29,7 +29,7 @@ from conftest import with_flags
 from fakehub import SCHNELL_CONFIGS, add_snapshot
 from mlenergy.diffusion.inputs.config import ConfigError, parse_cli
 from mlenergy.diffusion.output import rundir
-from mlenergy.diffusion.plan import make_plan
+from mlenergy.diffusion.planning.plan import make_plan
 from mlenergy.diffusion.process.launch import Launch
 from mlenergy.diffusion.sweep import main as sweep_main
 
@@ -74,7 +74,7 @@ def _cache_other_dataset(tmp_path: Path, monkeypatch) -> None:
     """someone/other-prompts (and the image dataset, for videos) in the prompt cache, as a run
     where the hub answered leaves them: offline, a dataset that is neither cached nor the task's
     own is refused while planning."""
-    from mlenergy.diffusion import prompt_datasets
+    from mlenergy.diffusion.planning import prompt_datasets
 
     monkeypatch.setenv("MLENERGY_CACHE_DIR", str(tmp_path / "mlenergy-cache"))
     for dataset in ("someone/other-prompts", "data-is-better-together/open-image-preferences-v1"):
@@ -86,7 +86,7 @@ def _cache_other_dataset(tmp_path: Path, monkeypatch) -> None:
 @pytest.fixture
 def places(tmp_path, monkeypatch):
     """Local models, prompt files, a reference run and a hub cache the table points at."""
-    from mlenergy.diffusion import limits
+    from mlenergy.diffusion.planning import limits
 
     # Pretrained FLUX.1-schnell in float32 (48 GB) is planned for a host that could hold it:
     # what is compared here is the identity, not this machine's memory (test_limits, test_inputs).

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mlenergy.diffusion import prompts
+from mlenergy.diffusion.planning import prompts
 
 
 def make_dataset(path, rows):

@@ -144,7 +144,7 @@ def test_runs_that_differ_in_an_option_setting_get_different_labels(argv, label)
 
     from mlenergy.diffusion.inputs.config import parse_cli
     from mlenergy.diffusion.output import results_writer as results
-    from mlenergy.diffusion.plan import make_plan
+    from mlenergy.diffusion.planning.plan import make_plan
     from mlenergy.diffusion.process.launch import Launch
 
     plan = make_plan(parse_cli(shlex.split(argv)),

@@ -16,7 +16,7 @@ import pytest
 from conftest import REPO, TINY_FLUX, load_results, offline_env, only_run_dir, run_benchmark
 from mlenergy.diffusion.inputs.config import parse_cli
 from mlenergy.diffusion.output import rundir, runlock
-from mlenergy.diffusion.plan import ConfigError, make_plan
+from mlenergy.diffusion.planning.plan import ConfigError, make_plan
 
 
 def plan_of(base: Path, *extra: str):

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, offline_env
-from mlenergy.diffusion.group import split_points
 from mlenergy.diffusion.output import rundir
 from mlenergy.diffusion.output.rundir import RunDirLock
+from mlenergy.diffusion.planning.shared_pipeline import split_points
 from mlenergy.diffusion.sweep import main as sweep_main
 from mlenergy.diffusion.sweep.grid import plan_point
 from mlenergy.diffusion.sweep.point import Point, results_complete

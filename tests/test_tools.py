@@ -266,7 +266,7 @@ def test_the_readme_command_table_and_each_subcommands_help_agree(tmp_path):
 
 
 def test_the_readme_names_the_sweep_log_where_the_sweep_writes_it(tmp_path):
-    from mlenergy.diffusion.plan import default_base_dir
+    from mlenergy.diffusion.planning.plan import default_base_dir
     from mlenergy.diffusion.sweep.local import log_path
     from mlenergy.diffusion.sweep.point import Point
 

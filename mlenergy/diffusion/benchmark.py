@@ -26,7 +26,6 @@ import time
 from datetime import datetime
 from typing import Any
 
-from mlenergy.diffusion import group, prompts as prompt_source
 from mlenergy.diffusion.inputs import argcheck
 from mlenergy.diffusion.inputs.config import ConfigError, parse_cli
 from mlenergy.diffusion.models import resolve
@@ -35,7 +34,8 @@ from mlenergy.diffusion.output import (
 )
 from mlenergy.diffusion.output.record import IterationRecord, LoadRecord, RunRecord, WarmupRecord
 from mlenergy.diffusion.output.startup import StartupClock
-from mlenergy.diffusion.plan import RunPlan, make_plan
+from mlenergy.diffusion.planning import prompts as prompt_source, shared_pipeline as group
+from mlenergy.diffusion.planning.plan import RunPlan, make_plan
 from mlenergy.diffusion.process import console, launch, runtime
 from mlenergy.diffusion.results import files
 

@@ -13,12 +13,12 @@ import torch
 
 from mlenergy.diffusion.kernels import attention, quantize
 from mlenergy.diffusion.kernels.quantize import module_bytes
-from mlenergy.diffusion.options import ATTENTION_BACKENDS
+from mlenergy.diffusion.planning.options import ATTENTION_BACKENDS
 from mlenergy.diffusion.probes.compile import CompileReport, kernel_cache_report
 from mlenergy.diffusion.results.sections import Section
 
 if TYPE_CHECKING:
-    from mlenergy.diffusion.run_plan import RunPlan
+    from mlenergy.diffusion.planning.run_plan import RunPlan
 
 logger = logging.getLogger("mlenergy.diffusion")
 

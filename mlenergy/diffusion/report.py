@@ -24,7 +24,7 @@ import tyro
 from mlenergy.diffusion.inputs.argcheck import parse_one_line
 from mlenergy.diffusion.inputs.config import help_from_docstrings, one_paragraph
 from mlenergy.diffusion.inputs.task import TASKS
-from mlenergy.diffusion.options import at_default
+from mlenergy.diffusion.planning.options import at_default
 from mlenergy.diffusion.results.files import RESULTS
 from mlenergy.diffusion.results.results_reader import ResultsError, RunResults, find_results
 from mlenergy.diffusion.results.results_sections import StageTotals, Summary

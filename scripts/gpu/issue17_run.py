@@ -22,7 +22,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from mlenergy.diffusion import benchmark, options, xdit  # noqa: E402
+from mlenergy.diffusion import benchmark, xdit  # noqa: E402
+from mlenergy.diffusion.planning import options  # noqa: E402
 
 ENV = os.environ
 OUT = Path(ENV.get("MLENERGY_EXTRA_OUT", "."))

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from mlenergy.diffusion.output.environment import RunEnvironment
     from mlenergy.diffusion.output.provenance import Provenance
     from mlenergy.diffusion.output.startup import StartupSection
+    from mlenergy.diffusion.planning.run_plan import RunPlan
     from mlenergy.diffusion.probes import ProbeSections
     from mlenergy.diffusion.probes.checks import EnergyCrossCheck, Exclusivity
     from mlenergy.diffusion.probes.compile import CompileReport
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
         IterationStages, StageBreakdown, StepSummary,
     )
     from mlenergy.diffusion.probes.timeline import IdleBaseline
-    from mlenergy.diffusion.run_plan import RunPlan
 
 
 @dataclass

@@ -12,7 +12,7 @@ from mlenergy.diffusion.results import stats
 
 if TYPE_CHECKING:
     from mlenergy.diffusion.output.record import IterationRecord, RunRecord
-    from mlenergy.diffusion.run_plan import RunPlan
+    from mlenergy.diffusion.planning.run_plan import RunPlan
 
 
 def output_name(iteration: int, index: int, prompt: str, suffix: str = "png") -> str:

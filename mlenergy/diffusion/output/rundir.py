@@ -51,7 +51,7 @@ def _file_digest(path: Path) -> str:
 def _prompt_identity(plan) -> dict:
     """Which prompts the run measures: their source (a file by path and content; a dataset by
     id or path, split and column), the sampling rule, and how many are drawn."""
-    from mlenergy.diffusion import prompts
+    from mlenergy.diffusion.planning import prompts
 
     source = plan.prompts
     count = plan.batch_size * (plan.warmup_iters + plan.benchmark_iters)

@@ -27,7 +27,7 @@ def config_error(message: str) -> ValueError:
     try:
         from mlenergy.diffusion.inputs.config import ConfigError  # where the refactor moves it
     except ImportError:
-        from mlenergy.diffusion.plan import ConfigError
+        from mlenergy.diffusion.planning.plan import ConfigError
     return ConfigError(message)
 
 

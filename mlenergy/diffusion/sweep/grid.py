@@ -108,7 +108,7 @@ def check_models(task: str, models, benchmark_args=()) -> None:
 
 
 def make_points(grid: Grid) -> list[Point]:
-    from mlenergy.diffusion.plan import default_base_dir
+    from mlenergy.diffusion.planning.plan import default_base_dir
 
     points = []
     for model_id in grid.models:
@@ -192,7 +192,7 @@ def plan_point(task: str, argv, nproc: int, device_type: str, gpus_per_node: int
     """The benchmark's plan of one point's exact argv, for the machine it will run on: the run
     directory and identity the benchmark itself will compute. Raises ConfigError (or
     SweepError) where the benchmark would refuse the point."""
-    from mlenergy.diffusion.plan import make_plan
+    from mlenergy.diffusion.planning.plan import make_plan
     from mlenergy.diffusion.process.launch import Launch
 
     config = point_config(task, argv, parsed)

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlenergy.diffusion import group as point_group
+from mlenergy.diffusion.planning import shared_pipeline as point_group
 from mlenergy.diffusion.sweep.point import Point, results_complete, results_path
 
 

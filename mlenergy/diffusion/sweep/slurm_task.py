@@ -120,7 +120,7 @@ def _plan(point: Point, args: TaskArgs) -> str | None:
 
 def _points(args: TaskArgs, benchmark_args: list[str]) -> list[Point]:
     """The task's points, each planned from its flags; ValueError says why they cannot run."""
-    from mlenergy.diffusion.group import split_points
+    from mlenergy.diffusion.planning.shared_pipeline import split_points
 
     argvs = split_points(benchmark_args)
     if len(argvs) != len(args.run_dir):

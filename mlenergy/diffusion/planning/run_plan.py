@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 from mlenergy.diffusion.inputs.task import Task
 from mlenergy.diffusion.models.registry import ModelSpec
-from mlenergy.diffusion.options import Options
+from mlenergy.diffusion.planning.options import Options
 from mlenergy.diffusion.process.launch import Launch
 
 

@@ -1,6 +1,6 @@
 """Prompts: where they come from, how they are cached, and how a run samples them.
 
-    python -m mlenergy.diffusion.prompts --batch_size B --iterations N [--seed S] [--task T]
+    python -m mlenergy.diffusion.planning.prompts --batch_size B --iterations N [--seed S] [--task T]
         [--out_dir DIR]    # writes the leaderboard's shared requests file for those prompts
 
 Where the pool comes from (a dataset, its cache, the shipped fallback): `prompt_datasets.py`,
@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 from mlenergy.diffusion.inputs.config import ConfigError, DEFAULT_SEED
 from mlenergy.diffusion.inputs.task import TEXT_TO_IMAGE, TaskName, task_named
-from mlenergy.diffusion.prompt_datasets import (
+from mlenergy.diffusion.planning.prompt_datasets import (
     DATASET_SPLITS, DEFAULT_COLUMNS, DEFAULT_DATASETS, FALLBACK_FILES, PromptPool, PromptsError,
     cache_file, check_dataset, default_cache_dir, fallback_prompts, load_pool, read_cache,
     read_local_column,
@@ -160,7 +160,7 @@ def read_requests_file(path: Path) -> list[list[str]]:
         batches.append([p.strip() for p in prompts])
     if not batches:
         raise PromptsError(f"requests file {path} holds no requests; export one with prompts "
-                           "(python -m mlenergy.diffusion.prompts)")
+                           "(python -m mlenergy.diffusion.planning.prompts)")
     return batches
 
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from mlenergy.diffusion import limits, options as run_options, prompts
 from mlenergy.diffusion.inputs.config import BenchmarkConfig, ConfigError, TextToVideo
 from mlenergy.diffusion.inputs.task import Task, task_named
 from mlenergy.diffusion.models import resolve
 from mlenergy.diffusion.models.registry import ModelSpec, is_tiny, known_model_ids
-from mlenergy.diffusion.options import Options
+from mlenergy.diffusion.planning import limits, options as run_options, prompts
+from mlenergy.diffusion.planning.options import Options
+from mlenergy.diffusion.planning.run_plan import PromptSource, RunPlan
 from mlenergy.diffusion.process.launch import Launch
-from mlenergy.diffusion.run_plan import PromptSource, RunPlan
 
 __all__ = ["ConfigError", "Launch", "RunPlan", "make_plan", "default_base_dir"]
 

@@ -22,7 +22,7 @@ from typing import Sequence
 from mlenergy.diffusion.inputs.task import TASKS, TEXT_TO_IMAGE
 from mlenergy.diffusion.results.files import write_json_atomically
 
-logger = logging.getLogger("mlenergy.diffusion.prompts")
+logger = logging.getLogger("mlenergy.diffusion.planning.prompts")
 
 DATASET_SPLITS = {
     "data-is-better-together/open-image-preferences-v1": ("cleaned", "prompt"),

@@ -16,11 +16,11 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
-from mlenergy.diffusion import prompts
 from mlenergy.diffusion.inputs.config import ConfigError
+from mlenergy.diffusion.planning import prompts
 
 if TYPE_CHECKING:
-    from mlenergy.diffusion.run_plan import RunPlan
+    from mlenergy.diffusion.planning.run_plan import RunPlan
 
 SEED_MAX = 2**64 - 1  # torch generators take unsigned 64-bit seeds
 MAX_BATCH = 1024
