@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from mlenergy.diffusion import xdit  # noqa: E402
+from mlenergy.diffusion.engine import xdit  # noqa: E402
 from mlenergy.diffusion.inputs.config import parse_cli  # noqa: E402
 from mlenergy.diffusion.models import pipelines  # noqa: E402
 from mlenergy.diffusion.planning.plan import make_plan  # noqa: E402

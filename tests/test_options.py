@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import REPO, TINY_FLUX, load_results, only_run_dir, run_benchmark, with_flags
-from mlenergy.diffusion import options_apply
+from mlenergy.diffusion.engine import options_apply
 from mlenergy.diffusion.inputs.config import ConfigError, parse_cli
 from mlenergy.diffusion.planning import options
 from mlenergy.diffusion.planning.plan import make_plan

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import TINY_FLUX, run_benchmark
-from mlenergy.diffusion import options_apply
+from mlenergy.diffusion.engine import options_apply
 from mlenergy.diffusion.inputs.config import ConfigError, parse_cli
 from mlenergy.diffusion.kernels import attention, quantize
 from mlenergy.diffusion.kernels.quantize import Gpu

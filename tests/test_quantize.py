@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mlenergy.diffusion import options_apply as options
+from mlenergy.diffusion.engine import options_apply as options
 from mlenergy.diffusion.kernels import quantize
 from mlenergy.diffusion.kernels.quantize import Gpu, fp8_refusal
 

@@ -225,7 +225,7 @@ def _load_pipeline(plan: RunPlan, ranks) -> tuple[Any, LoadRecord, Any]:
     xDiT. Returns the pipeline, what loading it took, and its denoiser."""
     import torch
 
-    from mlenergy.diffusion import options_apply, xdit
+    from mlenergy.diffusion.engine import options_apply, xdit
     from mlenergy.diffusion.models import pipelines
 
     engine = xdit.engine_config(plan)
@@ -262,7 +262,7 @@ def _load_pipeline(plan: RunPlan, ranks) -> tuple[Any, LoadRecord, Any]:
 def _warm_up(plan: RunPlan, ranks, pipeline, batches: list[list[str]], probes) -> WarmupRecord:
     """Unmeasured calls at the measured shapes (compilation happens here), with other prompts
     and seeds than the measured ones."""
-    from mlenergy.diffusion import xdit
+    from mlenergy.diffusion.engine import xdit
 
     recorder, compiles, steps = probes.recorder, probes.compiles, console.StepProgress.of_recorder(probes.recorder, ranks.is_main)
     times: list[float] = []
@@ -304,7 +304,7 @@ class _Measured:
 def _measure(plan: RunPlan, ranks, pipeline, batches: list[list[str]], probes) -> _Measured:
     """The measured iterations, each in its own energy window inside one for them all; outputs
     are saved between windows."""
-    from mlenergy.diffusion import xdit
+    from mlenergy.diffusion.engine import xdit
     from mlenergy.diffusion.probes import checks, memory
 
     meter, recorder, compiles = probes.meter, probes.recorder, probes.compiles
@@ -346,7 +346,7 @@ def _gather(plan: RunPlan, probes, measured: _Measured, *, started: datetime, en
             prompt_source: str, loaded: LoadRecord, warmup: WarmupRecord) -> RunRecord | None:
     """What every rank saw, in one record on rank 0 (None on the others). FLOPs are counted
     here, after the measured windows."""
-    from mlenergy.diffusion import options_apply
+    from mlenergy.diffusion.engine import options_apply
     from mlenergy.diffusion.output import node_sharing as sharing
     from mlenergy.diffusion.output.record import QualityReport
     from mlenergy.diffusion.probes.protocol import MeasuredPhase

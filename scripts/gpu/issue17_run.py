@@ -22,7 +22,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from mlenergy.diffusion import benchmark, xdit  # noqa: E402
+from mlenergy.diffusion import benchmark  # noqa: E402
+from mlenergy.diffusion.engine import xdit  # noqa: E402
 from mlenergy.diffusion.planning import options  # noqa: E402
 
 ENV = os.environ

@@ -12,7 +12,7 @@ from mlenergy.diffusion.probes.energy import Measurement
 from mlenergy.diffusion.results.sections import Section
 
 if TYPE_CHECKING:
-    from mlenergy.diffusion.options_apply import OptionEffects
+    from mlenergy.diffusion.engine.options_apply import OptionEffects
     from mlenergy.diffusion.output.environment import RunEnvironment
     from mlenergy.diffusion.output.provenance import Provenance
     from mlenergy.diffusion.output.startup import StartupSection

@@ -11,7 +11,7 @@ import importlib
 
 import torch
 
-from mlenergy.diffusion import options_apply
+from mlenergy.diffusion.engine import options_apply
 from mlenergy.diffusion.planning.run_plan import RunPlan
 from mlenergy.diffusion.process import watchdog
 from mlenergy.diffusion.process.xfuser_compat import import_xfuser, make_ring_attention_traceable
