@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mlenergy.diffusion import step_profile, waiting
+from mlenergy.diffusion.profiling import step_profile, waiting
 
 # One 10 s step: compute 0-4 and 5-8, a collective 3-6 (hidden 3-4 and 5-6, exposed 4-5),
 # nothing 8-10.

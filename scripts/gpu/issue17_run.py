@@ -68,7 +68,7 @@ def patch_compile() -> None:
 
 
 def patch_profile(steps: int) -> None:
-    from mlenergy.diffusion import step_profile
+    from mlenergy.diffusion.profiling import step_profile
 
     original = benchmark._measure
 

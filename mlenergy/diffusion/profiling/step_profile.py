@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-from mlenergy.diffusion import waiting
+from mlenergy.diffusion.profiling import waiting
 
 STEP_MARK = "mlenergy_denoiser_step"
 
