@@ -4,7 +4,7 @@ GPU run must have is missing.
     python scripts/check_measurement.py RUN_DIR
 
 Kept for existing scripts: the check is `mlenergy-diffusion check --measurement RUN_DIR`
-(mlenergy/diffusion/checks.py), which also checks that the run is complete.
+(mlenergy/diffusion/tools/check_runs.py), which also checks that the run is complete.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mlenergy.diffusion import checks  # noqa: E402
+from mlenergy.diffusion.tools import check_runs as checks  # noqa: E402
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:

@@ -3,7 +3,7 @@
     python scripts/check_run.py RUN_DIR [RUN_DIR ...]
 
 Kept for existing scripts: the check is `mlenergy-diffusion check RUN_DIR ...`
-(mlenergy/diffusion/checks.py).
+(mlenergy/diffusion/tools/check_runs.py).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mlenergy.diffusion import checks  # noqa: E402
+from mlenergy.diffusion.tools import check_runs as checks  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(checks.main(sys.argv[1:]))

@@ -14,5 +14,5 @@ bench workload:text-to-image --workload.weights tiny --workload.base_dir "$out/t
 bench workload:text-to-image --workload.weights random --workload.base_dir "$out/flux" \
   --workload.height 512 --workload.width 512 --workload.inference_steps 4 \
   --benchmark_iters 3 --overwrite_results
-python3 -m mlenergy.diffusion.checks "$out"/tiny/batch-* "$out"/flux/batch-*
+python3 -m mlenergy.diffusion.tools.check_runs "$out"/tiny/batch-* "$out"/flux/batch-*
 echo "gpu smoke test passed: $out"

@@ -231,9 +231,9 @@ def test_the_original_readme_commands_mean_what_they_meant():
 
 
 def test_the_readme_documents_every_command_and_flag_of_the_tools():
-    from mlenergy.diffusion.checks import CheckArgs
     from mlenergy.diffusion.cli import COMMANDS, ModelsArgs
     from mlenergy.diffusion.results.quality import QualityArgs
+    from mlenergy.diffusion.tools.check_runs import CheckArgs
 
     readme = (REPO / "README.md").read_text()
     missing = [f"mlenergy-diffusion {name}" for name in COMMANDS

@@ -15,7 +15,7 @@ import mlenergy.data.records.runs as runs_module
 import pytest
 
 from conftest import TINY_FLUX, ScriptedRun, scripted_run
-from mlenergy.diffusion import report
+from mlenergy.diffusion.tools import report
 
 ML_ENERGY_KEYS = [
     "date", "model_id", "batch_size", "num_iterations", "height", "width", "inference_steps",

@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as pyplot  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
 
-from mlenergy.diffusion import report, report_plots  # noqa: E402
+from mlenergy.diffusion.tools import report, report_plots  # noqa: E402
 from test_report import CPU_FIXTURES, FLUX_DIR, H100_STEM  # noqa: E402
 from test_toolkit import FIXTURES  # noqa: E402
 

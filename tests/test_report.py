@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from conftest import REPO
-from mlenergy.diffusion import report, report_plots
+from mlenergy.diffusion.tools import report, report_plots
 from test_toolkit import FIXTURES, toolkit_layout
 
 FLUX_DIR = FIXTURES / "run" / "diffusion" / "text-to-image" / "black-forest-labs" / "FLUX.1-dev"
@@ -47,7 +47,7 @@ def _matches(table: pd.DataFrame, toolkit: pd.DataFrame) -> None:
 def test_report_numbers_equal_the_toolkit_on_gpu_runs_and_plots_are_written(tmp_path):
     root, config_dir = toolkit_layout(tmp_path)
     out = tmp_path / "report"
-    proc = subprocess.run([sys.executable, "-m", "mlenergy.diffusion.report", str(FIXTURES),
+    proc = subprocess.run([sys.executable, "-m", "mlenergy.diffusion.tools.report", str(FIXTURES),
                            "--out_dir", str(out)], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -123,7 +123,7 @@ def test_pareto_frontier_keeps_only_undominated_points():
 
 
 def test_report_of_a_tree_without_results_is_one_line_and_exit_2(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "mlenergy.diffusion.report", str(tmp_path)],
+    proc = subprocess.run([sys.executable, "-m", "mlenergy.diffusion.tools.report", str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == (f"error: no results.json under {tmp_path}; point the report "
@@ -215,7 +215,7 @@ def test_malformed_results_are_skipped_with_a_warning_and_links_are_followed_onc
     (tree / "run" / "loop").symlink_to(tree, target_is_directory=True)
     (tree / "again").symlink_to(tree / "run", target_is_directory=True)
 
-    proc = subprocess.run([sys.executable, "-m", "mlenergy.diffusion.report", str(tree),
+    proc = subprocess.run([sys.executable, "-m", "mlenergy.diffusion.tools.report", str(tree),
                            "--out_dir", str(tmp_path / "out"), "--no_plots"], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -231,7 +231,7 @@ def test_malformed_results_are_skipped_with_a_warning_and_links_are_followed_onc
 
 def test_a_tree_of_only_malformed_results_is_one_line_and_exit_2(tmp_path):
     (tmp_path / "results.json").write_text("[]")
-    proc = subprocess.run([sys.executable, "-m", "mlenergy.diffusion.report", str(tmp_path)],
+    proc = subprocess.run([sys.executable, "-m", "mlenergy.diffusion.tools.report", str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (

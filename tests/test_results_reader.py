@@ -156,7 +156,7 @@ def test_a_self_check_verdict_is_the_runs_own():
 def test_the_checker_reads_the_self_check_verdict_the_run_wrote(tmp_path):
     """`check --measurement`'s self-check lines, on one H100 run given the blocks a run of
     today writes: the run's verdict decides, the checker has no tolerance of its own."""
-    from mlenergy.diffusion import checks
+    from mlenergy.diffusion.tools import check_runs as checks
 
     doc = _doc(ULYSSES2_RING2)
     doc.update(stage_breakdown={"denoising": {"time_s": 4.0, "energy_j": 2000.0}},

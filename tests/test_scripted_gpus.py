@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from conftest import TINY_FLUX, read_events, scripted_run
-from mlenergy.diffusion import report
 from mlenergy.diffusion.probes import checks
 from mlenergy.diffusion.probes.energy import EnergyMeter, Measurement
 from mlenergy.diffusion.probes.fake import ScriptedAccess
 from mlenergy.diffusion.probes.gpus import RunGpus
 from mlenergy.diffusion.process.runtime import Ranks
+from mlenergy.diffusion.tools import report
 
 CPU = torch.device("cpu")
 

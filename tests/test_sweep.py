@@ -66,7 +66,7 @@ def _check_packing(out: Path, done: list[dict]) -> None:
 
 
 def _check_the_report_of(out: Path) -> None:
-    report = subprocess.run([sys.executable, "-m", "mlenergy.diffusion.report", str(out)],
+    report = subprocess.run([sys.executable, "-m", "mlenergy.diffusion.tools.report", str(out)],
                             cwd=REPO, capture_output=True, text=True, timeout=300)
     assert report.returncode == 0, report.stderr[-2000:]
     table = pd.read_csv(out / "report" / "runs.csv")
@@ -339,8 +339,8 @@ def test_json_files_get_the_umask_mode_and_stay_atomic(tmp_path):
 def test_the_readme_documents_every_sweep_and_report_flag():
     import dataclasses
 
-    from mlenergy.diffusion.report import ReportArgs
     from mlenergy.diffusion.sweep.command_line import SweepArgs
+    from mlenergy.diffusion.tools.report import ReportArgs
 
     readme = (REPO / "README.md").read_text()
     flags = [f"--{f.name}" for f in dataclasses.fields(SweepArgs)]

@@ -221,7 +221,7 @@ def test_presets_lists_the_presets_and_prints_download_commands(tmp_path):
     ["-m", "mlenergy.diffusion.cli", "run", "--help"],
     ["-m", "mlenergy.diffusion.cli", "models"],
     ["-m", "mlenergy.diffusion.sweep.presets", "leaderboard-v3"],
-    ["-m", "mlenergy.diffusion.report", "--help"],
+    ["-m", "mlenergy.diffusion.tools.report", "--help"],
 ])
 def test_a_reader_that_stops_early_gets_no_traceback(argv, tmp_path):
     """As `... | head` once head has its lines: stdout is a pipe nobody reads any more."""

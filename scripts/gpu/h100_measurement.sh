@@ -18,6 +18,6 @@ BENCH_TIMEOUT=240 bench flux-measurement 1 workload:text-to-image \
   --workload.batch_size 1 --benchmark_iters 8 --idle_baseline_s 3 \
   --workload.base_dir "$base" --overwrite_results
 run_dir=$(dirname "$(find "$base" -name results.json | head -1)")
-python -m mlenergy.diffusion.checks --measurement "$run_dir"
+python -m mlenergy.diffusion.tools.check_runs --measurement "$run_dir"
 cp "$run_dir"/results.json "$OUT"/measurement-results.json 2>/dev/null
 cp "$run_dir"/power_timeline.png "$OUT"/ 2>/dev/null || true

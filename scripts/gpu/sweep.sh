@@ -15,7 +15,7 @@ python3 -m mlenergy.diffusion.sweep "${grid[@]}" > "$WORK/logs/sweep.log" 2>&1
 echo "sweep rc=$?"; sed -n '/Sweep summary/,$p' "$WORK/logs/sweep.log"
 python3 -m mlenergy.diffusion.sweep "${grid[@]}" > "$WORK/logs/sweep-rerun.log" 2>&1
 echo "rerun rc=$?"; tail -2 "$WORK/logs/sweep-rerun.log"
-python3 -m mlenergy.diffusion.report "$WORK/run" --out_dir "$WORK/report"
+python3 -m mlenergy.diffusion.tools.report "$WORK/run" --out_dir "$WORK/report"
 echo "report rc=$?"
 tar -czf "$OUT/sweep-report.tgz" -C "$WORK" report
 # Two "nodes" on one 2-GPU host (one launcher per GPU, loopback rendezvous): the per-node energy

@@ -12,5 +12,5 @@ out=${1:-run}; shift || true
 python3 -m mlenergy.diffusion.sweep --preset leaderboard --pack --out_dir "$out" \
   --timeout_s "${SWEEP_TIMEOUT_S:-3600}" -- "$@"
 status=$?
-python3 -m mlenergy.diffusion.report "$out"
+python3 -m mlenergy.diffusion.tools.report "$out"
 exit $status

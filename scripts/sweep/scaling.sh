@@ -10,5 +10,5 @@ python3 -m mlenergy.diffusion.sweep --models "$model" --batch_sizes 1 4 \
   "--options=--use_torch_compile --warmup_iters 2" --out_dir "$out" \
   --timeout_s "${SWEEP_TIMEOUT_S:-3600}" -- "$@"
 status=$?
-python3 -m mlenergy.diffusion.report "$out"
+python3 -m mlenergy.diffusion.tools.report "$out"
 exit $status

@@ -11,5 +11,5 @@ python3 -m mlenergy.diffusion.sweep --models black-forest-labs/FLUX.1-dev \
   --out_dir "$out" --timeout_s 300 -- --workload.weights tiny --workload.height 128 \
   --workload.width 128 --workload.inference_steps 2 --warmup_iters 1 --benchmark_iters 2
 status=$?
-python3 -m mlenergy.diffusion.report "$out"
+python3 -m mlenergy.diffusion.tools.report "$out"
 exit $status

@@ -1,6 +1,6 @@
 """One table of every run under a tree, a markdown summary, and plots.
 
-    python -m mlenergy.diffusion.report RUN_DIR [--out_dir DIR] [--no_plots]
+    python -m mlenergy.diffusion.tools.report RUN_DIR [--out_dir DIR] [--no_plots]
 
 Reads every results.json under RUN_DIR (a sweep's `run/` tree, or any part of it) and writes
 runs.csv, runs.parquet, report.md and PNG plots into DIR (default RUN_DIR/report). Latency,
@@ -291,7 +291,7 @@ def write_report(root: Path, out_dir: Path, plots: bool = True) -> dict:
     written_plots = []
     if plots:
         try:
-            from mlenergy.diffusion import report_plots
+            from mlenergy.diffusion.tools import report_plots
 
             written_plots = report_plots.plot_all(df, out_dir)
         except ImportError as err:

@@ -1,0 +1,1 @@
+"""Tools over finished runs: the report (tables and plots) and the run checker."""
