@@ -61,3 +61,8 @@ TASKS = {t.name: t for t in (TEXT_TO_IMAGE, TEXT_TO_VIDEO)}
 
 def task_named(name: str) -> Task:
     return TASKS[name]
+
+
+def task_with_frames(num_frames: int | None) -> Task:
+    """The task of results written before the task was recorded: a frame count means video."""
+    return TEXT_TO_VIDEO if num_frames is not None else TEXT_TO_IMAGE

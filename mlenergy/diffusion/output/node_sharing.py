@@ -18,11 +18,37 @@ import json
 import os
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from mlenergy.diffusion.results import files
+from mlenergy.diffusion.results.sections import Section
 
 ENV = "MLENERGY_SHARED_NODE_RUNS"
+
+
+@dataclass
+class SharingRecord(Section):
+    """One point's record on its node, as the sweep writes it; in results.json
+    `shared_node_runs` for every other point whose interval overlapped the run's window."""
+
+    run_dir: str
+    host: str | None
+    devices: list[str] | None
+    pid: int | None
+    slurm_job: str | None
+    started: float | None
+    finished: float | None
+    # The run directories of the points measured by the same process, one after another.
+    same_process: list[str]
+
+    @classmethod
+    def of(cls, doc: dict) -> SharingRecord:
+        """From a record file (those of earlier versions lack `same_process`)."""
+        return cls(run_dir=doc.get("run_dir"), host=doc.get("host"), devices=doc.get("devices"),
+                   pid=doc.get("pid"), slurm_job=doc.get("slurm_job"),
+                   started=doc.get("started"), finished=doc.get("finished"),
+                   same_process=list(doc.get("same_process") or ()))
 
 
 def node_dir(root: Path) -> Path:
@@ -80,7 +106,7 @@ def _running(doc: dict) -> bool:
 
 
 def runs_sharing_node(run_dir: Path, start: float, end: float,
-                      directory: Path | None = None) -> list[dict] | None:
+                      directory: Path | None = None) -> list[SharingRecord] | None:
     """The records of other points on this node whose interval overlaps [start, end]; None when
     the run was not started by a sweep."""
     directory = directory or os.environ.get(ENV)
@@ -100,5 +126,5 @@ def runs_sharing_node(run_dir: Path, start: float, end: float,
         if finished is None and not _running(doc):
             continue
         if doc.get("started", float("inf")) <= end and (finished is None or finished >= start):
-            found.append(doc)
+            found.append(SharingRecord.of(doc))
     return found

@@ -4,8 +4,10 @@ written out once, by results_writer.py, as results.json. Its measurement section
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from mlenergy.diffusion.probes.energy import Measurement
@@ -14,6 +16,7 @@ from mlenergy.diffusion.results.sections import Section
 if TYPE_CHECKING:
     from mlenergy.diffusion.engine.options_apply import OptionEffects
     from mlenergy.diffusion.output.environment import RunEnvironment
+    from mlenergy.diffusion.output.node_sharing import SharingRecord
     from mlenergy.diffusion.output.provenance import Provenance
     from mlenergy.diffusion.output.startup import StartupSection
     from mlenergy.diffusion.planning.run_plan import RunPlan
@@ -119,8 +122,9 @@ class QualityReport(Section):
     """results.json `quality` (quality.py's report, with --reference_run)."""
 
     reference_run: str
-    # The reference run's own `configurations`, as its results.json holds them.
-    reference_configurations: dict | None
+    # The reference run's own `configurations`, copied as its results.json holds them (runs of
+    # earlier versions hold other keys) and never read by key: read-only.
+    reference_configurations: Mapping[str, Any] | None
     num_images: int
     identical_images: int
     # None when any image is identical (PSNR is infinite).
@@ -135,8 +139,10 @@ class QualityReport(Section):
     def from_results(cls, entries: dict | None) -> QualityReport | None:
         if entries is None:
             return None
-        return cls(**{**entries, "images": [ImageQuality(**image)
-                                             for image in entries["images"]]})
+        configurations = entries.get("reference_configurations")
+        return cls(**{**entries, "images": [ImageQuality(**image) for image in entries["images"]],
+                      "reference_configurations": None if configurations is None
+                      else MappingProxyType(dict(configurations))})
 
 
 @dataclass
@@ -159,7 +165,7 @@ class RunRecord:
     provenance: Provenance | None = None
     # Other runs of the campaign on this node during the measurement (None: not started by a
     # sweep, so unknown); see output/node_sharing.py.
-    shared_node_runs: list[dict] | None = None
+    shared_node_runs: list[SharingRecord] | None = None
     # Where the time before the first measured window went (startup.py).
     startup: StartupSection | None = None
 

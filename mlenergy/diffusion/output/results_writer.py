@@ -81,7 +81,8 @@ def results_document(record: RunRecord) -> dict:
         "startup": record.startup.to_results() if record.startup else None,
         "environment": record.environment.to_results(),
         "provenance": record.provenance.to_results() if record.provenance else None,
-        "shared_node_runs": record.shared_node_runs,
+        "shared_node_runs": None if record.shared_node_runs is None
+        else [r.to_results() for r in record.shared_node_runs],
     })
     doc.update(record.option_results())
     # Sections of probes added to probes/__init__.py's ADDED_PROBES, each under its own key.

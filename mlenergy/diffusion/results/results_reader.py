@@ -18,6 +18,7 @@ import json
 import os
 from pathlib import Path
 
+from mlenergy.diffusion.inputs.task import TASKS, task_with_frames
 from mlenergy.diffusion.results.files import RESULTS
 from mlenergy.diffusion.results.results_sections import (
     EnergyWindow, Exclusivity, Gpu, HostEnergy, IdleBaseline, Iteration, PhysicalFloor, SelfCheck,
@@ -104,9 +105,9 @@ class RunResults:
             return self.doc["task"]
         parts = self.path.parts
         for i, part in enumerate(parts[:-1]):
-            if part == "diffusion" and parts[i + 1].startswith("text-to-"):
+            if part == "diffusion" and parts[i + 1] in TASKS:
                 return parts[i + 1]
-        return "text-to-video" if self.doc.get("num_frames") is not None else "text-to-image"
+        return task_with_frames(self.doc.get("num_frames")).name
 
     @property
     def unit(self) -> str:

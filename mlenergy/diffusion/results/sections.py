@@ -5,6 +5,7 @@ where it is defined, and its readers (the summary, the plot, the analysis) use a
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 
@@ -32,6 +33,6 @@ def _results_value(value: Any) -> Any:
         return value.to_results()
     if isinstance(value, list):
         return [_results_value(v) for v in value]
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):  # read-only mappings (MappingProxyType) included
         return {k: _results_value(v) for k, v in value.items()}
     return value
