@@ -70,7 +70,7 @@ def test_outside_a_git_checkout_there_is_no_commit(tmp_path):
     report, rather than the commit of whatever repository surrounds it."""
     shutil.copytree(REPO / "mlenergy", tmp_path / "copy" / "mlenergy",
                     ignore=shutil.ignore_patterns("__pycache__"))
-    script = ("import json; from mlenergy.diffusion import provenance; "
+    script = ("import json; from mlenergy.diffusion.output import provenance; "
               "print(json.dumps(provenance.describe().to_results())); "
               "print(provenance.version_text())")
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path,
@@ -87,7 +87,7 @@ def test_outside_a_git_checkout_there_is_no_commit(tmp_path):
 
 def test_under_torchrun_the_command_line_is_the_launchers(tmp_path):
     script = tmp_path / "show.py"
-    script.write_text("from mlenergy.diffusion import provenance\n"
+    script.write_text("from mlenergy.diffusion.output import provenance\n"
                       "print('COMMAND', provenance.command_line())\n")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1",
                            "--standalone", str(script), "--some_flag", "a b"], cwd=REPO,

@@ -185,7 +185,7 @@ def test_a_stopped_rank_ends_the_run_with_a_line_naming_it(tmp_path):
 GROUPS_SCRIPT = """
 import os, sys, time
 import torch, torch.distributed as dist
-from mlenergy.diffusion import runtime
+from mlenergy.diffusion.process import runtime
 from mlenergy.diffusion.inputs.config import parse_cli
 from mlenergy.diffusion.planning.plan import make_plan
 plan = make_plan(parse_cli(["--ulysses_degree", "2", "workload:t2i", "--workload.weights", "tiny",
