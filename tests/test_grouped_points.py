@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlenergy.data.records.runs as runs_module
@@ -20,6 +19,7 @@ import pytest
 from conftest import (REPO, offline_env, run_benchmark, toolkit_base_dir, toolkit_config_dir,
                       write_gpu_script)
 from test_sweep import by_status, counts, summary, sweep
+from test_sweep_operator import _wait_for_hang
 
 FLUX = "black-forest-labs/FLUX.1-dev"
 TINY = ["--workload.weights", "tiny", "--workload.height", "64", "--workload.width", "64",
@@ -142,15 +142,7 @@ def test_a_group_interrupted_midway_resumes_with_its_unfinished_points(tmp_path)
         cwd=REPO, env=offline_env(tmp_path, MLENERGY_HANG_RANK="0@2"), stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stdout.read()
-            logs = list((out / "sweep_logs").rglob("*.log"))
-            if logs and "hang injected" in logs[0].read_text(errors="replace"):
-                break
-            time.sleep(0.3)
-        else:
-            raise AssertionError("the group never reached batch 2's measured iterations")
+        _wait_for_hang(proc, out, ranks=1)  # batch 2's first measured iteration
         os.killpg(proc.pid, signal.SIGTERM)
         output, _ = proc.communicate(timeout=120)
     finally:

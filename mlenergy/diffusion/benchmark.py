@@ -103,7 +103,6 @@ class _Shared:
 
     pipeline: Any
     loaded: LoadRecord
-    denoiser: Any
     baseline: Any
 
 
@@ -213,16 +212,16 @@ def _load_once(plan: RunPlan, ranks, gpus, clock: StartupClock) -> _Shared:
     from mlenergy.diffusion.probes import Baseline
 
     with clock.process_phase("load"):
-        pipeline, loaded, denoiser = _load_pipeline(plan, ranks)
+        pipeline, loaded = _load_pipeline(plan, ranks)
     with clock.process_phase("idle_baseline"):
         # Before any hook goes in, with nothing running on the run's GPUs.
         baseline = Baseline.take(gpus, plan.idle_baseline_s)
-    return _Shared(pipeline, loaded, denoiser, baseline)
+    return _Shared(pipeline, loaded, baseline)
 
 
-def _load_pipeline(plan: RunPlan, ranks) -> tuple[Any, LoadRecord, Any]:
+def _load_pipeline(plan: RunPlan, ranks) -> tuple[Any, LoadRecord]:
     """Build the pipeline (with the options that change its weights or placement) and hand it to
-    xDiT. Returns the pipeline, what loading it took, and its denoiser."""
+    xDiT. Returns the pipeline and what loading it took."""
     import torch
 
     from mlenergy.diffusion.engine import options_apply, xdit
@@ -256,7 +255,7 @@ def _load_pipeline(plan: RunPlan, ranks) -> tuple[Any, LoadRecord, Any]:
     return pipeline, LoadRecord(seconds=loading.seconds, denoiser_parameters=denoiser_parameters,
                                 parameter_gb=parameter_gb,
                                 option_effects=options_apply.OptionEffects.from_results(effects),
-                                compiled=compiled), denoiser
+                                compiled=compiled)
 
 
 def _warm_up(plan: RunPlan, ranks, pipeline, batches: list[list[str]], probes) -> WarmupRecord:

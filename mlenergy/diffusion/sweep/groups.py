@@ -65,10 +65,10 @@ def make_groups(points: list[Point], one_point_per_process: bool = False) -> lis
     return [Group(sorted(members, key=lambda p: p.batch_size)) for members in groups.values()]
 
 
-def settle(group: Group, code: int | None, why_stopped: str | None,
-           started: float) -> list[Point]:
+def settle(group: Group, code: int | None, why_stopped: str | None, started: float,
+           by_signal: bool = False) -> list[Point]:
     """Each point's status once the group's launch has ended (`code` None: it was stopped, for
-    `why_stopped`). Points with complete results are done; the first without is the one the
+    `why_stopped`; `by_signal`: because the sweep was). Points with complete results are done; the first without is the one the
     process failed in; after it, points the process never reached go back to pending (returned,
     to launch again). Each point's seconds run from the previous point's results (or the
     launch's start) to its own."""
@@ -87,10 +87,10 @@ def settle(group: Group, code: int | None, why_stopped: str | None,
             point.per_output = rundir.per_output(point.run_dir)
         elif failed is None:
             failed = point
-            point.status, point.reason = _failure(code, why_stopped)
+            point.status, point.reason = _failure(code, why_stopped, by_signal)
             point.started, point.finished = since, time.time()
             point.seconds = point.finished - since
-        elif code is None and why_stopped is not None and why_stopped.startswith("stopped by"):
+        elif by_signal:
             point.status, point.reason = "not_run", f"the sweep was {why_stopped}"
         else:
             point.status, point.reason = "pending", None
@@ -99,11 +99,9 @@ def settle(group: Group, code: int | None, why_stopped: str | None,
     return unreached
 
 
-def _failure(code: int | None, why_stopped: str | None) -> tuple[str, str]:
+def _failure(code: int | None, why_stopped: str | None, by_signal: bool) -> tuple[str, str]:
     if code is None:
-        if why_stopped is not None and why_stopped.startswith("stopped by"):
-            return "interrupted", why_stopped
-        return "failed", why_stopped or "stopped"
+        return ("interrupted" if by_signal else "failed"), why_stopped or "stopped"
     if code != 0:
         return "failed", f"exit status {code}"
     return "failed", "exited 0 but wrote no complete results.json"

@@ -179,14 +179,18 @@ def _not_started(point: Point, reason: str, report: Callable[[str], None]) -> No
 
 
 def _settle(running: _Running, code: int | None, settings: Settings,
-            why_stopped: str | None = None) -> list[Point]:
+            signal_name: str | None = None) -> list[Point]:
     """Every point's status once its launch ended; returns the points it never reached."""
     for record in running.records:
         sharing.finish(record)
     settings.booked.append((running.launch.elapsed, running.group.nproc))
-    if code is None and why_stopped is None:
-        why_stopped = (f"timed out after {_timeout(running.group, settings):g} s; killed")
-    return groups.settle(running.group, code, why_stopped, running.launch.started)
+    why_stopped = None
+    if signal_name is not None:
+        why_stopped = f"stopped by {signal_name}"
+    elif code is None:
+        why_stopped = f"timed out after {_timeout(running.group, settings):g} s; killed"
+    return groups.settle(running.group, code, why_stopped, running.launch.started,
+                         by_signal=signal_name is not None)
 
 
 def _timeout(group: Group, settings: Settings) -> float:
@@ -339,7 +343,7 @@ def _stop_all(running: list[_Running], queue: list[Group], signum: int, settings
     report(f"{name}: stopping {len(running)} running launch(es)")
     for item in running:
         item.launch.stop()
-        _settle(item, None, settings, why_stopped=f"stopped by {name}")
+        _settle(item, None, settings, signal_name=name)
     for group in queue:
         for point in group.points:
             point.status, point.reason = "not_run", f"the sweep was stopped by {name}"
