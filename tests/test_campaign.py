@@ -127,6 +127,7 @@ def _flips(tmp_path: Path) -> dict[str, list[str]]:
         "compile_autotune": ["--use_torch_compile", "--compile_autotune"],
         "use_fp8_t5_encoder": ["--use_fp8_t5_encoder"],
         "quantize_denoiser": [], "enable_sequential_cpu_offload": [],  # GPU only
+        "fuse_qkv": ["--fuse_qkv"],
         "use_teacache": ["--use_teacache"], "use_fbcache": ["--use_fbcache"],
         "cache_threshold": ["--use_fbcache", "--cache_threshold", "0.3"],
         "attention_backend": ["--attention_backend", "sdpa_math"],
@@ -134,6 +135,7 @@ def _flips(tmp_path: Path) -> dict[str, list[str]]:
         "warmup_iters": ["--warmup_iters", "2"], "warmup_steps": ["--warmup_steps", "1"],
         "benchmark_iters": ["--benchmark_iters", "3"], "save_images": ["--no_save_images"],
         "idle_baseline_s": ["--idle_baseline_s", "1"], "count_flops": ["--no_count_flops"],
+        "profile_steps": [],  # GPU only: test_plan_guards plans it for GPUs
         "model_id": ["--workload.model_id", "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS"],
         "family": ["--workload.model_id", "black-forest-labs/FLUX.1-schnell",
                    "--workload.family", "flux"],

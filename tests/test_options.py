@@ -16,6 +16,7 @@ import torch
 from conftest import REPO, TINY_FLUX, load_results, only_run_dir, run_benchmark, with_flags
 from mlenergy.diffusion.engine import options_apply
 from mlenergy.diffusion.inputs.config import ConfigError, parse_cli
+from mlenergy.diffusion.models.registry import FAMILIES
 from mlenergy.diffusion.planning import options
 from mlenergy.diffusion.planning.plan import make_plan
 from mlenergy.diffusion.probes.compile import CompileTracker
@@ -73,6 +74,8 @@ PLAN_ERRORS = [
      "CogVideoX3DModel|does not name its repeated blocks; use --compile_scope transformer"),
     ("--attention_backend sdpa_efficient workload:t2i --workload.weights tiny", 1, "cpu",
      "needs a GPU"),
+    ("--fuse_qkv workload:t2i --workload.model_id PixArt-alpha/PixArt-Sigma-XL-2-1024-MS", 1,
+     "cuda", "has no fused QKV projection .*families with one: flux, wan"),
 ]
 
 
@@ -253,6 +256,46 @@ def test_teacache_and_fp8_t5_report_memory_and_quality(tmp_path, reference):
     assert q["identical_images"] == 0 and 0 < q["mean_ssim"] < 1
     assert doc["configurations"]["use_teacache"] and doc["configurations"]["use_fp8_t5_encoder"]
     assert doc["compile"] is None
+
+
+def test_fused_qkv_is_named_and_fp8_which_fuses_anyway_is_named_once():
+    plan = plan_for("--fuse_qkv workload:t2i --workload.weights random")
+    assert plan.options.fuse_qkv and plan.run_dir.name.endswith("+fuseqkv-on")
+    assert results_configurations(plan)["fuse_qkv"] is True
+    fp8 = plan_for("--fuse_qkv --quantize_denoiser fp8 workload:t2i --workload.weights random")
+    assert not fp8.options.fuse_qkv and fp8.run_dir.name.endswith("+quantdenoiser-fp8")
+    assert not plan_for("workload:t2i").options.fuse_qkv
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_the_families_that_claim_fused_qkv_are_the_ones_diffusers_fuses(family):
+    # The registry's fuses_qkv decides before loading whether --fuse_qkv is refused; the real
+    # tiny denoiser of each family says whether diffusers fuses anything.
+    from mlenergy.diffusion.kernels import quantize
+    from mlenergy.diffusion.models import pipelines
+    from mlenergy.diffusion.models.registry import models_of_family
+
+    spec = models_of_family(family)[0]
+    torch.manual_seed(0)
+    pipeline = pipelines.build_pipeline(spec, "tiny", dtype=torch.float32, device="cpu",
+                                        max_sequence_length=spec.family.tiny_max_sequence_length)
+    fused = quantize.fuse_qkv(getattr(pipeline, spec.family.denoiser_slot))
+    assert (fused > 0) == FAMILIES[family].fuses_qkv, fused
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_fused_qkv_changes_the_images_by_rounding_only(tmp_path, reference, nproc):
+    run_dir, _ = _run(tmp_path, "--fuse_qkv", "--reference_run", str(reference), nproc=nproc)
+    assert run_dir.name.endswith("+fuseqkv-on")
+    doc = load_results(run_dir)
+    # Tiny FLUX: one double-stream and one single-stream block, each with one attention.
+    assert doc["fused_qkv"] == {"fused_attention_layers": 2}
+    assert doc["configurations"]["fuse_qkv"] is True
+    q = doc["quality"]
+    # Same weights regrouped into one matmul: float32 rounding apart from the reference, far
+    # closer than any lossy option (fbcache above reads well under 80 dB).
+    assert q["num_images"] == 4
+    assert q["identical_images"] == 4 or q["mean_psnr_db"] > 80, q
 
 
 def test_two_processes_use_xdit_attention_with_the_chosen_backend_and_fbcache(tmp_path,

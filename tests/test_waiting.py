@@ -82,3 +82,74 @@ def test_step_windows_come_from_the_profilers_step_marks():
     assert kernels == []  # CPU only: no GPU work in this trace
     assert len(windows) == 3 and all(a < b for a, b in windows)
     assert windows == sorted(windows) and windows[0][1] <= windows[1][0]
+
+
+# Kernel names as an H200 profile of compiled FLUX shows them (cuBLAS, cuDNN, inductor, NCCL).
+NAMED = [
+    (0.0, 3.0, "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize256x128x64_warpgroupsize2x1x1"),
+    (3.0, 4.0, "nvjet_tst_128x256_64x4_1x2_h_bz_coopA_NTN"),
+    (4.0, 6.0, "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3_64x64x128"),
+    (6.0, 6.5, "triton_poi_fused__to_copy_add_mul_native_layer_norm_3"),
+    (6.5, 7.0, "triton_red_fused__to_copy_mean_mul_pow_rsqrt_4"),
+    (7.0, 8.0, "ncclDevKernel_AllGather_RING_LL(ncclDevKernelArgsStorage<4096ul>)"),
+    (7.5, 8.0, "triton_tem_fused_mm_5"),  # overlaps the collective: another stream
+    (12.0, 13.0, "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n"),  # outside the step
+]
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize256x128x64", "matmul"),
+    ("nvjet_tst_128x256_64x4_1x2_h_bz_coopA_NTN", "matmul"),
+    ("void cutlass::Kernel2<cutlass_80_wmma_tensorop_bf16_s161616gemm_bf16_32x32_128x2_tn>",
+     "matmul"),
+    ("triton_tem_fused_mm_5", "matmul"),
+    ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3_64x64x128", "attention"),
+    ("void flash::flash_fwd_kernel<Flash_fwd_kernel_traits<128, 128, 64, 4>>", "attention"),
+    ("fmha_cutlassF_bf16_aligned_64x128_rf_sm80", "attention"),
+    ("ncclDevKernel_AllGather_RING_LL", "communication"),
+    ("triton_poi_fused__to_copy_add_mul_native_layer_norm_3", "other"),
+    ("triton_per_fused_add_mul_rsqrt_8", "other"),
+    ("void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>", "other"),
+    ("Memcpy DtoD (Device -> Device)", "other"),
+])
+def test_kernels_are_classed_by_what_they_do(name, expected):
+    assert step_profile.kernel_class(name) == expected
+
+
+def test_a_steps_kernels_add_up_by_class_without_counting_overlap_twice():
+    breakdown = step_profile.kernel_breakdown(NAMED, [(0.0, 10.0)], top=3)
+    by_class = breakdown["by_class"]
+    assert list(by_class) == ["matmul", "attention", "communication", "other"]
+    # 3 + 1 s of cuBLAS and the Triton matmul's 0.5 s; the kernel after the step is not counted.
+    assert by_class["matmul"] == {"ms_per_step": pytest.approx(4500.0), "kernels_per_step": 3}
+    assert by_class["attention"]["ms_per_step"] == pytest.approx(2000.0)
+    assert by_class["communication"]["ms_per_step"] == pytest.approx(1000.0)
+    assert by_class["other"] == {"ms_per_step": pytest.approx(1000.0), "kernels_per_step": 2}
+    top = breakdown["top_kernels"]
+    assert [k["class"] for k in top] == ["matmul", "attention", "matmul"]
+    assert top[0]["ms_per_step"] == pytest.approx(3000.0) and top[0]["calls_per_step"] == 1
+    # Two steps: the means halve what one step held.
+    two = step_profile.kernel_breakdown(NAMED, [(0.0, 5.0), (5.0, 10.0)])
+    assert two["by_class"]["matmul"]["ms_per_step"] == pytest.approx(2250.0)
+    with pytest.raises(ValueError):
+        step_profile.kernel_breakdown(NAMED, [])
+
+
+def test_a_steps_energy_is_its_mean_sampled_power_times_its_length():
+    samples = [(1.0, 600.0), (6.0, 700.0), (11.0, 650.0), (30.0, 5000.0)]
+    assert step_profile.step_energy_j(samples, [(0.0, 10.0), (10.0, 20.0)]) == \
+        pytest.approx(650.0 * 10.0)
+    assert step_profile.step_energy_j([(30.0, 500.0)], [(0.0, 10.0)]) is None
+
+
+def test_a_profile_needs_a_gpu_and_two_steps(tmp_path):
+    from conftest import TINY_FLUX, run_benchmark, with_flags
+
+    for steps, message in (("1", "must be 0 (no profile) or at least 2"),
+                           ("3", "profiles GPU kernels and this run has no GPU")):
+        base = tmp_path / steps
+        proc = run_benchmark(with_flags([*TINY_FLUX, "--workload.base_dir", str(base)],
+                                        "--profile_steps", steps), tmp_path)
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
+        assert not base.exists()

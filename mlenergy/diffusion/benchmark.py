@@ -37,6 +37,7 @@ from mlenergy.diffusion.output.startup import StartupClock
 from mlenergy.diffusion.planning import prompts as prompt_source, shared_pipeline as group
 from mlenergy.diffusion.planning.plan import RunPlan, make_plan
 from mlenergy.diffusion.process import console, launch, runtime
+from mlenergy.diffusion.profiling import point_profile
 from mlenergy.diffusion.results import files
 
 logger = logging.getLogger("mlenergy.diffusion")
@@ -164,6 +165,7 @@ def _measure_point(point: _Point, ranks, gpus, shared: _Shared | None, clock: St
     with clock.point_phase("warmup"):
         warmup = _warm_up(plan, ranks, pipeline, schedule.warmup, probes)
     measured = _measure(plan, ranks, pipeline, schedule.measured, probes)
+    profiles = point_profile.profile_point(plan, ranks, pipeline, schedule.measured[0])
     record = _gather(plan, probes, measured, started=started, env=env,
                      prompt_source=point.prompt_source, loaded=shared.loaded, warmup=warmup)
     # The last collective. Rank 0 writes alone after it: no rank waits (within the collective
@@ -171,6 +173,7 @@ def _measure_point(point: _Point, ranks, gpus, shared: _Shared | None, clock: St
     runtime.barrier()
     if record is not None:
         record.provenance = origin
+        record.profile = profiles
         record.startup = clock.section(*place, first_window_start=measured.window[0],
                                        warmup=warmup)
         _write_results(record)

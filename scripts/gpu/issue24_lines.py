@@ -1,4 +1,4 @@
-"""One line per run under a runs folder (scripts/gpu/issue24.sh): s and J per output, peak memory,
+"""One line per run under a runs folder (scripts/gpu/issue24.sh, issue24_levers.sh): s and J per output, peak memory,
 first warm-up iteration and its overhead, dynamo's compile count, coordinate-descent benchmarks,
 inductor settings in force, attention kernel, quality against the reference."""
 
@@ -23,6 +23,10 @@ def line(path: Path) -> str:
     fp8 = stored.section("quantized_denoiser")
     attention = stored.section("attention")
     latency = stored.latency_per_iteration
+    fused = stored.section("fused_qkv")
+    profile = stored.section("profile")
+    rank0 = (profile.get("ranks") or [{}])[0]
+    per_step = rank0.get("per_step") or {}
     fields = {
         "run": path.parent.parent.name,
         f"s/{unit}": stored.time_per_output,
@@ -39,6 +43,13 @@ def line(path: Path) -> str:
         "attention": attention.get("used"),
         "fa3": (attention.get("fa3") or {}).get("self_check_max_abs_difference"),
         "fp8_layers": fp8.get("fp8_linear_layers"),
+        "fused_qkv": fused.get("fused_attention_layers"),
+        "profile_step_ms": per_step.get("wall_s") and round(per_step["wall_s"] * 1e3, 2),
+        "profile_ms_by_class": {k: round(v["ms_per_step"], 2)
+                                for k, v in (rank0.get("by_class") or {}).items()},
+        "profile_idle_ms": per_step.get("idle_s") is not None and round(per_step["idle_s"] * 1e3, 2),
+        "profile_J_step": rank0.get("energy_per_step_j"),
+        "profile_power": {k: v.get("mean_w") for k, v in (rank0.get("power_by_activity") or {}).items()},
         "psnr_db": q.get("mean_psnr_db"),
         "ssim": q.get("mean_ssim"),
         "gpu": stored.gpu_model,

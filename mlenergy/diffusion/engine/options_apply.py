@@ -40,11 +40,14 @@ class AttentionReport(Section):
 @dataclass
 class OptionEffects(Section):
     """What the options did to the pipeline, in results.json order: the FP8 T5 encoder's and the
-    FP8 denoiser's reports (None when off) and the attention actually used."""
+    FP8 denoiser's reports (None when off), the attention actually used, and --fuse_qkv's
+    report."""
 
     fp8_t5_encoder: dict | None
     quantized_denoiser: dict | None
     attention: AttentionReport
+    # --fuse_qkv's report; absent from results written before the option existed.
+    fused_qkv: dict | None = None
 
     @classmethod
     def from_results(cls, entries: dict) -> OptionEffects:
@@ -64,11 +67,19 @@ def finish_pipeline(plan: RunPlan, pipeline, denoiser, device: torch.device,
     """Options applied after xDiT has wrapped the pipeline (its step cache and attention
     processors must be inside what gets compiled); their results.json entries go into
     `effects`. Returns what was compiled."""
+    effects["fused_qkv"] = fuse_qkv(plan, denoiser)
     effects["quantized_denoiser"] = quantize_denoiser(plan, denoiser)
     apply_inductor_settings(plan.options)
     compiled = compile_denoiser(plan, denoiser)
     enable_offload(plan, pipeline, device)
     return compiled
+
+
+def fuse_qkv(plan: RunPlan, denoiser) -> dict | None:
+    """--fuse_qkv: one QKV matmul per attention instead of three, before compiling."""
+    if not plan.options.fuse_qkv:
+        return None
+    return {"fused_attention_layers": quantize.fuse_qkv(denoiser)}
 
 
 def quantize_denoiser(plan: RunPlan, denoiser) -> dict | None:

@@ -224,6 +224,12 @@ class BenchmarkConfig:
     use_fp8_t5_encoder: bool = False
     """Store the T5 text encoder's weights in FP8 (optimum-quanto qfloat8; T5 families only)."""
 
+    fuse_qkv: bool = False
+    """Fuse each attention layer's query, key and value projections into one linear layer
+    (diffusers' fuse_projections) before compiling: one matmul instead of three, the same
+    result up to rounding. Families whose attention has no fusion refuse it. --quantize_denoiser
+    fp8 always fuses. Default: off."""
+
     quantize_denoiser: Optional[Literal["fp8"]] = None
     """fp8: the denoiser's linear layers in FP8 (torchao float8 weights and dynamic activations,
     one scale per row, after fusing the attention QKV projections); GPUs with FP8 tensor cores
@@ -281,6 +287,14 @@ class BenchmarkConfig:
 
     count_flops: bool = True
     """Count the FLOPs of one denoiser forward after the measured phase (the physical floor)."""
+
+    profile_steps: int = 0
+    """After the measured iterations, outside every window: profile one pipeline call of N
+    denoising steps with torch.profiler on every rank (GPU only; N at least 2, the first step is
+    left out), with the GPU's power sampled meanwhile. results.json `profile` splits each
+    rank's step time into matmul, attention, communication, other kernels (norms, RoPE,
+    modulation, activations) and idle, with power and energy by activity; rank 0's kernel table
+    goes to profile.txt. Default: 0, no profile."""
 
     verbose: bool = False
     """Show third-party log lines (xDiT's DEBUG and INFO, diffusers, transformers, datasets) and

@@ -31,6 +31,7 @@ IMAGE_FAMILIES: dict[str, Family] = {
         spatial_factor=16,
         t5_slot="text_encoder_2",
         supports_cache=True,
+        fuses_qkv=True,
         tiny={
             "text_encoder": TINY_CLIP,
             "text_encoder_2": TINY_T5,

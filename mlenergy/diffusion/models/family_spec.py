@@ -49,6 +49,9 @@ class Family:
     t5_slot: str | None = None
     supports_sequence_parallel: bool = True
     supports_cache: bool = False  # xDiT's TeaCache / FBCache are FLUX-only
+    # Its attention layers fuse Q, K and V into one projection (diffusers' fuse_projections,
+    # which xDiT's processors for it follow): --fuse_qkv applies.
+    fuses_qkv: bool = False
     # "module:Class" of xDiT's transformer, for families without an xDiT pipeline class.
     xfuser_transformer: str | None = None
     # Video: pixels-to-latent frame compression (frame counts must be 1 + k x this), the call

@@ -49,6 +49,7 @@ VIDEO_FAMILIES: dict[str, Family] = {
         xfuser_pipeline=None,
         xfuser_transformer=("xfuser.model_executor.models.transformers.transformer_wan:"
                             "xFuserWanTransformer3DWrapper"),
+        fuses_qkv=True,
         components={
             "text_encoder": Component("umt5", "UMT5EncoderModel", "tokenizer"),
             "transformer": Component("transformer", "WanTransformer3DModel"),

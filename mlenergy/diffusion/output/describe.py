@@ -111,3 +111,17 @@ def provenance_text(origin: Provenance) -> str:
                                                else "")
     return (f"mlenergy-diffusion {origin.benchmark_version}, {where}; command: "
             f"{origin.command_line}")
+
+
+def profile_text(profile) -> str:
+    """One line of a rank's profile (output/record.py RankProfile): the step's milliseconds by
+    kernel class and idle, and what waiting cost."""
+    per_step = profile.per_step
+    parts = [f"{name} {values['ms_per_step']:.1f}" for name, values in profile.by_class.items()
+             if values["kernels_per_step"]]
+    energy = (f"; {profile.energy_per_step_j:.1f} J per step, "
+              f"{profile.waiting_energy_j:.1f} J of it waiting"
+              if profile.energy_per_step_j is not None and profile.waiting_energy_j is not None
+              else "; energy not sampled")
+    return (f"step {per_step['wall_s'] * 1e3:.1f} ms: {', '.join(parts) or 'no GPU kernels'}, idle "
+            f"{per_step['idle_s'] * 1e3:.1f} (ms per step){energy}")

@@ -146,6 +146,51 @@ class QualityReport(Section):
 
 
 @dataclass
+class RankProfile(Section):
+    """One rank's profiled steps (profiling/step_profile.py's summary): where each step's time
+    goes and what the GPU draws meanwhile."""
+
+    rank: int
+    steps: int
+    # Mean seconds per step: wall, busy, compute, communication, exposed communication, idle;
+    # and collective kernels per step.
+    per_step: Mapping[str, float]
+    communication_share: float
+    exposed_communication_share: float
+    idle_share: float
+    waiting_share: float
+    # Per kernel class (matmul, attention, communication, other): ms_per_step, kernels_per_step.
+    by_class: Mapping[str, Mapping[str, float]]
+    top_kernels: list[Mapping[str, Any]]
+    # compute / exposed_communication / idle: samples and mean_w.
+    power_by_activity: Mapping[str, Mapping[str, Any]]
+    power_samples_in_steps: int
+    # None where no power sample fell inside the steps.
+    energy_per_step_j: float | None
+    waiting_energy_j: float | None
+    method: str
+
+    @classmethod
+    def from_results(cls, entries: dict | None) -> RankProfile | None:
+        if entries is None:
+            return None
+        return cls(**{k: MappingProxyType(dict(v)) if isinstance(v, dict) else v
+                      for k, v in entries.items()})
+
+
+@dataclass
+class ProfileReport(Section):
+    """results.json `profile` (--profile_steps): one profiled pipeline call after the measured
+    phase, outside every window, per rank."""
+
+    steps_profiled: int
+    steps_summarized: int
+    # Where rank 0's kernel table went, relative to the run directory.
+    kernel_table: str
+    ranks: list[RankProfile]
+
+
+@dataclass
 class RunRecord:
     plan: RunPlan
     started: datetime
@@ -168,6 +213,8 @@ class RunRecord:
     shared_node_runs: list[SharingRecord] | None = None
     # Where the time before the first measured window went (startup.py).
     startup: StartupSection | None = None
+    # --profile_steps: one profiled call after the measured phase.
+    profile: ProfileReport | None = None
 
     # -- headline numbers, from the per-iteration windows ------------------------------------
     @property
@@ -224,4 +271,5 @@ class RunRecord:
                **self.load.option_effects.to_results()}
         if self.quality is not None:
             out["quality"] = self.quality.to_results()
+        out["profile"] = self.profile.to_results() if self.profile is not None else None
         return out

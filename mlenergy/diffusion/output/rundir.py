@@ -92,7 +92,8 @@ def identity(plan) -> dict:
         "warmup_iters": plan.warmup_iters, "warmup_steps": plan.warmup_steps,
         "benchmark_iters": plan.benchmark_iters,
         "prompts": _prompt_identity(plan),
-        "count_flops": plan.count_flops, "save_images": plan.save_images,
+        "count_flops": plan.count_flops, "profile_steps": plan.profile_steps,
+        "save_images": plan.save_images,
         "idle_baseline_s": plan.idle_baseline_s,
         "reference_run": (str(Path(plan.reference_run).resolve())
                           if plan.reference_run is not None else None),

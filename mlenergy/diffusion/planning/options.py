@@ -74,6 +74,9 @@ class Options:
     compile_autotune: bool = field(default=False,
                                    metadata=_in_dir("autotune", False, text="coordesc"))
     use_fp8_t5_encoder: bool = field(default=False, metadata=_in_dir("fp8t5", False))
+    # Fused QKV on its own; FP8 of the denoiser fuses as part of quantizing (and its run
+    # directory says quantdenoiser-fp8, not both).
+    fuse_qkv: bool = field(default=False, metadata=_in_dir("fuseqkv", False, text="on"))
     quantize_denoiser: str | None = field(default=None, metadata=_in_dir("quantdenoiser"))
     enable_sequential_cpu_offload: bool = field(default=False,
                                                 metadata=_in_dir("offload", False))
@@ -129,6 +132,7 @@ def resolve(config: BenchmarkConfig, spec: ModelSpec, launch: Launch, dtype: str
     _check_compile(config, spec, launch.device_type)
     _check_quantize_denoiser(config, launch, dtype)
     _check_caches(config, spec)
+    _check_fuse_qkv(config, spec)
     _check_fp8_t5(config, spec)
     _check_offload(config, launch.device_type)
     _check_attention(config, launch)
@@ -142,6 +146,7 @@ def resolve(config: BenchmarkConfig, spec: ModelSpec, launch: Launch, dtype: str
         compile_scope=scope,
         compile_autotune=config.compile_autotune,
         use_fp8_t5_encoder=config.use_fp8_t5_encoder,
+        fuse_qkv=config.fuse_qkv and config.quantize_denoiser is None,
         quantize_denoiser=config.quantize_denoiser,
         enable_sequential_cpu_offload=config.enable_sequential_cpu_offload,
         use_teacache=config.use_teacache,
@@ -236,6 +241,16 @@ def _check_caches(config: BenchmarkConfig, spec: ModelSpec) -> None:
                               "--use_teacache or --use_fbcache, or drop it")
         if not config.cache_threshold > 0:
             raise ConfigError(f"--cache_threshold must be above 0, got {config.cache_threshold}")
+
+
+def _check_fuse_qkv(config: BenchmarkConfig, spec: ModelSpec) -> None:
+    if config.fuse_qkv and not spec.family.fuses_qkv:
+        from mlenergy.diffusion.models.registry import FAMILIES
+
+        fusing = ", ".join(name for name, family in FAMILIES.items() if family.fuses_qkv)
+        raise ConfigError(f"--fuse_qkv: {spec.model_id} ({spec.family_name}) has no fused QKV "
+                          f"projection in diffusers or xDiT (families with one: {fusing}); "
+                          "drop the flag")
 
 
 def _check_fp8_t5(config: BenchmarkConfig, spec: ModelSpec) -> None:

@@ -170,10 +170,22 @@ def make_plan(config: BenchmarkConfig, launch: Launch | None = None) -> RunPlan:
         save_images=config.save_images, overwrite_results=config.overwrite_results,
         idle_baseline_s=config.idle_baseline_s,
         require_exclusive_gpus=config.require_exclusive_gpus, count_flops=config.count_flops,
-        flags_given=flags_given(config), **counts, **values,
+        profile_steps=_profile_steps(config, launch), flags_given=flags_given(config), **counts, **values,
     )
     limits.check(plan)
     return plan
+
+
+def _profile_steps(config: BenchmarkConfig, launch: Launch) -> int:
+    steps = config.profile_steps
+    if steps == 0:
+        return 0
+    if steps < 2:
+        raise ConfigError(f"--profile_steps must be 0 (no profile) or at least 2 (the first "
+                          f"profiled step is left out), got {steps}")
+    if launch.device_type != "cuda":
+        raise ConfigError("--profile_steps profiles GPU kernels and this run has no GPU: drop it")
+    return steps
 
 
 def flags_given(config: BenchmarkConfig) -> tuple[tuple[str, object], ...]:

@@ -61,6 +61,8 @@ class RunPlan:
     idle_baseline_s: float = 3.0
     require_exclusive_gpus: bool = False
     count_flops: bool = True
+    # Denoising steps of the profiled call after the measured phase (0: none).
+    profile_steps: int = 0
     num_frames: int | None = None
     fps: int | None = None
     # The run directory of the --reference_run, and its results.json, checked to be comparable.

@@ -20,7 +20,7 @@ THEN = "--then"
 # pipeline call or a choice about the call's outputs, never part of the loaded pipeline.
 PER_CALL_FIELDS = frozenset({
     "batch_size", "seed", "warmup_iters", "warmup_steps", "benchmark_iters", "prompts",
-    "count_flops", "save_images", "reference_run",
+    "count_flops", "profile_steps", "save_images", "reference_run",
 })
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -76,9 +76,8 @@ def _mark_steps(denoiser: torch.nn.Module, device: torch.device):
             denoiser.register_forward_hook(after, with_kwargs=True)]
 
 
-def spans_of(events) -> tuple[list[tuple[float, float, bool]], list[waiting.Span]]:
-    """(GPU kernels as (start, end, is_collective), step windows), in seconds, from kineto
-    events."""
+def named_spans_of(events) -> tuple[list[tuple[float, float, str]], list[waiting.Span]]:
+    """(GPU kernels as (start, end, name), step windows), in seconds, from kineto events."""
     from torch.autograd import DeviceType
 
     kernels, windows = [], []
@@ -92,15 +91,91 @@ def spans_of(events) -> tuple[list[tuple[float, float, bool]], list[waiting.Span
             if event.device_type() == DeviceType.CPU and event.name() == STEP_MARK:
                 windows.append((start, end))
         elif event.device_type() == DeviceType.CUDA:
-            kernels.append((start, end, "nccl" in event.name().lower()))
+            kernels.append((start, end, event.name()))
     return kernels, sorted(windows)
+
+
+def spans_of(events) -> tuple[list[tuple[float, float, bool]], list[waiting.Span]]:
+    """(GPU kernels as (start, end, is_collective), step windows), in seconds, from kineto
+    events."""
+    named, windows = named_spans_of(events)
+    return [(a, b, kernel_class(name) == "communication") for a, b, name in named], windows
+
+
+# ---------------------------------------------------------------- kernels by what they do
+
+KERNEL_CLASSES = ("matmul", "attention", "communication", "other")
+# Substrings of kernel names, lower-cased. cuBLAS/cuBLASLt GEMMs show as sm90_xmma_*, nvjet_*,
+# cutlass*, *gemm*; torchao's FP8 matmul is torch._scaled_mm (cuBLASLt, the same names).
+# Attention: FlashAttention (flash_fwd*, fa3-fwd), cuDNN's fused attention (cudnn_generated_*
+# sdpa / fmha), torch's memory-efficient kernel (fmha_cutlass*).
+_ATTENTION = ("flash", "fmha", "sdpa", "attention", "attn_fwd")
+_MATMUL = ("gemm", "cutlass", "nvjet", "xmma", "cublas", "matmul", "scaled_mm", "wgmma")
+
+
+def kernel_class(name: str) -> str:
+    """matmul, attention, communication or other (inductor's fused pointwise and reduction
+    kernels: norms, RoPE, modulation, activations, casts; copies and memsets)."""
+    lowered = name.lower()
+    if "nccl" in lowered:
+        return "communication"
+    if lowered.startswith("triton_"):
+        # Inductor names its Triton matmul templates triton_tem_*mm*; every other Triton kernel
+        # it generates is pointwise, a reduction, or a persistent reduction.
+        return "matmul" if lowered.startswith("triton_tem") and "mm" in lowered else "other"
+    if any(k in lowered for k in _ATTENTION):
+        return "attention"
+    if any(k in lowered for k in _MATMUL):
+        return "matmul"
+    return "other"
+
+
+def kernel_breakdown(kernels: Sequence[tuple[float, float, str]],
+                     windows: Sequence[waiting.Span], top: int = 15) -> dict:
+    """Per profiled step: milliseconds each kernel class keeps the GPU busy (the union of its
+    kernels inside the step, so overlapping streams are not counted twice) and its kernel count;
+    and the kernels that take the most time, with their class."""
+    if not windows:
+        raise ValueError("no profiled steps")
+    steps = len(windows)
+    per_class: dict[str, dict] = {}
+    for name in KERNEL_CLASSES:
+        chosen = [(a, b) for a, b, n in kernels if kernel_class(n) == name]
+        busy = sum(waiting.total(waiting.merge(waiting.clip(chosen, w))) for w in windows)
+        count = sum(1 for a, b in chosen for lo, hi in windows if a < hi and b > lo)
+        per_class[name] = {"ms_per_step": busy * 1e3 / steps, "kernels_per_step": count / steps}
+    by_name: dict[str, list[float]] = {}
+    for a, b, name in kernels:
+        inside = sum(max(0.0, min(b, hi) - max(a, lo)) for lo, hi in windows)
+        if inside > 0:
+            by_name.setdefault(name, []).append(inside)
+    ranked = sorted(by_name.items(), key=lambda item: -sum(item[1]))[:top]
+    return {
+        "by_class": per_class,
+        "top_kernels": [{"name": name[:160], "class": kernel_class(name),
+                         "ms_per_step": sum(times) * 1e3 / steps,
+                         "calls_per_step": len(times) / steps} for name, times in ranked],
+    }
+
+
+def step_energy_j(samples: Sequence[tuple[float, float]],
+                  windows: Sequence[waiting.Span]) -> float | None:
+    """Mean energy of one profiled step: the mean of the power samples inside the steps times
+    the mean step length; None without samples there."""
+    inside = [watts for t, watts in samples if any(lo <= t < hi for lo, hi in windows)]
+    if not inside or not windows:
+        return None
+    wall = sum(hi - lo for lo, hi in windows) / len(windows)
+    return sum(inside) / len(inside) * wall
 
 
 def profile_call(call: Callable[[], object], denoiser: torch.nn.Module, device: torch.device,
                  power_period_s: float = 0.002, skip_steps: int = 1) -> tuple[dict, str]:
-    """Profile one pipeline call. Returns the summary (shares, power by activity, kernel
-    counts) and the profiler's table of the most expensive kernels, as text. The first
-    `skip_steps` steps are left out of the summary (the first can still allocate or warm)."""
+    """Profile one pipeline call. Returns the summary (shares of each step: busy,
+    communication, idle; milliseconds per kernel class and the top kernels; power by activity;
+    energy per step and the part of it spent waiting) and the profiler's table of the most
+    expensive kernels, as text. The first `skip_steps` steps are left out of the summary (the
+    first can still allocate or warm)."""
     from torch.profiler import ProfilerActivity, profile
 
     hooks = _mark_steps(denoiser, device)
@@ -114,13 +189,18 @@ def profile_call(call: Callable[[], object], denoiser: torch.nn.Module, device: 
         samples = sampler.stop()
         for hook in hooks:
             hook.remove()
-    kernels, windows = spans_of(prof.profiler.kineto_results.events())
+    named, windows = named_spans_of(prof.profiler.kineto_results.events())
+    kernels = [(a, b, kernel_class(name) == "communication") for a, b, name in named]
     windows = windows[skip_steps:] or windows
     steps = [waiting.step_activity(kernels, w) for w in windows]
     summary = waiting.activity_summary(steps)
+    summary.update(kernel_breakdown(named, windows))
     summary["power_by_activity"] = waiting.power_by_activity(samples, kernels, windows)
     summary["power_samples_in_steps"] = sum(
         1 for t, _ in samples if any(a <= t < b for a, b in windows))
+    summary["energy_per_step_j"] = step_energy_j(samples, windows)
+    summary.update(waiting.waiting_energy(summary, summary["energy_per_step_j"],
+                                          summary["power_by_activity"]))
     try:
         table = prof.key_averages().table(sort_by="device_time_total", row_limit=25,
                                           max_name_column_width=70)

@@ -13,6 +13,8 @@ RESULTS = "results.json"
 REQUESTS = "requests.json"
 MODEL_INFO = "model_info.json"
 DRIVER_LOG = "driver_log.txt"
+# --profile_steps: rank 0's table of the kernels that took the most GPU time.
+PROFILE_TABLE = "profile.txt"
 
 
 def _create_private_temp(directory: Path, name: str) -> tuple[int, Path]:
@@ -26,6 +28,19 @@ def _create_private_temp(directory: Path, name: str) -> tuple[int, Path]:
         except FileExistsError:
             continue
     raise FileExistsError(f"could not create a temporary file in {directory}")
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = _create_private_temp(path.parent, path.name)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_json_atomically(path: Path, data) -> None:

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Issue 24 on one H200, second round, everything through the benchmark CLI; one
+# TORCHINDUCTOR_CACHE_DIR per machine (the two stages can share a warm machine).
+#   bash scripts/gpu/issue24_levers.sh levers [DEADLINE_S]   FLUX.1-dev 1024x1024 28 steps, blocks:
+#       bf16p     bf16 with --profile_steps 3 (where the compiled step's time goes), images kept
+#       fuse      --fuse_qkv, against bf16p (PSNR / SSIM), profiled
+#       fp8fa3p   FP8 denoiser + fa3, profiled (where the FP8 step's time goes)
+#       graphs    --compile_mode reduce-overhead (CUDA graphs of each compiled block), at most
+#                 GRAPH_S seconds, with inductor's cudagraphs and recompiles logs and a py-spy
+#                 dump of the main thread before it is stopped
+#       graphsfw  the same for --compile_scope transformer (one graph for the whole forward)
+#   bash scripts/gpu/issue24_levers.sh families [DEADLINE_S]  FP8 against bf16 per family:
+#       PixArt-Sigma, SANA 1.5 1.6B, SD 3.5 Large (compiled whole: no repeated blocks named),
+#       CogVideoX 1.5 5B (short clip), then --compile_autotune warm reuse on Wan 1.3B FP8
+# Random full-size weights, batch 1. Writes one line per run into $OUT/issue24-STAGE.txt and
+# packs logs, results and profile tables (no images) into $OUT/issue24-STAGE.tgz after each run.
+set -uo pipefail
+STAGE=${1:?usage: issue24_levers.sh levers|families [DEADLINE_S]}
+DEADLINE=${2:-540}
+GRAPH_S=${GRAPH_S:-120}
+W=/tmp/issue24b; mkdir -p "$W/logs" "$W/runs"
+OUT=${OUT:-$PWD/gpu-out}; mkdir -p "$OUT"
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR=/tmp/issue24-inductor \
+  MLENERGY_COLLECTIVE_TIMEOUT_S=600
+pack() {
+  (cd "$W" && find logs runs \( -name '*.json' -o -name '*.log' -o -name '*.txt' \) \
+      -not -name 'requests.json' -print0 | tar --null -czf "$OUT/issue24-$STAGE.tgz" -T -)
+  python3 scripts/gpu/issue24_lines.py "$W/runs" > "$OUT/issue24-$STAGE.txt" 2>&1
+}
+trap pack EXIT
+COMPILED=(--use_torch_compile --compile_scope blocks --warmup_iters 2)
+WHOLE=(--use_torch_compile --warmup_iters 2)
+FLUX=(workload:text-to-image --workload.model_id black-forest-labs/FLUX.1-dev
+      --workload.weights random --benchmark_iters 4)
+SHOW="time / (image|video)  |energy / (image|video)|peak memory|compile  |vs reference|Profile of|Attention:|Denoiser in FP8|error|Error"
+run() {  # run NAME NEED_S ARGS...: skipped when fewer than NEED_S seconds are left
+  local name=$1 need=$2; shift 2
+  local left=$(( DEADLINE - SECONDS ))
+  if [ "$left" -lt "$need" ]; then echo "--- $name skipped at ${SECONDS} s (deadline)"; return 0; fi
+  echo "=== $name start ${SECONDS} s: benchmark.py $*"
+  timeout -k 10 "$left" python3 mlenergy/diffusion/benchmark.py "$@" \
+    --workload.base_dir "$W/runs/$name" 2>&1 | tee "$W/logs/$name.log" | grep -E "$SHOW"
+  echo "=== $name rc=${PIPESTATUS[0]} end ${SECONDS} s"
+  pack
+}
+diagnose() {  # diagnose NAME ARGS...: at most GRAPH_S s, then py-spy dumps the main thread
+  local name=$1; shift
+  local left=$(( DEADLINE - SECONDS - 15 ))
+  [ "$left" -gt "$GRAPH_S" ] && left=$GRAPH_S
+  if [ "$left" -lt 60 ]; then echo "--- $name skipped at ${SECONDS} s (deadline)"; return 0; fi
+  echo "=== $name start ${SECONDS} s (at most $left s): benchmark.py $*"
+  TORCH_LOGS="recompiles,cudagraphs,graph_breaks" python3 mlenergy/diffusion/benchmark.py "$@" \
+    --workload.base_dir "$W/runs/$name" > "$W/logs/$name.log" 2>&1 &
+  local pid=$! waited=0
+  while kill -0 "$pid" 2>/dev/null && [ "$waited" -lt "$left" ]; do sleep 5; waited=$((waited + 5)); done
+  if kill -0 "$pid" 2>/dev/null; then
+    echo "--- $name still running after $waited s: stack of the main thread" | tee -a "$W/logs/$name.log"
+    /tmp/site/bin/py-spy dump --pid "$pid" > "$W/logs/$name-stack.txt" 2>&1
+    head -60 "$W/logs/$name-stack.txt"
+    kill -INT "$pid"; sleep 5; kill -9 "$pid" 2>/dev/null
+  fi
+  wait "$pid"; echo "=== $name rc=$? end ${SECONDS} s"
+  grep -E "$SHOW|cudagraph|Recompil|skipping" "$W/logs/$name.log" | sort | uniq -c | sort -rn | head -25
+  pack
+}
+dir_of() { ls -d "$W"/runs/"$1"/*/ 2>/dev/null | head -1; }
+nvidia-smi --query-gpu=index,name,power.limit,driver_version --format=csv
+case "$STAGE" in
+  levers)
+    run bf16p 90 "${COMPILED[@]}" "${FLUX[@]}" --profile_steps 3
+    ref=$(dir_of bf16p)
+    run fuse 80 --fuse_qkv "${COMPILED[@]}" "${FLUX[@]}" --profile_steps 3 \
+      ${ref:+--reference_run "$ref"}
+    run fp8fa3p 90 --quantize_denoiser fp8 --attention_backend fa3 "${COMPILED[@]}" "${FLUX[@]}" \
+      --profile_steps 3 --no_save_images
+    diagnose graphs --compile_mode reduce-overhead "${COMPILED[@]}" "${FLUX[@]}" --no_save_images
+    diagnose graphsfw --compile_mode reduce-overhead "${WHOLE[@]}" "${FLUX[@]}" --no_save_images
+    ;;
+  families)
+    pair() {  # pair NAME NEED_S ARGS...: bf16 (images kept), then FP8 against it
+      local name=$1 need=$2; shift 2
+      run "$name" "$need" "$@"
+      local ref; ref=$(dir_of "$name")
+      run "${name}fp8" "$need" --quantize_denoiser fp8 "$@" ${ref:+--reference_run "$ref"}
+    }
+    IMG=(workload:text-to-image --workload.weights random --benchmark_iters 3)
+    pair pixart 70 "${WHOLE[@]}" "${IMG[@]}" --workload.model_id PixArt-alpha/PixArt-Sigma-XL-2-1024-MS
+    pair sana 70 "${WHOLE[@]}" "${IMG[@]}" --workload.model_id Efficient-Large-Model/SANA1.5_1.6B_1024px_diffusers
+    pair sd35l 110 "${WHOLE[@]}" "${IMG[@]}" --workload.model_id stabilityai/stable-diffusion-3.5-large
+    VID=(workload:text-to-video --workload.weights random --benchmark_iters 2 --no_save_images)
+    run cogvideo 90 "${WHOLE[@]}" "${VID[@]}" --workload.model_id zai-org/CogVideoX1.5-5B \
+      --workload.num_frames 17 --workload.inference_steps 10 --workload.height 480 --workload.width 720
+    run cogvideofp8 90 --quantize_denoiser fp8 "${WHOLE[@]}" "${VID[@]}" \
+      --workload.model_id zai-org/CogVideoX1.5-5B --workload.num_frames 17 --workload.inference_steps 10 --workload.height 480 --workload.width 720
+    WAN=(workload:text-to-video --workload.model_id Wan-AI/Wan2.1-T2V-1.3B-Diffusers
+         --workload.weights random --workload.height 480 --workload.width 832
+         --workload.num_frames 33 --workload.inference_steps 10 --benchmark_iters 2
+         --no_save_images)
+    run wantune 150 --quantize_denoiser fp8 --compile_autotune "${COMPILED[@]}" "${WAN[@]}"
+    run wantunewarm 60 --quantize_denoiser fp8 --compile_autotune "${COMPILED[@]}" "${WAN[@]}"
+    ;;
+esac
+echo "done at ${SECONDS} s"
