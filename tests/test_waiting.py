@@ -153,3 +153,42 @@ def test_a_profile_needs_a_gpu_and_two_steps(tmp_path):
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
         assert not base.exists()
+
+
+def test_every_rank_profiles_after_measuring_and_rank_0_writes_the_profile(tmp_path):
+    from conftest import REPO, TINY_FLUX, load_results, only_run_dir, run_benchmark, with_flags
+
+    base = tmp_path / "out"
+    args = with_flags([*TINY_FLUX, "--workload.base_dir", str(base)], "--ulysses_degree", "2",
+                      "--benchmark_iters", "2", "--no_save_images", "--idle_baseline_s", "0",
+                      "--profile_steps", "3")
+    proc = run_benchmark(args, tmp_path, nproc=2,
+                         entry=REPO / "tests" / "workers" / "benchmark_profiled_on_cpu.py")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = only_run_dir(base)
+    doc = load_results(run_dir)
+    assert doc["num_iterations"] == 2 and doc["configurations"]["benchmark_iters"] == 2
+    assert doc["run_identity"]["profile_steps"] == 3
+    profile = doc["profile"]
+    assert (profile["steps_profiled"], profile["steps_summarized"]) == (3, 2)
+    assert profile["kernel_table"] == "profile.txt" and (run_dir / "profile.txt").is_file()
+    assert [r["rank"] for r in profile["ranks"]] == [0, 1]
+    for rank in profile["ranks"]:
+        wall = rank["per_step"]["wall_s"]
+        assert rank["steps"] == 2 and wall > 0
+        # The scripted GEMM covers the first half of each step; nothing else runs on the "GPU".
+        matmul = rank["by_class"]["matmul"]
+        assert matmul["kernels_per_step"] == 1
+        # Within a microsecond: kineto's wall-clock nanoseconds, as float seconds since 1970,
+        # keep about 0.4 us.
+        assert matmul["ms_per_step"] == pytest.approx(wall * 1e3 / 2, abs=1e-3)
+        assert rank["by_class"]["other"] == {"ms_per_step": 0.0, "kernels_per_step": 0.0}
+        assert rank["per_step"]["idle_s"] == pytest.approx(wall / 2, abs=1e-6)
+        assert rank["top_kernels"][0]["class"] == "matmul"
+        # 200 W throughout: the step's energy is 200 W x its length, half of it idle.
+        assert rank["power_by_activity"]["compute"]["mean_w"] == 200.0
+        assert rank["energy_per_step_j"] == pytest.approx(200.0 * wall, rel=1e-6)
+        # (Up to the samples' 1 ms grid, which decides how many fall on either side.)
+        assert rank["waiting_energy_j"] == pytest.approx(rank["energy_per_step_j"] / 2, rel=1e-3)
+    assert "Profile of 3 steps (after the measured phase): step" in \
+        (run_dir / "driver_log.txt").read_text()
