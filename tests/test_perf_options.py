@@ -230,3 +230,23 @@ def test_flops_of_attention_through_fa3_are_counted():
     formula = flops.attention_formulas()[op]
     shape = (1, 4608, 24, 128)  # FLUX.1-dev at 1024x1024: (batch, tokens, heads, head dim)
     assert formula(shape, shape, shape) == 4 * 24 * 4608 * 4608 * 128
+
+
+@pytest.mark.parametrize("mode, marks", [("reduce-overhead", True), ("max-autotune", True),
+                                         ("max-autotune-no-cudagraphs", False),
+                                         ("default", False)])
+def test_cuda_graph_modes_start_a_new_graph_step_at_every_denoiser_call(mode, marks):
+    # CUDA-graph trees replay a recorded path only from a new step; the mark is what tells
+    # them (torch.compiler.cudagraph_mark_step_begin), once per denoiser call, never per block.
+    from torch._inductor.cudagraph_trees import MarkStepBox
+
+    from test_quantize import _forward, _tiny_flux_transformer
+
+    plan = plan_for(f"--use_torch_compile --compile_scope blocks --compile_mode {mode} "
+                    "workload:t2i --workload.weights tiny")
+    transformer = _tiny_flux_transformer()
+    assert options_apply.mark_cudagraph_steps(plan, transformer) is marks
+    before = MarkStepBox.mark_step_counter
+    _forward(transformer)
+    _forward(transformer)
+    assert MarkStepBox.mark_step_counter == before - (2 if marks else 0)

@@ -161,6 +161,7 @@ def compile_denoiser(plan: RunPlan, denoiser) -> str | None:
     options = plan.options
     if not options.use_torch_compile:
         return None
+    mark_cudagraph_steps(plan, denoiser)
     if options.compile_through_xdit:
         if options.step_cache:
             # Measured on FLUX.1-dev (docs/benchmarks.md): minutes of compiling against seconds.
@@ -176,6 +177,28 @@ def compile_denoiser(plan: RunPlan, denoiser) -> str | None:
     # The forward alone, as xDiT does it: hooks on the module stay outside the compiled code.
     denoiser.forward = torch.compile(denoiser.forward, **kwargs)
     return "forward of the denoiser"
+
+
+def mark_cudagraph_steps(plan: RunPlan, denoiser) -> bool:
+    """With a CUDA-graph compile mode, start a new CUDA-graph step at every denoiser call.
+
+    Inductor's CUDA-graph trees replay a recorded path of graphs from its root only once they
+    see a new step; whether they do on their own depends on how the compiled code is entered.
+    With repeated blocks compiled one by one, every block call inside one denoiser call is
+    part of the same step; without a mark, each step's calls extend the path instead of
+    replaying it (a new recording per block per step). torch's documented remedy is a mark
+    before each model invocation; the outputs of the previous denoiser call are consumed by
+    the scheduler by then. Returns whether the mark is installed."""
+    from mlenergy.diffusion.planning.options import CUDA_GRAPH_MODES
+
+    if plan.options.compile_mode not in CUDA_GRAPH_MODES:
+        return False
+
+    def new_cudagraph_step(module, args):
+        torch.compiler.cudagraph_mark_step_begin()
+
+    denoiser.register_forward_pre_hook(new_cudagraph_step)
+    return True
 
 
 @contextlib.contextmanager

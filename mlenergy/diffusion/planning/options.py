@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 COMPILE_BACKENDS = ("inductor", "eager", "aot_eager")
 # torch.compile's modes (torch._inductor.list_modes()); "default" is what xDiT uses.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-_CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 # What --use_torch_compile compiles: the denoiser's whole forward, or each repeated block.
 COMPILE_SCOPES = ("transformer", "blocks")
 
@@ -221,7 +221,7 @@ def _check_compile_mode(config: BenchmarkConfig, device_type: str) -> None:
     if config.compile_backend != "inductor":
         raise ConfigError(f"--compile_mode is an inductor setting; drop it or use "
                           f"--compile_backend inductor (not {config.compile_backend})")
-    if config.compile_mode in _CUDA_GRAPH_MODES and device_type != "cuda":
+    if config.compile_mode in CUDA_GRAPH_MODES and device_type != "cuda":
         raise ConfigError(f"--compile_mode {config.compile_mode} captures CUDA graphs and "
                           "needs a GPU; use max-autotune-no-cudagraphs or default")
 
