@@ -125,6 +125,7 @@ def _flips(tmp_path: Path) -> dict[str, list[str]]:
         "compile_scope": ["--use_torch_compile", "--compile_backend", "eager",
                           "--compile_scope", "blocks"],
         "compile_autotune": ["--use_torch_compile", "--compile_autotune"],
+        "compile_overlap": [],  # two processes: test_plan_guards
         "use_fp8_t5_encoder": ["--use_fp8_t5_encoder"],
         "quantize_denoiser": [], "enable_sequential_cpu_offload": [],  # GPU only
         "fuse_qkv": ["--fuse_qkv"],

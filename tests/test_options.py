@@ -298,6 +298,19 @@ def test_fused_qkv_changes_the_images_by_rounding_only(tmp_path, reference, npro
     assert q["identical_images"] == 4 or q["mean_psnr_db"] > 80, q
 
 
+def test_compile_overlap_compiles_two_processes_blocks_with_collectives_reordered(tmp_path):
+    run_dir, proc = _run(tmp_path, "--use_torch_compile", "--compile_scope", "blocks",
+                         "--compile_overlap", nproc=2)
+    assert run_dir.name.endswith("+compilescope-blocks+overlap-on")
+    doc = load_results(run_dir)
+    assert doc["configurations"]["compile_overlap"] is True
+    compiled = doc["compile"]
+    assert compiled["inductor_settings"]["reorder_for_compute_comm_overlap"] is True
+    assert compiled["graphs_compiled_per_warmup_iteration"][0] >= 1
+    assert compiled["graphs_compiled_during_measurement"] == 0
+    assert "collectives reordered to overlap computation" in proc.stderr
+
+
 def test_two_processes_use_xdit_attention_with_the_chosen_backend_and_fbcache(tmp_path,
                                                                               reference):
     run_dir, _ = _run(tmp_path, "--attention_backend", "sdpa_math", "--use_fbcache", nproc=2)

@@ -122,6 +122,32 @@ def test_compile_autotune_is_named_and_needs_inductor_compilation():
                  "workload:t2i")
 
 
+def test_compile_overlap_is_named_set_alone_and_needs_inductor_and_collectives():
+    from torch._inductor import config as inductor
+
+    plan = plan_for("--ulysses_degree 2 --use_torch_compile --compile_scope blocks "
+                    "--compile_overlap workload:t2i --workload.weights random", world_size=2)
+    assert plan.options.compile_overlap
+    assert plan.run_dir.name.endswith("+tc-True+weights-random+compilescope-blocks+overlap-on")
+    before = options_apply.inductor_settings()
+    with inductor.patch(before):  # undone after the test
+        assert options_apply.apply_inductor_settings(plan.options) == \
+            {"reorder_for_compute_comm_overlap": True}
+        after = options_apply.inductor_settings()
+    assert options_apply.inductor_settings() == before
+    assert after["reorder_for_compute_comm_overlap"] is True
+    assert {k: v for k, v in after.items() if k != "reorder_for_compute_comm_overlap"} == \
+        {k: v for k, v in before.items() if k != "reorder_for_compute_comm_overlap"}
+    for argv, world, message in [
+        ("--compile_overlap workload:t2i", 1, "^--compile_overlap needs --use_torch_compile"),
+        ("--ulysses_degree 2 --use_torch_compile --compile_backend aot_eager --compile_overlap "
+         "workload:t2i", 2, "reorders inductor's kernels.*not aot_eager"),
+        ("--use_torch_compile --compile_overlap workload:t2i", 1, "one process has none"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            plan_for(argv, world_size=world)
+
+
 def test_compile_autotune_without_compiling_is_refused_by_the_cli(tmp_path):
     base = tmp_path / "out"
     proc = run_benchmark([*TINY_FLUX, "--workload.base_dir", str(base), "--compile_autotune"],

@@ -145,6 +145,8 @@ def _table(p) -> dict[str, tuple]:
         "compile_backend": ([*IMAGE, "--use_torch_compile"], ["--compile_backend", "aot_eager"]),
         "compile_scope": ([*IMAGE, *COMPILE], ["--compile_scope", "blocks"]),
         "compile_autotune": ([*IMAGE, "--use_torch_compile"], ["--compile_autotune"]),
+        "compile_overlap": ([*IMAGE, "--use_torch_compile", "--ulysses_degree", "2"],
+                            ["--compile_overlap"], CPU2, CPU2),
         "use_fp8_t5_encoder": (IMAGE, ["--use_fp8_t5_encoder"]),
         "fuse_qkv": (IMAGE, ["--fuse_qkv"]),
         "quantize_denoiser": (IMAGE, ["--quantize_denoiser", "fp8"], GPU, GPU),

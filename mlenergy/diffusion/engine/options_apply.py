@@ -100,7 +100,8 @@ def quantize_denoiser(plan: RunPlan, denoiser) -> dict | None:
 INDUCTOR_SETTINGS = ("coordinate_descent_tuning", "coordinate_descent_check_all_directions",
                      "max_autotune", "max_autotune_pointwise", "max_autotune_gemm",
                      "epilogue_fusion", "fx_graph_cache", "triton.cudagraphs",
-                     "triton.unique_kernel_names", "force_fuse_int_mm_with_mul")
+                     "triton.unique_kernel_names", "force_fuse_int_mm_with_mul",
+                     "reorder_for_compute_comm_overlap")
 # --compile_autotune: coordinate descent over each Triton kernel's block sizes and warps at its
 # first call, in all directions (what torchao's FP8 config would set for the whole process).
 AUTOTUNE_SETTINGS = {"coordinate_descent_tuning": True,
@@ -119,18 +120,29 @@ def inductor_settings() -> dict:
     return values
 
 
+# --compile_overlap: inductor moves each graph's collectives to overlap with computation.
+OVERLAP_SETTINGS = {"reorder_for_compute_comm_overlap": True}
+
+
 def apply_inductor_settings(options) -> dict:
     """Inductor's settings for this run: with --compile_autotune, coordinate-descent tuning;
-    otherwise nothing is changed (and nothing else here changes them). Returns what was set."""
-    if not options.compile_autotune:
+    with --compile_overlap, compute/communication reordering; otherwise nothing is changed (and
+    nothing else here changes them). Returns what was set."""
+    settings = {**(AUTOTUNE_SETTINGS if options.compile_autotune else {}),
+                **(OVERLAP_SETTINGS if options.compile_overlap else {})}
+    if not settings:
         return {}
     from torch._inductor import config
 
-    for name, value in AUTOTUNE_SETTINGS.items():
+    for name, value in settings.items():
         setattr(config, name, value)
-    logger.info("Inductor: coordinate-descent tuning on (--compile_autotune): the first call "
-                "benchmarks Triton kernel configurations")
-    return dict(AUTOTUNE_SETTINGS)
+    if options.compile_autotune:
+        logger.info("Inductor: coordinate-descent tuning on (--compile_autotune): the first "
+                    "call benchmarks Triton kernel configurations")
+    if options.compile_overlap:
+        logger.info("Inductor: collectives reordered to overlap computation "
+                    "(--compile_overlap)")
+    return settings
 
 
 # Graphs dynamo may keep per compiled function before it silently runs it eager: a process

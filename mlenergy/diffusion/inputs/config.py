@@ -221,6 +221,11 @@ class BenchmarkConfig:
     is minutes longer. Default: off, and no other option turns it on (torchao's FP8 config would,
     process-wide; the benchmark does not let it)."""
 
+    compile_overlap: bool = False
+    """With --use_torch_compile (inductor) and more than one process: let inductor reorder each
+    compiled graph's collectives to overlap them with computation
+    (reorder_for_compute_comm_overlap). Default: off."""
+
     use_fp8_t5_encoder: bool = False
     """Store the T5 text encoder's weights in FP8 (optimum-quanto qfloat8; T5 families only)."""
 

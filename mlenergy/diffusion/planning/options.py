@@ -73,6 +73,8 @@ class Options:
     # Inductor's coordinate-descent tuning: changes the kernels, so the run directory says so.
     compile_autotune: bool = field(default=False,
                                    metadata=_in_dir("autotune", False, text="coordesc"))
+    # Inductor's compute/communication reordering: changes the schedule of the kernels.
+    compile_overlap: bool = field(default=False, metadata=_in_dir("overlap", False, text="on"))
     use_fp8_t5_encoder: bool = field(default=False, metadata=_in_dir("fp8t5", False))
     # Fused QKV on its own; FP8 of the denoiser fuses as part of quantizing (and its run
     # directory says quantdenoiser-fp8, not both).
@@ -145,6 +147,7 @@ def resolve(config: BenchmarkConfig, spec: ModelSpec, launch: Launch, dtype: str
         compile_backend=config.compile_backend if compiling else None,
         compile_scope=scope,
         compile_autotune=config.compile_autotune,
+        compile_overlap=config.compile_overlap,
         use_fp8_t5_encoder=config.use_fp8_t5_encoder,
         fuse_qkv=config.fuse_qkv and config.quantize_denoiser is None,
         quantize_denoiser=config.quantize_denoiser,
@@ -180,7 +183,8 @@ def _check_compile(config: BenchmarkConfig, spec: ModelSpec, device_type: str) -
         flag = ("--compile_mode" if config.compile_mode is not None
                 else "--compile_backend" if config.compile_backend != "inductor"
                 else "--compile_scope" if config.compile_scope is not None
-                else "--compile_autotune" if config.compile_autotune else None)
+                else "--compile_autotune" if config.compile_autotune
+                else "--compile_overlap" if config.compile_overlap else None)
         if flag is not None:
             raise ConfigError(f"{flag} needs --use_torch_compile; add it or drop {flag}")
         return
@@ -201,6 +205,13 @@ def _check_compile(config: BenchmarkConfig, spec: ModelSpec, device_type: str) -
     if config.compile_autotune and config.compile_backend != "inductor":
         raise ConfigError(f"--compile_autotune tunes inductor's kernels; drop it or use "
                           f"--compile_backend inductor (not {config.compile_backend})")
+    if config.compile_overlap:
+        if config.compile_backend != "inductor":
+            raise ConfigError(f"--compile_overlap reorders inductor's kernels; drop it or use "
+                              f"--compile_backend inductor (not {config.compile_backend})")
+        if config.ulysses_degree * config.ring_degree == 1:
+            raise ConfigError("--compile_overlap overlaps collectives with computation, and one "
+                              "process has none: drop it or add --ulysses_degree / --ring_degree")
     if config.warmup_iters is not None and config.warmup_iters < 2:
         raise ConfigError(
             f"--use_torch_compile needs --warmup_iters 2 or more (got {config.warmup_iters}): "
