@@ -50,6 +50,12 @@ def line(path: Path) -> str:
         "profile_idle_ms": per_step.get("idle_s") is not None and round(per_step["idle_s"] * 1e3, 2),
         "profile_J_step": rank0.get("energy_per_step_j"),
         "profile_power": {k: v.get("mean_w") for k, v in (rank0.get("power_by_activity") or {}).items()},
+        # Every rank: ms per step idle and in exposed communication, J per step, J of it waiting.
+        "profile_waiting_by_rank": [
+            (r["rank"], round(r["per_step"]["idle_s"] * 1e3, 2),
+             round(r["per_step"]["exposed_communication_s"] * 1e3, 2),
+             r.get("energy_per_step_j"), r.get("waiting_energy_j"))
+            for r in profile.get("ranks") or []],
         "psnr_db": q.get("mean_psnr_db"),
         "ssim": q.get("mean_ssim"),
         "gpu": stored.gpu_model,
