@@ -7,7 +7,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from conftest import REPO, load_results, only_run_dir, run_benchmark
+from conftest import REPO, load_results, only_run_dir, run_benchmark, with_flags
 
 KEEPING_FRAMES = REPO / "tests" / "workers" / "benchmark_keeping_frames.py"
 
@@ -133,3 +133,50 @@ def test_the_reference_flux_video_command_and_the_reverse_are_refused(tmp_path):
     assert proc.returncode == 2
     assert "tencent/HunyuanVideo is a text-to-video model; use the workload:t2v" in proc.stderr
     assert not any((tmp_path / d).exists() for d in ("flux_t2v", "wan", "hv"))
+
+
+def test_a_video_run_is_compared_with_its_reference_frame_by_frame(tmp_path):
+    model = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+    reference = tmp_path / "reference"
+    proc = run_benchmark(with_flags(video_args(model, 9, reference), "--benchmark_iters", "2"),
+                         tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reference_dir = only_run_dir(reference)
+    rerun = tmp_path / "rerun"
+    proc = run_benchmark(with_flags(video_args(model, 9, rerun), "--benchmark_iters", "2",
+                                    "--reference_run", str(reference_dir)), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    quality = load_results(only_run_dir(rerun))["quality"]
+    # The same seed, prompts and weights on the same machine: the same frames, read back from
+    # both files.
+    assert (quality["num_images"], quality["identical_images"]) == (2, 2)
+    assert quality["mean_psnr_db"] is None and quality["mean_ssim"] == pytest.approx(1.0)
+    assert all(v["frames"] == 9 and v["image"].endswith(".mp4") for v in quality["images"])
+    # Other frames are refused before anything loads, in one line.
+    proc = run_benchmark(with_flags(video_args(model, 13, tmp_path / "other"),
+                                    "--benchmark_iters", "2", "--reference_run",
+                                    str(reference_dir)), tmp_path)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "has num_frames 9 but this run has 13" in lines[0]
+
+
+def test_two_videos_that_differ_have_a_finite_psnr_over_all_their_frames(tmp_path):
+    from diffusers.utils import export_to_video
+    from PIL import Image
+
+    from mlenergy.diffusion.results import quality
+
+    rng = np.random.default_rng(0)
+    # Smooth frames (a gradient moving across), as codecs keep them well; the other video
+    # adds a little noise.
+    ramp = np.linspace(0, 200, 96)[None, :, None] + np.linspace(0, 50, 64)[:, None, None]
+    frames = [np.clip(ramp + 3 * i, 0, 255).repeat(3, axis=2).astype(np.uint8) for i in range(9)]
+    noisy = [np.clip(f + rng.normal(0, 8, f.shape), 0, 255).astype(np.uint8) for f in frames]
+    for name, video in (("a.mp4", frames), ("b.mp4", noisy)):
+        export_to_video([Image.fromarray(f) for f in video], str(tmp_path / name), fps=6)
+    same = quality.compare_images(tmp_path / "a.mp4", tmp_path / "a.mp4")
+    assert same == {"psnr_db": None, "ssim": pytest.approx(1.0), "identical": True, "frames": 9}
+    differ = quality.compare_images(tmp_path / "b.mp4", tmp_path / "a.mp4")
+    assert not differ["identical"] and differ["frames"] == 9
+    assert 15 < differ["psnr_db"] < 60 and 0 < differ["ssim"] < 1

@@ -115,6 +115,8 @@ class ImageQuality(Section):
     psnr_db: float | None
     ssim: float
     identical: bool
+    # Videos: the frames compared (PSNR over all of them, SSIM their mean); None for images.
+    frames: int | None = None
 
 
 @dataclass

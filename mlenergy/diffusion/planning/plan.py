@@ -157,7 +157,7 @@ def make_plan(config: BenchmarkConfig, launch: Launch | None = None) -> RunPlan:
     values = dict(shape, seed=workload.seed, weights=workload.weights,
                   ulysses_degree=config.ulysses_degree, ring_degree=config.ring_degree,
                   num_frames=num_frames, fps=fps)
-    reference = _reference(config, task, spec, shape, counts["benchmark_iters"])
+    reference = _reference(config, spec, shape, counts["benchmark_iters"], num_frames)
     base_dir = workload.base_dir or default_base_dir(task.name, spec.model_id)
     limits.finite_numbers(config)
     plan = RunPlan(
@@ -256,18 +256,15 @@ def _iteration_counts(config: BenchmarkConfig, task: Task, steps: int) -> dict:
                 benchmark_iters=config.benchmark_iters or task.default_benchmark_iters(steps))
 
 
-def _reference(config: BenchmarkConfig, task: Task, spec: ModelSpec, shape: dict,
-               benchmark_iters: int) -> dict | None:
+def _reference(config: BenchmarkConfig, spec: ModelSpec, shape: dict, benchmark_iters: int,
+               num_frames: int | None) -> dict | None:
     """The --reference_run's results.json, checked to be comparable with this run."""
     if config.reference_run is None:
         return None
     from mlenergy.diffusion.results import quality
 
-    if task.is_video:
-        raise ConfigError("--reference_run compares images; it does not handle videos yet, "
-                          f"drop it for {task.name}")
     return quality.load_reference(
         config.reference_run, model_id=spec.model_id, seed=config.workload.seed,
         height=shape["height"], width=shape["width"], batch_size=shape["batch_size"],
         inference_steps=shape["inference_steps"], benchmark_iters=benchmark_iters,
-        save_images=config.save_images)
+        save_images=config.save_images, num_frames=num_frames)

@@ -1,5 +1,9 @@
-"""What a lossy option costs in output: this run's images against those of an exact reference run
-with the same model, prompts, seed, size, steps and batch (`--reference_run DIR`).
+"""What a lossy option costs in output: this run's images (or videos) against those of an exact
+reference run with the same model, prompts, seed, size, frames, steps and batch
+(`--reference_run DIR`).
+
+Videos are compared as saved: the decoded frames of both H.264 files, so the encoder's own loss
+is part of the difference (identical frames encode identically, and read back as identical).
 
 PSNR and SSIM need no model weights. LPIPS and CLIP score would need network weights that this
 benchmark does not download, so they are reported as absent, never guessed.
@@ -42,7 +46,8 @@ _AS_COMMAND = {"name": "the reference run {}",
 
 def load_reference(directory: Path, *, model_id: str, seed: int, height: int, width: int,
                    batch_size: int, inference_steps: int, benchmark_iters: int,
-                   save_images: bool, words: dict = _AS_FLAG) -> RunResults:
+                   save_images: bool, num_frames: int | None = None,
+                   words: dict = _AS_FLAG) -> RunResults:
     """Check, before anything loads, that DIR is a comparable run. Returns its results."""
     flag = words["name"].format(directory)
     if importlib.util.find_spec("skimage") is None:
@@ -62,12 +67,14 @@ def load_reference(directory: Path, *, model_id: str, seed: int, height: int, wi
     except (OSError, ValueError) as err:  # ResultsError included
         raise ConfigError(f"{flag}: cannot read its JSON ({err})") from None
     ours = {"model_id": model_id, "seed": seed, "height": height, "width": width,
-            "batch_size": batch_size, "inference_steps": inference_steps}
+            "batch_size": batch_size, "inference_steps": inference_steps,
+            "num_frames": num_frames}
     for key, value in ours.items():
         theirs = getattr(reference, key)
         if theirs != value:
             raise ConfigError(f"{flag} has {key} {theirs!r} but this run has {value!r}; "
-                              "compare runs of the same model, seed, size, steps and batch")
+                              "compare runs of the same model, seed, size, frames, steps and "
+                              "batch")
     iterations = reference.iterations
     if len(iterations) < benchmark_iters:
         raise ConfigError(f"{flag} measured {len(iterations)} iteration(s), fewer than this "
@@ -96,18 +103,37 @@ def _load_rgb(path: Path):
         return np.asarray(image.convert("RGB"))
 
 
+def _load_frames(path: Path):
+    """A saved video's frames as one (frames, height, width, 3) uint8 array."""
+    import imageio.v3 as iio
+
+    return iio.imread(path, index=None, plugin="FFMPEG")
+
+
+VIDEO_SUFFIXES = (".mp4",)
+
+
 def compare_images(ours: Path, theirs: Path) -> dict:
+    """PSNR and SSIM of one output against the reference's: an image, or a video (PSNR over all
+    its frames together, SSIM the mean of the frames')."""
     import numpy as np
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-    a, b = _load_rgb(ours), _load_rgb(theirs)
+    video = ours.suffix in VIDEO_SUFFIXES
+    load = _load_frames if video else _load_rgb
+    a, b = load(ours), load(theirs)
     if a.shape != b.shape:
         raise ValueError(f"{ours.name}: shape {a.shape} differs from the reference's {b.shape}")
     identical = bool(np.array_equal(a, b))
     # PSNR of identical images is infinite; JSON has no infinity, so it is null with identical.
     psnr = None if identical else float(peak_signal_noise_ratio(b, a, data_range=255))
-    ssim = float(structural_similarity(b, a, channel_axis=-1, data_range=255))
-    return {"psnr_db": psnr, "ssim": ssim, "identical": identical}
+    pairs = zip(b, a) if video else [(b, a)]
+    ssim = statistics.fmean(float(structural_similarity(x, y, channel_axis=-1, data_range=255))
+                            for x, y in pairs)
+    metrics = {"psnr_db": psnr, "ssim": ssim, "identical": identical}
+    if video:
+        metrics["frames"] = int(a.shape[0])
+    return metrics
 
 
 def quality_report(run_dir: Path, reference_dir: Path, reference: RunResults,
@@ -162,7 +188,8 @@ def compare_finished_runs(run_dir: Path, reference_dir: Path) -> dict:
     reference = load_reference(
         reference_dir, model_id=run.model_id, seed=run.seed, height=run.height,
         width=run.width, batch_size=run.batch_size, inference_steps=run.inference_steps,
-        benchmark_iters=run.num_iterations, save_images=True, words=_AS_COMMAND)
+        benchmark_iters=run.num_iterations, save_images=True, num_frames=run.num_frames,
+        words=_AS_COMMAND)
     check_prompts(reference_dir, reference, [it.prompts for it in run.iterations],
                   words=_AS_COMMAND)
     return quality_report(run_dir, reference_dir, reference,
@@ -172,7 +199,8 @@ def compare_finished_runs(run_dir: Path, reference_dir: Path) -> dict:
 @help_from_docstrings
 @dataclasses.dataclass(frozen=True)
 class QualityArgs:
-    """PSNR and SSIM of a finished run's images against those of an exact reference run."""
+    """PSNR and SSIM of a finished run's images (or videos) against those of an exact reference
+    run."""
 
     run_dir: tyro.conf.Positional[Annotated[Path, tyro.conf.arg(metavar="RUN_DIR")]]
     """The run directory to judge (it holds results.json)."""
