@@ -123,5 +123,6 @@ def profile_text(profile) -> str:
               f"{profile.waiting_energy_j:.1f} J of it waiting"
               if profile.energy_per_step_j is not None and profile.waiting_energy_j is not None
               else "; energy not sampled")
-    return (f"step {per_step['wall_s'] * 1e3:.1f} ms: {', '.join(parts) or 'no GPU kernels'}, idle "
+    kernels = ", ".join(parts) or "no GPU kernels"
+    return (f"step {per_step['wall_s'] * 1e3:.1f} ms: {kernels}, idle "
             f"{per_step['idle_s'] * 1e3:.1f} (ms per step){energy}")

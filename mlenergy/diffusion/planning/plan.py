@@ -170,7 +170,8 @@ def make_plan(config: BenchmarkConfig, launch: Launch | None = None) -> RunPlan:
         save_images=config.save_images, overwrite_results=config.overwrite_results,
         idle_baseline_s=config.idle_baseline_s,
         require_exclusive_gpus=config.require_exclusive_gpus, count_flops=config.count_flops,
-        profile_steps=_profile_steps(config, launch), flags_given=flags_given(config), **counts, **values,
+        profile_steps=_profile_steps(config, launch), flags_given=flags_given(config),
+        **counts, **values,
     )
     limits.check(plan)
     return plan
