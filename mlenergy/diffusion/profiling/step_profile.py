@@ -99,7 +99,12 @@ def spans_of(events) -> tuple[list[tuple[float, float, bool]], list[waiting.Span
     """(GPU kernels as (start, end, is_collective), step windows), in seconds, from kineto
     events."""
     named, windows = named_spans_of(events)
-    return [(a, b, kernel_class(name) == "communication") for a, b, name in named], windows
+    return flag_collectives(named), windows
+
+
+def flag_collectives(named: Sequence[tuple[float, float, str]]) -> list[tuple[float, float, bool]]:
+    """(start, end, name) kernels as waiting.py takes them: (start, end, is_collective)."""
+    return [(a, b, kernel_class(name) == "communication") for a, b, name in named]
 
 
 # ---------------------------------------------------------------- kernels by what they do
@@ -190,7 +195,7 @@ def profile_call(call: Callable[[], object], denoiser: torch.nn.Module, device: 
         for hook in hooks:
             hook.remove()
     named, windows = named_spans_of(prof.profiler.kineto_results.events())
-    kernels = [(a, b, kernel_class(name) == "communication") for a, b, name in named]
+    kernels = flag_collectives(named)
     windows = windows[skip_steps:] or windows
     steps = [waiting.step_activity(kernels, w) for w in windows]
     summary = waiting.activity_summary(steps)

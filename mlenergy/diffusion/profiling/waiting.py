@@ -17,6 +17,7 @@ Per step:
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Sequence
 
 Span = tuple[float, float]
@@ -98,12 +99,11 @@ def activity_summary(steps: Sequence[dict]) -> dict:
     }
 
 
-def classify(t: float, compute: Sequence[Span], collective: Sequence[Span]) -> str:
-    if any(a <= t < b for a, b in compute):
-        return "compute"
-    if any(a <= t < b for a, b in collective):
-        return "exposed_communication"
-    return "idle"
+def covers(spans: Sequence[Span], starts: Sequence[float], t: float) -> bool:
+    """Whether merged, sorted `spans` (their starts in `starts`) cover time t: a binary search,
+    since a profile of long video steps holds tens of thousands of kernels and power samples."""
+    i = bisect.bisect_right(starts, t) - 1
+    return i >= 0 and t < spans[i][1]
 
 
 def power_by_activity(samples: Sequence[tuple[float, float]],
@@ -114,10 +114,15 @@ def power_by_activity(samples: Sequence[tuple[float, float]],
     than a kernel; each class reports its sample count so a reader can judge."""
     compute = merge([(a, b) for a, b, comm in kernels if not comm])
     collective = merge([(a, b) for a, b, comm in kernels if comm])
+    compute_starts, collective_starts = [a for a, _ in compute], [a for a, _ in collective]
     groups: dict[str, list[float]] = {"compute": [], "exposed_communication": [], "idle": []}
     for t, watts in samples:
-        if any(lo <= t < hi for lo, hi in windows):
-            groups[classify(t, compute, collective)].append(watts)
+        if not any(lo <= t < hi for lo, hi in windows):
+            continue
+        activity = ("compute" if covers(compute, compute_starts, t)
+                    else "exposed_communication" if covers(collective, collective_starts, t)
+                    else "idle")
+        groups[activity].append(watts)
     return {name: {"samples": len(values),
                    "mean_w": sum(values) / len(values) if values else None}
             for name, values in groups.items()}
