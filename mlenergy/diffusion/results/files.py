@@ -44,16 +44,8 @@ def write_text_atomically(path: Path, text: str) -> None:
 
 
 def write_json_atomically(path: Path, data) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _create_private_temp(path.parent, path.name)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            # NaN and Infinity are not JSON: a reader would choke on them or take them at face
-            # value. A number that is not finite must be refused or written as null before this.
-            f.write(json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False))
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    # NaN and Infinity are not JSON: a reader would choke on them or take them at face value. A
+    # number that is not finite must be refused or written as null before this; dumping first
+    # refuses it before any file is touched.
+    text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False)
+    write_text_atomically(path, text + "\n")
