@@ -69,6 +69,29 @@ def test_energy_of_waiting_with_and_without_power_by_activity():
     assert waiting.waiting_energy(summary, None)["waiting_energy_j"] is None
 
 
+
+def test_a_profiles_shares_carry_into_the_measured_denoising_stage():
+    summary = waiting.activity_summary([waiting.step_activity(KERNELS, WINDOW)])
+    power = {"compute": {"samples": 9, "mean_w": 700.0},
+             "exposed_communication": {"samples": 3, "mean_w": 300.0},
+             "idle": {"samples": 4, "mean_w": 100.0}}
+    profile = {**summary, "energy_per_step_j": 5400.0,
+               **waiting.waiting_energy(summary, 5400.0, power)}
+    # 28 measured steps of 8 s (the profiled 10 s step was stretched 1.25x), 100 kJ on this GPU.
+    inside = waiting.in_measured_windows(profile, 224.0, 100_000.0, 8.0)
+    assert inside["waiting_s"] == pytest.approx(224.0 * 0.3)
+    assert inside["waiting_energy_j"] == pytest.approx(100_000.0 * 500 / 5400)
+    assert inside["profiled_over_measured_step"] == pytest.approx(1.25)
+    assert inside["method"] == ("profiled shares x measured denoising stage "
+                                "(energy: time x power of each activity)")
+    # Energy missing on either side is missing, not 0; the time share still holds.
+    unmeasured = waiting.in_measured_windows(profile, 224.0, None, 8.0)
+    assert (unmeasured["waiting_energy_j"], unmeasured["method"]) == (None, "energy not measured")
+    unsampled = {**profile, "energy_per_step_j": None, "waiting_energy_j": None}
+    inside = waiting.in_measured_windows(unsampled, 224.0, 100_000.0, 8.0)
+    assert inside["waiting_energy_j"] is None and inside["waiting_s"] == pytest.approx(67.2)
+    assert inside["method"] == "energy of the profiled call not sampled"
+
 def test_step_windows_come_from_the_profilers_step_marks():
     from torch.profiler import ProfilerActivity, profile, record_function
 
@@ -156,13 +179,17 @@ def test_a_profile_needs_a_gpu_and_two_steps(tmp_path):
 
 
 def test_every_rank_profiles_after_measuring_and_rank_0_writes_the_profile(tmp_path):
-    from conftest import REPO, TINY_FLUX, load_results, only_run_dir, run_benchmark, with_flags
+    from conftest import (
+        REPO, TINY_FLUX, load_results, only_run_dir, run_benchmark, with_flags, write_gpu_script,
+    )
 
     base = tmp_path / "out"
     args = with_flags([*TINY_FLUX, "--workload.base_dir", str(base)], "--ulysses_degree", "2",
                       "--benchmark_iters", "2", "--no_save_images", "--idle_baseline_s", "0",
                       "--profile_steps", "3")
-    proc = run_benchmark(args, tmp_path, nproc=2,
+    # The measured windows on scripted GPUs drawing 300 W and 500 W.
+    gpus = write_gpu_script(tmp_path / "gpus.json", power_w=[300.0, 500.0])
+    proc = run_benchmark(args, tmp_path, nproc=2, MLENERGY_FAKE_GPUS=str(gpus),
                          entry=REPO / "tests" / "workers" / "benchmark_profiled_on_cpu.py")
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = only_run_dir(base)
@@ -172,7 +199,7 @@ def test_every_rank_profiles_after_measuring_and_rank_0_writes_the_profile(tmp_p
     profile = doc["profile"]
     assert (profile["steps_profiled"], profile["steps_summarized"]) == (3, 2)
     assert profile["kernel_table"] == "profile.txt" and (run_dir / "profile.txt").is_file()
-    assert [r["rank"] for r in profile["ranks"]] == [0, 1]
+    assert [(r["rank"], r["gpu"]) for r in profile["ranks"]] == [(0, "0"), (1, "1")]
     for rank in profile["ranks"]:
         wall = rank["per_step"]["wall_s"]
         assert rank["steps"] == 2 and wall > 0
@@ -190,5 +217,21 @@ def test_every_rank_profiles_after_measuring_and_rank_0_writes_the_profile(tmp_p
         assert rank["energy_per_step_j"] == pytest.approx(200.0 * wall, rel=1e-6)
         # (Up to the samples' 1 ms grid, which decides how many fall on either side.)
         assert rank["waiting_energy_j"] == pytest.approx(rank["energy_per_step_j"] / 2, rel=1e-3)
-    assert "Profile of 3 steps (after the measured phase): step" in \
-        (run_dir / "driver_log.txt").read_text()
+    log = (run_dir / "driver_log.txt").read_text()
+    assert "Profile of 3 steps (after the measured phase): step" in log
+    # Each rank's waiting inside the measured windows: its profile's shares (half the step
+    # waiting, at uniform power) applied to the measured denoising stage of its own GPU.
+    denoising = doc["stage_breakdown"]["denoising"]["time_s"]
+    by_rank = {r["rank"]: r for r in profile["ranks"]}
+    for watts, measured in zip((300.0, 500.0), profile["measured_windows"]):
+        rank = by_rank[measured["rank"]]
+        assert measured["gpu"] == rank["gpu"]
+        assert measured["denoising_s"] == pytest.approx(denoising)
+        assert measured["waiting_s"] == pytest.approx(denoising * rank["waiting_share"])
+        assert measured["denoising_energy_j"] == pytest.approx(watts * denoising, rel=0.02)
+        assert measured["waiting_energy_j"] == pytest.approx(
+            measured["denoising_energy_j"] / 2, rel=1e-3)
+        assert measured["profiled_over_measured_step"] == pytest.approx(
+            rank["per_step"]["wall_s"] / doc["steps"]["mean"])
+        assert measured["method"].startswith("profiled shares x measured denoising stage")
+    assert "Waiting in the measured windows, per rank: rank 0 (GPU 0)" in log

@@ -165,7 +165,7 @@ def _measure_point(point: _Point, ranks, gpus, shared: _Shared | None, clock: St
     with clock.point_phase("warmup"):
         warmup = _warm_up(plan, ranks, pipeline, schedule.warmup, probes)
     measured = _measure(plan, ranks, pipeline, schedule.measured, probes)
-    profiles = point_profile.profile_point(plan, ranks, pipeline, schedule.measured[0])
+    profiles = point_profile.profile_point(plan, ranks, gpus, pipeline, schedule.measured[0])
     record = _gather(plan, probes, measured, started=started, env=env,
                      prompt_source=point.prompt_source, loaded=shared.loaded, warmup=warmup)
     # The last collective. Rank 0 writes alone after it: no rank waits (within the collective
@@ -173,7 +173,8 @@ def _measure_point(point: _Point, ranks, gpus, shared: _Shared | None, clock: St
     runtime.barrier()
     if record is not None:
         record.provenance = origin
-        record.profile = profiles
+        record.profile = point_profile.with_measured_windows(profiles,
+                                                             record.observations.stages)
         record.startup = clock.section(*place, first_window_start=measured.window[0],
                                        warmup=warmup)
         _write_results(record)

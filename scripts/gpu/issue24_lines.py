@@ -56,6 +56,12 @@ def line(path: Path) -> str:
              round(r["per_step"]["exposed_communication_s"] * 1e3, 2),
              r.get("energy_per_step_j"), r.get("waiting_energy_j"))
             for r in profile.get("ranks") or []],
+        # Every rank inside the measured windows: s and J of denoising waiting per iteration,
+        # and how far the profiler stretched the step.
+        "measured_waiting_by_rank": [
+            (m["rank"], round(m["waiting_s"], 4), m["waiting_energy_j"],
+             round(m["profiled_over_measured_step"], 3))
+            for m in profile.get("measured_windows") or []],
         "psnr_db": q.get("mean_psnr_db"),
         "ssim": q.get("mean_ssim"),
         "gpu": stored.gpu_model,

@@ -126,3 +126,15 @@ def profile_text(profile) -> str:
     kernels = ", ".join(parts) or "no GPU kernels"
     return (f"step {per_step['wall_s'] * 1e3:.1f} ms: {kernels}, idle "
             f"{per_step['idle_s'] * 1e3:.1f} (ms per step){energy}")
+
+
+def measured_waiting_text(measured) -> str:
+    """`rank 0 (GPU 0): 41.2 ms of 2,104 ms denoising waiting, 9.1 J of 1,530 J; ...`."""
+    parts = []
+    for m in measured:
+        energy = (f", {m.waiting_energy_j:,.1f} J of {m.denoising_energy_j:,.1f} J"
+                  if m.waiting_energy_j is not None else ", energy not measured")
+        parts.append(f"rank {m.rank} (GPU {m.gpu}): {m.waiting_s * 1e3:,.1f} ms of "
+                     f"{m.denoising_s * 1e3:,.1f} ms denoising waiting{energy}; profiled step "
+                     f"{m.profiled_over_measured_step:.2f}x the measured one")
+    return "; ".join(parts)

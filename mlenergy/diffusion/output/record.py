@@ -153,6 +153,8 @@ class RankProfile(Section):
     goes and what the GPU draws meanwhile."""
 
     rank: int
+    # Its GPU, as results key GPUs (the global index).
+    gpu: str
     steps: int
     # Mean seconds per step: wall, busy, compute, communication, exposed communication, idle;
     # and collective kernels per step.
@@ -181,15 +183,36 @@ class RankProfile(Section):
 
 
 @dataclass
+class MeasuredWaiting(Section):
+    """One rank's waiting inside the measured windows (profiling/waiting.py
+    in_measured_windows): its profile's shares applied to the measured denoising stage, mean
+    per iteration."""
+
+    rank: int
+    gpu: str
+    denoising_s: float
+    # This rank's GPU over the denoising stage; None where not measured.
+    denoising_energy_j: float | None
+    waiting_s: float
+    waiting_energy_j: float | None
+    # The profiled step's wall over the measured step's: how far the profiler stretched it.
+    profiled_over_measured_step: float
+    method: str
+
+
+@dataclass
 class ProfileReport(Section):
     """results.json `profile` (--profile_steps): one profiled pipeline call after the measured
-    phase, outside every window, per rank."""
+    phase, outside every window, per rank; and each rank's waiting in the measured windows
+    that its profile implies."""
 
     steps_profiled: int
     steps_summarized: int
     # Where rank 0's kernel table went, relative to the run directory.
     kernel_table: str
     ranks: list[RankProfile]
+    # None where the measured iterations' steps could not be timed.
+    measured_windows: list[MeasuredWaiting] | None = None
 
 
 @dataclass

@@ -146,3 +146,28 @@ def waiting_energy(summary: dict, denoising_energy_j: float | None,
                 "method": "time x power of each activity"}
     return {"waiting_energy_j": denoising_energy_j * share,
             "method": "waiting share of the energy (uniform power)"}
+
+
+def in_measured_windows(profile: dict, denoising_s: float, denoising_energy_j: float | None,
+                        measured_step_s: float) -> dict:
+    """One rank's waiting inside the measured windows: the profiled call's shares (of time, and
+    of energy where its energy was sampled) applied to the denoising stage of the measured
+    iterations (mean per iteration, this rank's GPU). The profiled step's wall over the
+    measured step says how far the profiler itself stretched the step it split: the further
+    from 1, the less the shares are the measured run's."""
+    profiled_step_s = profile["per_step"]["wall_s"]
+    energy_share = None
+    if profile["energy_per_step_j"] and profile["waiting_energy_j"] is not None:
+        energy_share = profile["waiting_energy_j"] / profile["energy_per_step_j"]
+    measured = denoising_energy_j is not None and energy_share is not None
+    return {
+        "denoising_s": denoising_s,
+        "denoising_energy_j": denoising_energy_j,
+        "waiting_s": denoising_s * profile["waiting_share"],
+        "waiting_energy_j": denoising_energy_j * energy_share if measured else None,
+        "profiled_over_measured_step": profiled_step_s / measured_step_s,
+        "method": (f"profiled shares x measured denoising stage (energy: {profile['method']})"
+                   if measured else
+                  ("energy not measured" if denoising_energy_j is None
+                   else "energy of the profiled call not sampled")),
+    }
