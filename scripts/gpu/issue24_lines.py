@@ -38,6 +38,7 @@ def line(path: Path) -> str:
         "dynamo_compile_s": c.get("compile_time_s"),
         "fx_hits/misses": (cache.get("fx_graph_cache_hits"), cache.get("fx_graph_cache_misses")),
         "coordesc_benchmarks": cache.get("coordinate_descent_benchmarks"),
+        "tuned_configs": cache.get("tuned_configs"),
         "coordesc": (settings.get("coordinate_descent_tuning"),
                      settings.get("coordinate_descent_check_all_directions")),
         "attention": attention.get("used"),

@@ -15,6 +15,7 @@ from mlenergy.diffusion.kernels import attention, quantize
 from mlenergy.diffusion.kernels.quantize import module_bytes
 from mlenergy.diffusion.planning.options import ATTENTION_BACKENDS
 from mlenergy.diffusion.probes.compile import CompileReport, kernel_cache_report
+from mlenergy.diffusion.process import torch_compat
 from mlenergy.diffusion.results.sections import Section
 
 if TYPE_CHECKING:
@@ -139,6 +140,7 @@ def apply_inductor_settings(options) -> dict:
     if options.compile_autotune:
         logger.info("Inductor: coordinate-descent tuning on (--compile_autotune): the first "
                     "call benchmarks Triton kernel configurations")
+        torch_compat.reuse_tuned_kernel_configs()
     if options.compile_overlap:
         logger.info("Inductor: collectives reordered to overlap computation "
                     "(--compile_overlap)")

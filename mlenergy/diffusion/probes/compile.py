@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mlenergy.diffusion.process import torch_compat
 from mlenergy.diffusion.results.sections import Section
 
 
@@ -76,4 +77,7 @@ def kernel_cache_report() -> dict | None:
         # Kernel configurations benchmarked at run time by coordinate-descent tuning (0 unless
         # it is on and the tuned configurations were not found in the cache).
         "coordinate_descent_benchmarks": int(counters["inductor"]["coordesc_tuning_bench"]),
+        # Whether a warm cache's tuned configurations are reused (process/torch_compat.py);
+        # None without coordinate-descent tuning.
+        "tuned_configs": torch_compat.tuned_configs_state(),
     }
