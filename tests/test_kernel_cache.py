@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import types
 
-import pytest
 import torch
+from torch._inductor.runtime import triton_heuristics
+from torch._inductor.runtime.autotune_cache import AutotuneCache
+from torch._inductor.runtime.triton_compat import Config
 
 from mlenergy.diffusion.process import torch_compat
-
-triton_heuristics = pytest.importorskip("torch._inductor.runtime.triton_heuristics")
-from torch._inductor.runtime.autotune_cache import AutotuneCache  # noqa: E402
-from torch._inductor.runtime.triton_compat import Config  # noqa: E402
 
 TUNING = {"coordinate_descent_tuning": True}
 
