@@ -48,8 +48,9 @@ def reuse_tuned_kernel_configs() -> str:
     try:
         source = inspect.getsource(autotuner.recheck_autotune_cache)
     except (AttributeError, OSError, TypeError):
-        # No such method (another torch), or no source to read: nothing to fix that we can see.
-        _state = "this torch's own (not inspected)"
+        # No such method (another torch), or no source to read: whether this torch reuses
+        # them is not known here, and nothing is changed.
+        _state = "unknown (this torch's cache lookup could not be read)"
         return _state
     if FAULTY_GUARD not in source:
         _state = "this torch's own"
