@@ -13,10 +13,13 @@
 #       PixArt-Sigma, SANA 1.5 1.6B, SD 3.5 Large (compiled whole: no repeated blocks named),
 #       CogVideoX 1.5 5B (short clip, PSNR over the decoded frames), then --compile_autotune
 #       cold and warm on Wan 1.3B FP8 (are the tuned configurations reused from the cache?)
+#   bash scripts/gpu/issue24_levers.sh families2 [DEADLINE_S]  the remaining bf16 families:
+#       HunyuanVideo (short clip, 10 steps) and PixArt-alpha, FP8 against bf16
+#       (HunyuanDiT, SDXL and Latte run in float16, where the FP8 option is refused)
 # Random full-size weights, batch 1. Writes one line per run into $OUT/issue24-STAGE.txt and
 # packs logs, results and profile tables (no images) into $OUT/issue24-STAGE.tgz after each run.
 set -uo pipefail
-STAGE=${1:?usage: issue24_levers.sh levers|families [DEADLINE_S]}
+STAGE=${1:?usage: issue24_levers.sh levers|families|families2 [DEADLINE_S]}
 DEADLINE=${2:-540}
 GRAPH_S=${GRAPH_S:-120}
 W=/tmp/issue24b; mkdir -p "$W/logs" "$W/runs"
@@ -65,6 +68,13 @@ diagnose() {  # diagnose NAME ARGS...: at most GRAPH_S s, then py-spy dumps the 
   pack
 }
 dir_of() { ls -d "$W"/runs/"$1"/*/ 2>/dev/null | head -1; }
+pair() {  # pair NAME NEED_S ARGS...: bf16 (images or videos kept), then FP8 against it
+  local name=$1 need=$2; shift 2
+  run "$name" "$need" "$@"
+  local ref; ref=$(dir_of "$name")
+  run "${name}fp8" "$need" --quantize_denoiser fp8 "$@" ${ref:+--reference_run "$ref"}
+}
+IMG=(workload:text-to-image --workload.weights random --benchmark_iters 3)
 nvidia-smi --query-gpu=index,name,power.limit,driver_version --format=csv
 case "$STAGE" in
   levers)
@@ -78,13 +88,6 @@ case "$STAGE" in
     diagnose graphsfw --compile_mode reduce-overhead "${WHOLE[@]}" "${FLUX[@]}" --no_save_images
     ;;
   families)
-    pair() {  # pair NAME NEED_S ARGS...: bf16 (images kept), then FP8 against it
-      local name=$1 need=$2; shift 2
-      run "$name" "$need" "$@"
-      local ref; ref=$(dir_of "$name")
-      run "${name}fp8" "$need" --quantize_denoiser fp8 "$@" ${ref:+--reference_run "$ref"}
-    }
-    IMG=(workload:text-to-image --workload.weights random --benchmark_iters 3)
     pair pixart 70 "${WHOLE[@]}" "${IMG[@]}" --workload.model_id PixArt-alpha/PixArt-Sigma-XL-2-1024-MS
     pair sana 70 "${WHOLE[@]}" "${IMG[@]}" --workload.model_id Efficient-Large-Model/SANA1.5_1.6B_1024px_diffusers
     pair sd35l 110 "${WHOLE[@]}" "${IMG[@]}" --workload.model_id stabilityai/stable-diffusion-3.5-large
@@ -98,6 +101,12 @@ case "$STAGE" in
          --no_save_images)
     run wantune 150 --quantize_denoiser fp8 --compile_autotune "${COMPILED[@]}" "${WAN[@]}"
     run wantunewarm 60 --quantize_denoiser fp8 --compile_autotune "${COMPILED[@]}" "${WAN[@]}"
+    ;;
+  families2)
+    pair hunyuanvideo 150 "${WHOLE[@]}" workload:text-to-video --workload.weights random \
+      --benchmark_iters 2 --workload.model_id tencent/HunyuanVideo --workload.num_frames 17 \
+      --workload.inference_steps 10 --workload.height 480 --workload.width 848
+    pair pixartalpha 70 "${WHOLE[@]}" "${IMG[@]}" --workload.model_id PixArt-alpha/PixArt-XL-2-1024-MS
     ;;
 esac
 echo "done at ${SECONDS} s"
