@@ -101,7 +101,7 @@ def test_step_windows_come_from_the_profilers_step_marks():
             with record_function(step_profile.STEP_MARK):
                 x @ x
         x @ x
-    kernels, windows = step_profile.spans_of(prof.profiler.kineto_results.events())
+    kernels, windows = step_profile.named_spans_of(prof.profiler.kineto_results.events())
     assert kernels == []  # CPU only: no GPU work in this trace
     assert len(windows) == 3 and all(a < b for a, b in windows)
     assert windows == sorted(windows) and windows[0][1] <= windows[1][0]

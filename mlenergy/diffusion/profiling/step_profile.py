@@ -95,13 +95,6 @@ def named_spans_of(events) -> tuple[list[tuple[float, float, str]], list[waiting
     return kernels, sorted(windows)
 
 
-def spans_of(events) -> tuple[list[tuple[float, float, bool]], list[waiting.Span]]:
-    """(GPU kernels as (start, end, is_collective), step windows), in seconds, from kineto
-    events."""
-    named, windows = named_spans_of(events)
-    return flag_collectives(named), windows
-
-
 def flag_collectives(named: Sequence[tuple[float, float, str]]) -> list[tuple[float, float, bool]]:
     """(start, end, name) kernels as waiting.py takes them: (start, end, is_collective)."""
     return [(a, b, kernel_class(name) == "communication") for a, b, name in named]
@@ -167,7 +160,7 @@ def step_energy_j(samples: Sequence[tuple[float, float]],
                   windows: Sequence[waiting.Span]) -> float | None:
     """Mean energy of one profiled step: the mean of the power samples inside the steps times
     the mean step length; None without samples there."""
-    inside = [watts for t, watts in samples if any(lo <= t < hi for lo, hi in windows)]
+    inside = [watts for _, watts in waiting.samples_in(samples, windows)]
     if not inside or not windows:
         return None
     wall = sum(hi - lo for lo, hi in windows) / len(windows)
@@ -201,8 +194,7 @@ def profile_call(call: Callable[[], object], denoiser: torch.nn.Module, device: 
     summary = waiting.activity_summary(steps)
     summary.update(kernel_breakdown(named, windows))
     summary["power_by_activity"] = waiting.power_by_activity(samples, kernels, windows)
-    summary["power_samples_in_steps"] = sum(
-        1 for t, _ in samples if any(a <= t < b for a, b in windows))
+    summary["power_samples_in_steps"] = len(waiting.samples_in(samples, windows))
     summary["energy_per_step_j"] = step_energy_j(samples, windows)
     summary.update(waiting.waiting_energy(summary, summary["energy_per_step_j"],
                                           summary["power_by_activity"]))

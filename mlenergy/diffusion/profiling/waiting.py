@@ -106,6 +106,15 @@ def covers(spans: Sequence[Span], starts: Sequence[float], t: float) -> bool:
     return i >= 0 and t < spans[i][1]
 
 
+def samples_in(samples: Sequence[tuple[float, float]],
+               windows: Sequence[Span]) -> list[tuple[float, float]]:
+    """The (time, watts) samples that fall inside the windows (each half-open: start <= t <
+    end), by binary search."""
+    spans = merge(windows)
+    starts = [a for a, _ in spans]
+    return [(t, watts) for t, watts in samples if covers(spans, starts, t)]
+
+
 def power_by_activity(samples: Sequence[tuple[float, float]],
                       kernels: Sequence[tuple[float, float, bool]],
                       windows: Sequence[Span]) -> dict:
@@ -116,9 +125,7 @@ def power_by_activity(samples: Sequence[tuple[float, float]],
     collective = merge([(a, b) for a, b, comm in kernels if comm])
     compute_starts, collective_starts = [a for a, _ in compute], [a for a, _ in collective]
     groups: dict[str, list[float]] = {"compute": [], "exposed_communication": [], "idle": []}
-    for t, watts in samples:
-        if not any(lo <= t < hi for lo, hi in windows):
-            continue
+    for t, watts in samples_in(samples, windows):
         activity = ("compute" if covers(compute, compute_starts, t)
                     else "exposed_communication" if covers(collective, collective_starts, t)
                     else "idle")
