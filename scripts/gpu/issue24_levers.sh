@@ -13,13 +13,15 @@
 #       PixArt-Sigma, SANA 1.5 1.6B, SD 3.5 Large (compiled whole: no repeated blocks named),
 #       CogVideoX 1.5 5B (short clip, PSNR over the decoded frames), then --compile_autotune
 #       cold and warm on Wan 1.3B FP8 (are the tuned configurations reused from the cache?)
+#   bash scripts/gpu/issue24_levers.sh graphs2 [DEADLINE_S]  CUDA graphs with FP8 + fa3 (blocks, then
+#       the whole transformer) and bf16 + fa3 (whole transformer), images not kept
 #   bash scripts/gpu/issue24_levers.sh families2 [DEADLINE_S]  the remaining bf16 families:
 #       HunyuanVideo (short clip, 10 steps) and PixArt-alpha, FP8 against bf16
 #       (HunyuanDiT, SDXL and Latte run in float16, where the FP8 option is refused)
 # Random full-size weights, batch 1. Writes one line per run into $OUT/issue24-STAGE.txt and
 # packs logs, results and profile tables (no images) into $OUT/issue24-STAGE.tgz after each run.
 set -uo pipefail
-STAGE=${1:?usage: issue24_levers.sh levers|families|families2 [DEADLINE_S]}
+STAGE=${1:?usage: issue24_levers.sh levers|families|graphs2|families2 [DEADLINE_S]}
 DEADLINE=${2:-540}
 GRAPH_S=${GRAPH_S:-120}
 W=/tmp/issue24b; mkdir -p "$W/logs" "$W/runs"
@@ -74,6 +76,10 @@ pair() {  # pair NAME NEED_S ARGS...: bf16 (images or videos kept), then FP8 aga
   local ref; ref=$(dir_of "$name")
   run "${name}fp8" "$need" --quantize_denoiser fp8 "$@" ${ref:+--reference_run "$ref"}
 }
+WAN=(workload:text-to-video --workload.model_id Wan-AI/Wan2.1-T2V-1.3B-Diffusers
+     --workload.weights random --workload.height 480 --workload.width 832
+     --workload.num_frames 33 --workload.inference_steps 10 --benchmark_iters 2
+     --no_save_images)
 IMG=(workload:text-to-image --workload.weights random --benchmark_iters 3)
 nvidia-smi --query-gpu=index,name,power.limit,driver_version --format=csv
 case "$STAGE" in
@@ -95,10 +101,17 @@ case "$STAGE" in
     pair cogvideo 90 "${WHOLE[@]}" workload:text-to-video --workload.weights random \
       --benchmark_iters 2 --workload.model_id zai-org/CogVideoX1.5-5B --workload.num_frames 17 \
       --workload.inference_steps 10 --workload.height 480 --workload.width 720
-    WAN=(workload:text-to-video --workload.model_id Wan-AI/Wan2.1-T2V-1.3B-Diffusers
-         --workload.weights random --workload.height 480 --workload.width 832
-         --workload.num_frames 33 --workload.inference_steps 10 --benchmark_iters 2
-         --no_save_images)
+    run wantune 150 --quantize_denoiser fp8 --compile_autotune "${COMPILED[@]}" "${WAN[@]}"
+    run wantunewarm 60 --quantize_denoiser fp8 --compile_autotune "${COMPILED[@]}" "${WAN[@]}"
+    ;;
+  graphs2)
+    # The FP8 step's profile (levers) shows 12.6 ms idle per step: launch-bound, what CUDA graphs remove.
+    run fp8g 80 --quantize_denoiser fp8 --attention_backend fa3 --compile_mode reduce-overhead \
+      "${COMPILED[@]}" "${FLUX[@]}" --no_save_images
+    run fp8gfw 150 --quantize_denoiser fp8 --attention_backend fa3 --compile_mode reduce-overhead \
+      "${WHOLE[@]}" "${FLUX[@]}" --no_save_images
+    run bf16fa3gfw 140 --attention_backend fa3 --compile_mode reduce-overhead \
+      "${WHOLE[@]}" "${FLUX[@]}" --no_save_images
     run wantune 150 --quantize_denoiser fp8 --compile_autotune "${COMPILED[@]}" "${WAN[@]}"
     run wantunewarm 60 --quantize_denoiser fp8 --compile_autotune "${COMPILED[@]}" "${WAN[@]}"
     ;;

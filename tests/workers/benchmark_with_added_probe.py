@@ -44,7 +44,7 @@ class IterationCountingProbe:
                               measured_per_rank=[seen[True] for seen in per_rank])
 
 
-probes.ADDED_PROBES = (IterationCountingProbe,)
+probes.ADDED_PROBES = (*probes.ADDED_PROBES, IterationCountingProbe)
 
 from mlenergy.diffusion import benchmark  # noqa: E402
 

@@ -29,6 +29,12 @@ TORCHAO_VERSION = "0.18.0"
 MIN_CAPABILITY = (8, 9)
 INSTALL_HINT = "pip install 'mlenergy-diffusion-benchmark[fp8-denoiser]'"
 SCHEME = "float8_e4m3fn weights and dynamic activations, one scale per row (torchao)"
+# The smallest largest-magnitude an activation row's scale is taken from. torchao divides each
+# row by max|row| / 448 and, unless given a floor, a row of zeros becomes 0/0 = NaN, which then
+# spreads through attention to every token: Wan pads its text tokens with zeros, and on an H200
+# its FP8 denoiser decoded NaN videos (docs/benchmarks.md). With the floor a zero row quantizes
+# to zeros; any row with a value above 1e-12 keeps its own scale, so no real row changes.
+ACTIVATION_SCALE_FLOOR = 1e-12
 
 
 @dataclass(frozen=True)
@@ -148,6 +154,7 @@ def fp8_summary(module: torch.nn.Module, bytes_before: int, seconds: float) -> d
     kept = sorted(name for name, m in linears.items() if not _is_fp8_weight(m.weight))
     return {
         "scheme": SCHEME,
+        "activation_scale_floor": ACTIVATION_SCALE_FLOOR,
         "library": f"torchao {installed_torchao()}",
         "linear_layers": len(linears),
         "fp8_linear_layers": len(linears) - len(kept),
@@ -160,14 +167,16 @@ def fp8_summary(module: torch.nn.Module, bytes_before: int, seconds: float) -> d
 
 
 def fp8_config():
-    """torchao's config for SCHEME. `set_inductor_config=False`: torchao's default would turn on
+    """torchao's config for SCHEME, zero rows floored (ACTIVATION_SCALE_FLOOR).
+    `set_inductor_config=False`: torchao's default would turn on
     inductor's coordinate-descent tuning (in all directions) for the whole process, which on
     FLUX.1-dev bought 2% of speed for 80-250 s of tuning at every run's first call, warm kernel
     cache or not (docs/benchmarks.md). `--compile_autotune` asks for it instead."""
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
 
     return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(),
-                                                     set_inductor_config=False)
+                                                     set_inductor_config=False,
+                                                     activation_value_lb=ACTIVATION_SCALE_FLOOR)
 
 
 def quantize_fp8(denoiser: torch.nn.Module) -> dict:

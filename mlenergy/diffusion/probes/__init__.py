@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from mlenergy.diffusion.probes import checks, memory, timeline
 from mlenergy.diffusion.probes.checks import EnergyCrossCheck, Exclusivity
 from mlenergy.diffusion.probes.compile import CompileTracker
+from mlenergy.diffusion.probes.decoded_values import DecodedValuesProbe
 from mlenergy.diffusion.probes.energy import EnergyMeter, HostEnergy
 from mlenergy.diffusion.probes.flops import FlopsProbe, PhysicalFloor
 from mlenergy.diffusion.probes.gpus import RunGpus
@@ -31,7 +32,7 @@ logger = logging.getLogger("mlenergy.diffusion")
 # Probes beyond the ones the run's own sections come from: classes with
 # `start(plan, gpus, pipeline)`, started in this order after the stage hooks, gathered after
 # the others; each section goes into results.json under its RESULTS_KEY.
-ADDED_PROBES: tuple = ()
+ADDED_PROBES: tuple = (DecodedValuesProbe,)
 
 
 @dataclass

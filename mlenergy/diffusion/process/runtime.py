@@ -122,7 +122,9 @@ def die(rank: int, err: BaseException) -> None:
     detail = "".join(traceback.format_exception(type(err), err, err.__traceback__))
     if getattr(err, "explained", False):  # its message says what to do: one line, no traceback
         console.log_to_file_only("rank %d failed: %s\n%s", rank, err, detail, level=logging.ERROR)
-        print(f"error: {err}", file=sys.stderr, flush=True)
+        # A fault every rank finds alike (a collective check) is said once, by rank 0.
+        if rank == 0 or not getattr(err, "same_on_every_rank", False):
+            print(f"error: {err}", file=sys.stderr, flush=True)
     else:
         logger.error("rank %d failed: %s: %s\n%s", rank, type(err).__name__, err, detail)
         print(f"error: rank {rank} failed: {type(err).__name__}: {err}{watchdog.silent_note()}",
