@@ -15,13 +15,18 @@
 #       cold and warm on Wan 1.3B FP8 (are the tuned configurations reused from the cache?)
 #   bash scripts/gpu/issue24_levers.sh graphs2 [DEADLINE_S]  CUDA graphs with FP8 + fa3 (blocks, then
 #       the whole transformer) and bf16 + fa3 (whole transformer), images not kept
+#   bash scripts/gpu/issue24_levers.sh refit [DEADLINE_S]  SANA and Wan FP8 against bf16 again after
+#       the activation-scale floor (both decoded NaN before it), then Wan FP8 --compile_autotune
+#       cold and warm
+#   bash scripts/gpu/issue24_levers.sh families3 [DEADLINE_S]  SD 3.5 Large and CogVideoX 1.5,
+#       FP8 against bf16, with the time their whole-transformer compiles take
 #   bash scripts/gpu/issue24_levers.sh families2 [DEADLINE_S]  the remaining bf16 families:
 #       HunyuanVideo (short clip, 10 steps) and PixArt-alpha, FP8 against bf16
 #       (HunyuanDiT, SDXL and Latte run in float16, where the FP8 option is refused)
 # Random full-size weights, batch 1. Writes one line per run into $OUT/issue24-STAGE.txt and
 # packs logs, results and profile tables (no images) into $OUT/issue24-STAGE.tgz after each run.
 set -uo pipefail
-STAGE=${1:?usage: issue24_levers.sh levers|families|graphs2|families2 [DEADLINE_S]}
+STAGE=${1:?usage: issue24_levers.sh levers|families|graphs2|refit|families3|families2 [DEADLINE_S]}
 DEADLINE=${2:-540}
 GRAPH_S=${GRAPH_S:-120}
 W=/tmp/issue24b; mkdir -p "$W/logs" "$W/runs"
@@ -114,6 +119,20 @@ case "$STAGE" in
       "${WHOLE[@]}" "${FLUX[@]}" --no_save_images
     run wantune 150 --quantize_denoiser fp8 --compile_autotune "${COMPILED[@]}" "${WAN[@]}"
     run wantunewarm 60 --quantize_denoiser fp8 --compile_autotune "${COMPILED[@]}" "${WAN[@]}"
+    ;;
+  refit)
+    # After the FP8 activation-scale floor (2026-12-05): the two families that decoded NaN, now
+    # with videos / images kept for PSNR, then the Wan cache check the families call never reached.
+    pair sana 70 "${WHOLE[@]}" "${IMG[@]}" --workload.model_id Efficient-Large-Model/SANA1.5_1.6B_1024px_diffusers
+    pair wan 70 "${COMPILED[@]}" "${WAN[@]:0:${#WAN[@]}-1}"
+    run wantune 150 --quantize_denoiser fp8 --compile_autotune "${COMPILED[@]}" "${WAN[@]}"
+    run wantunewarm 60 --quantize_denoiser fp8 --compile_autotune "${COMPILED[@]}" "${WAN[@]}"
+    ;;
+  families3)
+    pair sd35l 250 "${WHOLE[@]}" "${IMG[@]}" --workload.model_id stabilityai/stable-diffusion-3.5-large
+    pair cogvideo 120 "${WHOLE[@]}" workload:text-to-video --workload.weights random \
+      --benchmark_iters 2 --workload.model_id zai-org/CogVideoX1.5-5B --workload.num_frames 17 \
+      --workload.inference_steps 10 --workload.height 480 --workload.width 720
     ;;
   families2)
     pair hunyuanvideo 150 "${WHOLE[@]}" workload:text-to-video --workload.weights random \
