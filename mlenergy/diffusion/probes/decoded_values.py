@@ -18,7 +18,6 @@ measurement of the model.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import torch
@@ -26,9 +25,6 @@ import torch
 from mlenergy.diffusion.probes.stages import pipeline_parts
 from mlenergy.diffusion.process import runtime
 from mlenergy.diffusion.results.sections import Section
-
-logger = logging.getLogger("mlenergy.diffusion")
-
 
 @dataclass
 class DecodedValues(Section):
@@ -114,7 +110,7 @@ def broken_outputs_line(bad: int, calls: int, warm_bad: int, warm_calls: int, ph
     measured = (f" (they measured {sum(times) / len(times):.3f} s per iteration)"
                 if times else "")
     return (f"{bad} of {calls} decoder outputs of the measured iterations hold NaN or infinite "
-            f"values ({warm_bad} of {warm_calls} in warm-up): the pipeline computes no images "
-            f"at these settings, so no results.json is written{measured}; check the weights "
-            "and the options that change the arithmetic (--quantize_denoiser, "
+            f"values ({warm_bad} of {warm_calls} in warm-up): the pipeline decodes no usable "
+            f"output at these settings, so no results.json is written{measured}; check the "
+            "weights and the options that change the arithmetic (--quantize_denoiser, "
             "--use_fp8_t5_encoder, --workload.dtype)")
