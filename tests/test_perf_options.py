@@ -5,15 +5,13 @@ fa3-fwd wheel) is refused in one line wherever it cannot run."""
 
 from __future__ import annotations
 
-import dataclasses
 import shlex
-import sys
-import types
 
 import pytest
 import torch
 
 from conftest import TINY_FLUX, run_benchmark
+from test_quantize import run_fp8_worker
 from mlenergy.diffusion.engine import options_apply
 from mlenergy.diffusion.inputs.config import ConfigError, parse_cli
 from mlenergy.diffusion.kernels import attention, quantize
@@ -36,68 +34,31 @@ def plan_for(argv: str, world_size: int = 1, device_type: str = "cuda"):
 
 # ---------------------------------------------------------------- FP8 and inductor's settings
 
-@dataclasses.dataclass
-class _FakeFloat8Config:
-    """torchao 0.18.0's Float8DynamicActivationFloat8WeightConfig as far as it matters here: its
-    `set_inductor_config` defaults to True, and quantize_ then calls
-    `recommended_inductor_config_setter()`, which sets these inductor settings process-wide."""
-    granularity: object = None
-    set_inductor_config: bool = True
-
-
-def _fake_quantize(model, config):
-    if config.set_inductor_config:
-        from torch._inductor import config as inductor
-
-        inductor.coordinate_descent_tuning = True
-        inductor.coordinate_descent_check_all_directions = True
-        inductor.force_fuse_int_mm_with_mul = True
-        inductor.fx_graph_cache = True
-        inductor.triton.unique_kernel_names = True
-    _fake_quantize.configs.append(config)
+def test_fp8_quantization_leaves_inductor_settings_as_it_found_them():
+    # torchao 0.18.0 itself, beside the test environment (tests/test_quantize.py says why): its
+    # default config changes inductor's settings process-wide; the benchmark's leaves them.
+    found = run_fp8_worker("settings")
+    assert found["before"]["coordinate_descent_tuning"] is False  # torch's default, as found
+    assert found["after_benchmark_fp8"] == found["before"]
+    assert found["fp8_linear_layers"] == 1 and found["set_inductor_config"] is False
+    assert found["activation_value_lb"] == quantize.ACTIVATION_SCALE_FLOOR
+    # The check above is a real one: torchao's default would have changed them.
+    changed = found["after_torchao_default"]
+    assert changed["coordinate_descent_tuning"] is True
+    assert changed["coordinate_descent_check_all_directions"] is True
 
 
 @pytest.fixture
-def fake_torchao(monkeypatch):
-    """A stand-in torchao (the real one stays out of the test environment: diffusers imports it
-    noisily with every pipeline wherever it is installed)."""
-    package, module = types.ModuleType("torchao"), types.ModuleType("torchao.quantization")
-    module.Float8DynamicActivationFloat8WeightConfig = _FakeFloat8Config
-    module.PerRow = type("PerRow", (), {})
-    module.quantize_ = _fake_quantize
-    package.quantization = module
-    _fake_quantize.configs = []
-    monkeypatch.setitem(sys.modules, "torchao", package)
-    monkeypatch.setitem(sys.modules, "torchao.quantization", module)
+def inductor_restored():
     from torch._inductor import config as inductor
 
     # Whatever a test changes in inductor's settings is undone after it.
     with inductor.patch({name: options_apply.inductor_settings()[name]
                          for name in options_apply.INDUCTOR_SETTINGS}):
-        yield _fake_quantize.configs
+        yield
 
 
-def test_fp8_quantization_leaves_inductor_settings_as_it_found_them(fake_torchao):
-    before = options_apply.inductor_settings()
-    assert before["coordinate_descent_tuning"] is False  # torch's default, as found
-    model = torch.nn.Sequential(torch.nn.Linear(32, 32, dtype=torch.bfloat16))
-    summary_ = quantize.quantize_fp8(model)
-    assert options_apply.inductor_settings() == before
-    (config,) = fake_torchao
-    assert config.set_inductor_config is False
-    assert type(config.granularity).__name__ == "PerRow"
-    assert summary_["linear_layers"] == 1
-
-
-def test_the_fake_torchao_does_change_the_settings_when_allowed(fake_torchao):
-    """The check above is a real one: torchao's default would have changed them."""
-    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, quantize_
-
-    quantize_(torch.nn.Linear(4, 4), Float8DynamicActivationFloat8WeightConfig())
-    assert options_apply.inductor_settings()["coordinate_descent_tuning"] is True
-
-
-def test_compile_autotune_is_the_one_way_to_turn_coordinate_descent_on(fake_torchao):
+def test_compile_autotune_is_the_one_way_to_turn_coordinate_descent_on(inductor_restored):
     before = options_apply.inductor_settings()
     assert options_apply.apply_inductor_settings(Options(use_torch_compile=True)) == {}
     assert options_apply.inductor_settings() == before

@@ -110,23 +110,28 @@ def test_fused_qkv_computes_the_same_and_drops_the_separate_projections():
 TORCHAO_SITE = REPO / ".cache" / f"torchao-{quantize.TORCHAO_VERSION}"
 
 
+def run_fp8_worker(mode: str) -> dict:
+    """tests/workers/fp8_denoiser_on_cpu.py's JSON, with torchao 0.18.0 on its path. torchao
+    lives beside the test environment (scripts/test.sh installs it there): where it is
+    installed, diffusers imports it with its pipelines and prints to stderr."""
+    assert (TORCHAO_SITE / "torchao").is_dir(), (
+        f"torchao {quantize.TORCHAO_VERSION} is not at {TORCHAO_SITE}: run scripts/test.sh")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(TORCHAO_SITE), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "workers" /
+                                               "fp8_denoiser_on_cpu.py"), mode],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.parametrize("floor, finite", [("floor", True), ("no-floor", False)])
 def test_fp8_activations_of_zero_rows_stay_finite_in_real_wan_and_sana_pipelines(floor, finite):
     # On an H200, Wan's and SANA's FP8 denoisers decoded NaN (docs/benchmarks.md): torchao takes
     # each activation row's scale from its largest value, so a row of zeros (Wan's zero-padded
     # text tokens) quantizes to 0/0. The scheme's floor keeps them zeros. Without it, the same
     # real pipelines must decode NaN, or this test would not be testing the floor.
-    # torchao lives beside the test environment (scripts/test.sh installs it there): where
-    # it is installed, diffusers imports it with its pipelines and prints to stderr.
-    assert (TORCHAO_SITE / "torchao").is_dir(), (
-        f"torchao {quantize.TORCHAO_VERSION} is not at {TORCHAO_SITE}: run scripts/test.sh")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(TORCHAO_SITE), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    proc = subprocess.run([sys.executable, str(REPO / "tests" / "workers" /
-                                               "fp8_denoiser_on_cpu.py"), floor],
-                          env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    found = run_fp8_worker(floor)
     assert set(found) == {"Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
                           "Efficient-Large-Model/SANA1.5_1.6B_1024px_diffusers"}
     for model in found.values():

@@ -3,6 +3,8 @@ pipelines on the CPU, whose torch runs `_scaled_mm` without FP8 tensor cores. Pr
 object: per model, how many linear layers went to FP8 and whether the decoded output is finite.
 
     python fp8_denoiser_on_cpu.py floor|no-floor   (no-floor: torchao's own, unfloored scales)
+    python fp8_denoiser_on_cpu.py settings   inductor's settings before and after the benchmark's
+        FP8 quantization of one linear layer, and after torchao's default config
 
 Run with torchao on PYTHONPATH (tests/test_quantize.py). Tiny models, with the denoiser's widths
 made multiples of 16 (torchao leaves any other linear layer in bf16)."""
@@ -26,6 +28,24 @@ from mlenergy.diffusion.models.registry import MODELS  # noqa: E402
 torchao_api._check_hardware_support = lambda granularity: None
 if sys.argv[1] == "no-floor":
     quantize.ACTIVATION_SCALE_FLOOR = None
+if sys.argv[1] == "settings":
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, quantize_
+
+    from mlenergy.diffusion.engine.options_apply import inductor_settings
+
+    before = inductor_settings()
+    config = quantize.fp8_config()
+    summary = quantize.quantize_fp8(torch.nn.Sequential(torch.nn.Linear(32, 32,
+                                                                        dtype=torch.bfloat16)))
+    after = inductor_settings()
+    quantize_(torch.nn.Linear(32, 32, dtype=torch.bfloat16),
+              Float8DynamicActivationFloat8WeightConfig())
+    print(json.dumps({"before": before, "after_benchmark_fp8": after,
+                      "after_torchao_default": inductor_settings(),
+                      "fp8_linear_layers": summary["fp8_linear_layers"],
+                      "set_inductor_config": config.set_inductor_config,
+                      "activation_value_lb": config.activation_value_lb}))
+    sys.exit(0)
 
 WIDER = {  # FP8-compatible widths; every other setting is the family's tiny one
     "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": dict(attention_head_dim=16, ffn_dim=64),
