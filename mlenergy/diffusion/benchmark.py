@@ -125,6 +125,7 @@ def run(plans: list[RunPlan], clock: StartupClock | None = None) -> None:
         clock.next_point(started=time.time())
     if shared is not None:
         shared.baseline.stop()
+    shared = None  # the pipeline holds process groups, which shutdown must be able to let go
     runtime.shutdown()
 
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
 import sys
 import time
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn  # imported before any group exists: see init_process_group
 
 from mlenergy.diffusion.process import console, lifeline, watchdog
 from mlenergy.diffusion.process.launch import Launch, become_one_process_group
@@ -67,13 +70,16 @@ def init_process_group(launch: Launch) -> Ranks:
     # Room for the ranks to start and build; xdit.engine_config tightens every group to
     # MLENERGY_COLLECTIVE_TIMEOUT_S once xDiT's groups exist.
     timeout = watchdog.startup_timeout()
+    from mlenergy.diffusion.process.xfuser_compat import import_xfuser
+
+    # Before the default group exists: `torch.distributed.nn` (imported at the top of this module
+    # for that reason, and by xDiT) binds the default group into its functions' default arguments
+    # when it is first imported, and a group bound there can never be let go (see `shutdown`).
+    import_xfuser()
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, timeout=timeout)
     # Before xDiT creates its groups, which take torch's defaults.
     watchdog.apply_to_every_group(timeout)
-    from mlenergy.diffusion.process.xfuser_compat import import_xfuser
-
-    import_xfuser()
     from xfuser.core.distributed import init_distributed_environment
 
     init_distributed_environment(backend=backend)
@@ -108,9 +114,40 @@ def broadcast_object(obj, src: int = 0):
 
 
 def shutdown() -> None:
+    """End this rank's part in the run: every rank arrives, then every process group is let go
+    while the interpreter is still whole.
+
+    A gloo group's worker threads release each finished collective's tensors under the
+    interpreter lock. A group still alive when the interpreter exits keeps those threads, and
+    one that releases a tensor then is cut off inside C++ code: the rank aborts ("terminate
+    called without an active exception") after a run that had finished. torch's
+    `destroy_process_group` does not stop the threads of a group that xDiT, yunchang or a
+    pipeline still holds; only dropping the last reference does, and it waits for them.
+    """
+    from mlenergy.diffusion.process.xfuser_compat import release_xdit_groups
+
+    barrier()
     watchdog.stop()
     if dist.is_initialized():
+        release_xdit_groups()
+    if dist.is_initialized():
         dist.destroy_process_group()
+    gc.collect()
+    left = gloo_worker_threads()
+    if left:
+        logger.warning("%d gloo worker threads outlive the process groups: something still "
+                       "holds a group, and exiting may abort this rank", left)
+
+
+def gloo_worker_threads() -> int:
+    """How many of this process's threads are gloo groups' workers (0 where /proc is absent)."""
+    count = 0
+    for task in Path("/proc/self/task").glob("*"):
+        try:
+            count += (task / "comm").read_text().startswith("pt_gloo_runloop")
+        except OSError:  # the thread ended while being looked at
+            pass
+    return count
 
 
 def die(rank: int, err: BaseException) -> None:

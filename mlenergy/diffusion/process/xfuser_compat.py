@@ -94,3 +94,28 @@ def make_ring_attention_traceable() -> bool:
     this_torch_at_least._mlenergy_constant = True
     usp.version_at_least = this_torch_at_least
     return True
+
+
+def release_xdit_groups() -> None:
+    """Drop every process group xDiT and yunchang hold, and destroy them (the default group
+    last), so that nothing outlives `runtime.shutdown`. Does nothing when xfuser was never
+    imported."""
+    if "xfuser.core.distributed" not in sys.modules:
+        return
+    from xfuser.core.distributed import parallel_state
+    from xfuser.core.distributed.parallel_state import (
+        destroy_distributed_environment,
+        destroy_model_parallel,
+    )
+
+    destroy_model_parallel()
+    # destroy_model_parallel leaves the DiT group, a bare process group rather than a coordinator
+    # (xfuser 0.7.0); every pipeline call gathers over it.
+    if parallel_state._DIT is not None:
+        torch.distributed.destroy_process_group(parallel_state._DIT)
+        parallel_state._DIT = None
+    destroy_distributed_environment()
+    yunchang_globals = sys.modules.get("yunchang.globals")
+    if yunchang_globals is not None:
+        yunchang_globals.PROCESS_GROUP.ULYSSES_PG = None
+        yunchang_globals.PROCESS_GROUP.RING_PG = None
