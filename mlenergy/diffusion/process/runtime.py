@@ -114,8 +114,8 @@ def broadcast_object(obj, src: int = 0):
 
 
 def shutdown() -> None:
-    """End this rank's part in the run: every rank arrives, then every process group is let go
-    while the interpreter is still whole.
+    """End this rank's part in the run: every process group is let go while the interpreter is
+    still whole. No rank waits for another here: rank 0 may still be writing the results.
 
     A gloo group's worker threads release each finished collective's tensors under the
     interpreter lock. A group still alive when the interpreter exits keeps those threads, and
@@ -126,7 +126,6 @@ def shutdown() -> None:
     """
     from mlenergy.diffusion.process.xfuser_compat import release_xdit_groups
 
-    barrier()
     watchdog.stop()
     if dist.is_initialized():
         release_xdit_groups()
