@@ -20,13 +20,16 @@
 #       cold and warm
 #   bash scripts/gpu/issue24_levers.sh families3 [DEADLINE_S]  SD 3.5 Large and CogVideoX 1.5,
 #       FP8 against bf16, with the time their whole-transformer compiles take
+#   bash scripts/gpu/issue24_levers.sh best [DEADLINE_S]  FLUX FP8 + fa3, whole transformer, CUDA graphs
+#       and --compile_autotune (every lever together), cold then warm (is the tuning reused?),
+#       then the harness overhead (scripts/harness_overhead.py, eager, bare diffusers call)
 #   bash scripts/gpu/issue24_levers.sh families2 [DEADLINE_S]  the remaining bf16 families:
 #       HunyuanVideo (short clip, 10 steps) and PixArt-alpha, FP8 against bf16
 #       (HunyuanDiT, SDXL and Latte run in float16, where the FP8 option is refused)
 # Random full-size weights, batch 1. Writes one line per run into $OUT/issue24-STAGE.txt and
 # packs logs, results and profile tables (no images) into $OUT/issue24-STAGE.tgz after each run.
 set -uo pipefail
-STAGE=${1:?usage: issue24_levers.sh levers|families|graphs2|refit|families3|families2 [DEADLINE_S]}
+STAGE=${1:?usage: issue24_levers.sh levers|families|graphs2|refit|families3|best|families2 [DEADLINE_S]}
 DEADLINE=${2:-540}
 GRAPH_S=${GRAPH_S:-120}
 W=/tmp/issue24b; mkdir -p "$W/logs" "$W/runs"
@@ -133,6 +136,21 @@ case "$STAGE" in
     pair cogvideo 120 "${WHOLE[@]}" workload:text-to-video --workload.weights random \
       --benchmark_iters 2 --workload.model_id zai-org/CogVideoX1.5-5B --workload.num_frames 17 \
       --workload.inference_steps 10 --workload.height 480 --workload.width 720
+    ;;
+  best)
+    BEST=(--quantize_denoiser fp8 --attention_backend fa3 --compile_mode reduce-overhead
+          --compile_autotune "${WHOLE[@]}" "${FLUX[@]}" --no_save_images)
+    run bestcold 330 "${BEST[@]}"
+    run bestwarm 90 "${BEST[@]}"
+    left=$(( DEADLINE - SECONDS ))
+    if [ "$left" -ge 110 ]; then
+      echo "=== overhead start ${SECONDS} s"
+      timeout -k 10 "$left" torchrun --nproc_per_node=1 scripts/harness_overhead.py --iters 5 \
+        --out "$OUT/harness_overhead.json" > "$W/logs/overhead.log" 2>&1
+      echo "=== overhead rc=$? end ${SECONDS} s"
+      grep -E '"ratio|median' "$OUT/harness_overhead.json" || tail -20 "$W/logs/overhead.log"
+      pack
+    else echo "--- overhead skipped at ${SECONDS} s (deadline)"; fi
     ;;
   families2)
     pair hunyuanvideo 150 "${WHOLE[@]}" workload:text-to-video --workload.weights random \
