@@ -18,6 +18,7 @@
 #   bash scripts/gpu/issue24_levers.sh refit [DEADLINE_S]  SANA and Wan FP8 against bf16 again after
 #       the activation-scale floor (both decoded NaN before it), then Wan FP8 --compile_autotune
 #       cold and warm
+#   bash scripts/gpu/issue24_levers.sh wan [DEADLINE_S]  refit without SANA (its Wan half)
 #   bash scripts/gpu/issue24_levers.sh families3 [DEADLINE_S]  SD 3.5 Large and CogVideoX 1.5,
 #       FP8 against bf16, with the time their whole-transformer compiles take
 #   bash scripts/gpu/issue24_levers.sh best [DEADLINE_S]  FLUX FP8 + fa3, whole transformer, CUDA graphs
@@ -29,17 +30,18 @@
 # Random full-size weights, batch 1. Writes one line per run into $OUT/issue24-STAGE.txt and
 # packs logs, results and profile tables (no images) into $OUT/issue24-STAGE.tgz after each run.
 set -uo pipefail
-STAGE=${1:?usage: issue24_levers.sh levers|families|graphs2|refit|families3|best|families2 [DEADLINE_S]}
+STAGE=${1:?usage: issue24_levers.sh levers|families|graphs2|refit|wan|families3|best|families2 [DEADLINE_S]}
 DEADLINE=${2:-540}
 GRAPH_S=${GRAPH_S:-120}
 W=/tmp/issue24b; mkdir -p "$W/logs" "$W/runs"
 OUT=${OUT:-$PWD/gpu-out}; mkdir -p "$OUT"
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR=/tmp/issue24-inductor \
   MLENERGY_COLLECTIVE_TIMEOUT_S=600
-pack() {
-  (cd "$W" && find logs runs \( -name '*.json' -o -name '*.log' -o -name '*.txt' \) \
-      -not -name 'requests.json' -print0 | tar --null -czf "$OUT/issue24-$STAGE.tgz" -T -)
+pack() {  # the lines first, then the archive through a temporary name: a call's limit may cut it
   python3 scripts/gpu/issue24_lines.py "$W/runs" > "$OUT/issue24-$STAGE.txt" 2>&1
+  (cd "$W" && find logs runs \( -name '*.json' -o -name '*.log' -o -name '*.txt' \) \
+      -not -name 'requests.json' -print0 | tar --null -czf "$OUT/.issue24-$STAGE.tgz" -T -) &&
+    mv "$OUT/.issue24-$STAGE.tgz" "$OUT/issue24-$STAGE.tgz"
 }
 trap pack EXIT
 COMPILED=(--use_torch_compile --compile_scope blocks --warmup_iters 2)
@@ -127,6 +129,11 @@ case "$STAGE" in
     # After the FP8 activation-scale floor (2026-12-05): the two families that decoded NaN, now
     # with videos / images kept for PSNR, then the Wan cache check the families call never reached.
     pair sana 70 "${WHOLE[@]}" "${IMG[@]}" --workload.model_id Efficient-Large-Model/SANA1.5_1.6B_1024px_diffusers
+    pair wan 70 "${COMPILED[@]}" "${WAN[@]:0:${#WAN[@]}-1}"
+    run wantune 150 --quantize_denoiser fp8 --compile_autotune "${COMPILED[@]}" "${WAN[@]}"
+    run wantunewarm 60 --quantize_denoiser fp8 --compile_autotune "${COMPILED[@]}" "${WAN[@]}"
+    ;;
+  wan)  # refit's Wan half alone
     pair wan 70 "${COMPILED[@]}" "${WAN[@]:0:${#WAN[@]}-1}"
     run wantune 150 --quantize_denoiser fp8 --compile_autotune "${COMPILED[@]}" "${WAN[@]}"
     run wantunewarm 60 --quantize_denoiser fp8 --compile_autotune "${COMPILED[@]}" "${WAN[@]}"
