@@ -213,6 +213,28 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, case):
     assert not base.exists()
 
 
+def test_videos_that_could_not_be_written_are_refused_before_the_model_loads(tmp_path):
+    """Seen on an H100 (2026-12-05): a GPU image without imageio-ffmpeg failed a Wan run at its
+    first measured video, after minutes of loading and compiling. The same fault is found first
+    now; without saving videos the run needs no writer and goes on."""
+    shim = tmp_path / "shim"
+    (shim / "imageio_ffmpeg").mkdir(parents=True)
+    (shim / "imageio_ffmpeg" / "__init__.py").write_text(
+        'raise ImportError("this image ships no ffmpeg")\n')
+    base = tmp_path / "out"
+    video = ["workload:text-to-video", "--workload.model_id", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+             "--workload.weights", "tiny", "--workload.height", "64", "--workload.width", "64",
+             "--workload.num_frames", "5", "--workload.inference_steps", "2",
+             "--benchmark_iters", "1", "--workload.base_dir", str(base)]
+    no_writer = f"{shim}:{REPO}"
+    line = one_line_refusal(run_benchmark(video, tmp_path, PYTHONPATH=no_writer), base)
+    assert line.startswith("error: saving videos needs ffmpeg through imageio-ffmpeg"), line
+    assert line.endswith("pip install imageio-ffmpeg, or pass --no_save_images"), line
+    proc = run_benchmark([*video, "--no_save_images"], tmp_path, PYTHONPATH=no_writer)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert load_results(only_run_dir(base))["total_videos"] == 1
+
+
 def test_a_partly_cached_pipeline_offline_says_to_download_it_whole(tmp_path):
     """Planning an unregistered id once brings its configs into the cache: that is not the
     pipeline, and loading it offline used to fail with a traceback."""

@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with clock.process_phase("inputs"):
             plans = [make_plan(config) for config in configs]
+            for plan in plans:
+                results.check_outputs_can_be_saved(plan)
             if len(plans) > 1:
                 group.check_one_pipeline([p.run_dir for p in plans],
                                          [rundir.identity(p) for p in plans])

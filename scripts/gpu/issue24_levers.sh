@@ -27,7 +27,10 @@
 #   bash scripts/gpu/issue24_levers.sh families2 [DEADLINE_S]  the remaining bf16 families:
 #       HunyuanVideo (short clip, 10 steps) and PixArt-alpha, FP8 against bf16
 #       (HunyuanDiT, SDXL and Latte run in float16, where the FP8 option is refused)
-# Random full-size weights, batch 1. Writes one line per run into $OUT/issue24-STAGE.txt and
+# Stages that keep videos (refit, wan, families3, families2) need imageio-ffmpeg on the GPU host,
+# which the GPU image lacks (the benchmark refuses such a run in one line before loading): add its
+# wheel to the wheelhouse (`pip download imageio-ffmpeg`, 29 MB) and leave fa3-fwd (28 MB) out of
+# that call. Random full-size weights, batch 1. Writes one line per run into $OUT/issue24-STAGE.txt and
 # packs logs, results and profile tables (no images) into $OUT/issue24-STAGE.tgz after each run.
 set -uo pipefail
 STAGE=${1:?usage: issue24_levers.sh levers|families|graphs2|refit|wan|families3|best|families2 [DEADLINE_S]}

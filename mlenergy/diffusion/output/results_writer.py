@@ -147,6 +147,38 @@ def _iteration(r: IterationRecord, outputs_key: str) -> dict:
     return entry
 
 
+def video_writer_problem() -> str | None:
+    """Why diffusers' `export_to_video` could not write a video here, or None. It writes through
+    imageio's ffmpeg plugin when imageio is installed (and fails at the first video when that
+    plugin finds no ffmpeg), else through OpenCV."""
+    import importlib.util
+
+    if importlib.util.find_spec("imageio") is not None:
+        try:
+            import imageio
+
+            imageio.plugins.ffmpeg.get_exe()
+        except Exception as err:  # noqa: BLE001 - any failure here is the first video's
+            return (f"saving videos needs ffmpeg through imageio-ffmpeg, which is missing or finds "
+                    f"no ffmpeg ({type(err).__name__}: {err})")
+        return None
+    if importlib.util.find_spec("cv2") is None:
+        return "saving videos needs imageio with imageio-ffmpeg (or OpenCV); neither is installed"
+    return None
+
+
+def check_outputs_can_be_saved(plan: RunPlan) -> None:
+    """Before any model loads: a run that keeps its videos must be able to write them (a video
+    writer found missing at the first measured iteration used to fail the run there)."""
+    if not (plan.save_images and plan.task.is_video):
+        return
+    problem = video_writer_problem()
+    if problem is not None:
+        from mlenergy.diffusion.inputs.config import ConfigError
+
+        raise ConfigError(f"{problem}: pip install imageio-ffmpeg, or pass --no_save_images")
+
+
 def save_outputs(plan: RunPlan, rank: int, iteration: int, batch: list[str], outputs,
                  all_gather) -> list[str]:
     """Save one iteration's images or videos, outside its measurement window, from one rank:

@@ -121,7 +121,7 @@ class NvidiaAccess:
         from zeus.monitor.temperature import TemperatureMonitor
 
         gpus = list(range(self.count))
-        with _spawned_children_skip_the_main_module():
+        with _spawned_pollers_bound_to_this_rank():
             power = PowerMonitor(gpu_indices=gpus, update_period=POWER_PERIOD_S)
             try:
                 temperature = TemperatureMonitor(gpu_indices=gpus,
@@ -208,21 +208,34 @@ class _ZeusTimelines:
 
 
 @contextlib.contextmanager
-def _spawned_children_skip_the_main_module():
+def _spawned_pollers_bound_to_this_rank():
     """Zeus polls in processes started by `spawn`, which import the parent's main module first
     (the benchmark: torch and all, about 10 s on a GPU host, measured) although their work needs
-    only Zeus. Hiding the main module's name and path while they start spares them that."""
+    only Zeus. While they start, the main module is named as `process.monitor_child` instead,
+    which `spawn` runs in its place: it ends each poller when this rank ends, however it ends."""
+    import importlib.util
+
+    from mlenergy.diffusion.process import monitor_child
+
     main = sys.modules.get("__main__")
     saved = {name: main.__dict__[name] for name in ("__spec__", "__file__")
              if main is not None and name in main.__dict__}
+    saved_env = os.environ.get(monitor_child.PARENT_ENV)
     try:
         if main is not None:
-            main.__spec__ = None
+            main.__spec__ = importlib.util.find_spec(monitor_child.__name__)
             main.__dict__.pop("__file__", None)
+        os.environ[monitor_child.PARENT_ENV] = str(os.getpid())
         yield
     finally:
         if main is not None:
             main.__dict__.update(saved)
+            if "__spec__" not in saved:
+                main.__dict__.pop("__spec__", None)
+        if saved_env is None:
+            os.environ.pop(monitor_child.PARENT_ENV, None)
+        else:
+            os.environ[monitor_child.PARENT_ENV] = saved_env
 
 
 def _text(value) -> str:
