@@ -18,7 +18,8 @@
 #   bash scripts/gpu/issue24_levers.sh refit [DEADLINE_S]  SANA and Wan FP8 against bf16 again after
 #       the activation-scale floor (both decoded NaN before it), then Wan FP8 --compile_autotune
 #       cold and warm
-#   bash scripts/gpu/issue24_levers.sh wan [DEADLINE_S]  refit without SANA (its Wan half)
+#   bash scripts/gpu/issue24_levers.sh wan [DEADLINE_S]  refit without SANA (its Wan half), then
+#       FLUX eager (the issue's first row)
 #   bash scripts/gpu/issue24_levers.sh families3 [DEADLINE_S]  SD 3.5 Large and CogVideoX 1.5,
 #       FP8 against bf16, with the time their whole-transformer compiles take
 #   bash scripts/gpu/issue24_levers.sh best [DEADLINE_S]  FLUX FP8 + fa3, whole transformer, CUDA graphs
@@ -30,7 +31,7 @@
 # Stages that keep videos (refit, wan, families3, families2) need imageio-ffmpeg on the GPU host,
 # which the GPU image lacks (the benchmark refuses such a run in one line before loading): add its
 # wheel to the wheelhouse (`pip download imageio-ffmpeg`, 29 MB) and leave fa3-fwd (28 MB) out of
-# that call. Random full-size weights, batch 1. Writes one line per run into $OUT/issue24-STAGE.txt and
+# that call (a `.whl-video` folder beside `.whl`, both in .git/info/exclude, `carry` naming it). Random full-size weights, batch 1. Writes one line per run into $OUT/issue24-STAGE.txt and
 # packs logs, results and profile tables (no images) into $OUT/issue24-STAGE.tgz after each run.
 set -uo pipefail
 STAGE=${1:?usage: issue24_levers.sh levers|families|graphs2|refit|wan|families3|best|families2 [DEADLINE_S]}
@@ -136,10 +137,11 @@ case "$STAGE" in
     run wantune 150 --quantize_denoiser fp8 --compile_autotune "${COMPILED[@]}" "${WAN[@]}"
     run wantunewarm 60 --quantize_denoiser fp8 --compile_autotune "${COMPILED[@]}" "${WAN[@]}"
     ;;
-  wan)  # refit's Wan half alone
+  wan)  # refit's Wan half alone, then the eager FLUX row of the issue's table
     pair wan 70 "${COMPILED[@]}" "${WAN[@]:0:${#WAN[@]}-1}"
     run wantune 150 --quantize_denoiser fp8 --compile_autotune "${COMPILED[@]}" "${WAN[@]}"
     run wantunewarm 60 --quantize_denoiser fp8 --compile_autotune "${COMPILED[@]}" "${WAN[@]}"
+    run eager 60 "${FLUX[@]}" --no_save_images
     ;;
   families3)
     pair sd35l 250 "${WHOLE[@]}" "${IMG[@]}" --workload.model_id stabilityai/stable-diffusion-3.5-large
