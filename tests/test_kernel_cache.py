@@ -1,10 +1,15 @@
 """--compile_autotune's tuned kernel configurations, reused by a warm start: the replacement of
 `CachingAutotuner.recheck_autotune_cache` (process/torch_compat.py, for torch 2.8-2.11, where
 pytorch/pytorch#172819 re-tunes every kernel) run against inductor's real autotune cache on disk,
-and left out on a torch that reuses them itself."""
+and left out on a torch that reuses them itself; and a tuned configuration read in a spawned
+compile worker keeping its mark on the way back (pytorch/pytorch#181292)."""
 
 from __future__ import annotations
 
+import json
+import pathlib
+import subprocess
+import sys
 import types
 
 import torch
@@ -79,5 +84,33 @@ def test_a_torch_that_reuses_tuned_configurations_itself_is_left_alone():
     else:
         assert torch.__version__ >= (2, 12)
         assert triton_heuristics.CachingAutotuner.recheck_autotune_cache is method
-        assert state == "this torch's own"
+        assert state.startswith("this torch's own")
     assert torch_compat.tuned_configs_state() == state
+
+
+WORKER = pathlib.Path(__file__).parent / "workers" / "tuned_config_from_compile_worker.py"
+
+
+def _read_in_a_compile_worker(kernel_file, mode: str) -> dict:
+    done = subprocess.run([sys.executable, str(WORKER), str(kernel_file), mode],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_tuned_configuration_from_a_compile_worker_keeps_its_mark(tmp_path):
+    read = _read_in_a_compile_worker(tmp_path / "fixed" / "kernel_abc123.py", "fixed")
+    # The worker found the tuned winner, and this process got it back marked as tuned, so
+    # CachingAutotuner.run does not tune it again.
+    assert read["cache"] == "hit" and read["kwargs"] == {"XBLOCK": 256}
+    assert read["tuned"] is True
+    assert read["state"].endswith(
+        "worker-compiled kernels: the benchmark's fix for pytorch/pytorch#181292")
+
+
+def test_without_the_fix_the_worker_s_tuned_configuration_comes_back_unmarked(tmp_path):
+    # The control: triton's Config.__setstate__ rebuilds only its own fields. Should a triton
+    # keep the mark itself, the fix is not applied and this test says so.
+    read = _read_in_a_compile_worker(tmp_path / "unfixed" / "kernel_abc123.py", "unfixed")
+    assert read["cache"] == "hit" and read["kwargs"] == {"XBLOCK": 256}
+    assert read["tuned"] is False

@@ -34,7 +34,7 @@
 # that call (a `.whl-video` folder beside `.whl`, both in .git/info/exclude, `carry` naming it). Random full-size weights, batch 1. Writes one line per run into $OUT/issue24-STAGE.txt and
 # packs logs, results and profile tables (no images) into $OUT/issue24-STAGE.tgz after each run.
 set -uo pipefail
-STAGE=${1:?usage: issue24_levers.sh levers|families|graphs2|refit|wan|families3|best|families2 [DEADLINE_S]}
+STAGE=${1:?usage: issue24_levers.sh levers|families|graphs2|refit|wan|wanwarm|families3|best|families2 [DEADLINE_S]}
 DEADLINE=${2:-540}
 GRAPH_S=${GRAPH_S:-120}
 W=/tmp/issue24b; mkdir -p "$W/logs" "$W/runs"
@@ -140,6 +140,10 @@ case "$STAGE" in
   wan)  # refit's Wan half alone, then the eager FLUX row of the issue's table
     pair wan 70 "${COMPILED[@]}" "${WAN[@]:0:${#WAN[@]}-1}"
     run wantune 150 --quantize_denoiser fp8 --compile_autotune "${COMPILED[@]}" "${WAN[@]}"
+    run wantunewarm 60 --quantize_denoiser fp8 --compile_autotune "${COMPILED[@]}" "${WAN[@]}"
+    run eager 60 "${FLUX[@]}" --no_save_images
+    ;;
+  wanwarm)  # the wan stage's last two runs, on the machine (and kernel cache) that ran it
     run wantunewarm 60 --quantize_denoiser fp8 --compile_autotune "${COMPILED[@]}" "${WAN[@]}"
     run eager 60 "${FLUX[@]}" --no_save_images
     ;;
