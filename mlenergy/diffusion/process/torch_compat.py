@@ -134,7 +134,7 @@ def _recheck_keeping_tuned_config(self, reload_kernel_from_src) -> None:
     if info.get("autotune_cache_state") != "hit":
         return
     (winner,) = found
-    tuned = bool(getattr(winner, "found_by_coordesc", False))
+    tuned = bool(getattr(winner, TUNED_MARK, False))
     wanted = triton_heuristics.triton_config_to_hashable(winner)
     for result in self.compile_results:
         if triton_heuristics.triton_config_to_hashable(result.config) == wanted:
