@@ -146,7 +146,7 @@ case "$STAGE" in
     run wantune 150 --quantize_denoiser fp8 --compile_autotune "${COMPILED[@]}" "${WAN[@]}"
     run wantunewarm 60 --quantize_denoiser fp8 --compile_autotune "${COMPILED[@]}" "${WAN[@]}"
     ;;
-  wanwarm)  # the wan stage's last two runs, on the machine (and kernel cache) that ran it
+  wanwarm)  # wan's warm tuning run, then FLUX eager, on the machine (and kernel cache) that ran wan
     run wantunewarm 60 --quantize_denoiser fp8 --compile_autotune "${COMPILED[@]}" "${WAN[@]}"
     run eager 60 "${FLUX[@]}" --no_save_images
     ;;
